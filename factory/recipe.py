@@ -1,0 +1,516 @@
+"""The recipe: one YAML file, validated into typed sections before any heavy import.
+
+Errors name the key and the YAML line (`stages.teacher_rl.steps (recipes/x.yaml:12)`), so a user
+can fix a recipe without reading a traceback. Only `yaml.SafeLoader` is used. A recipe may
+`extends:` another (path relative to itself); mappings merge deeply, the child wins.
+`--set a.b.c=VALUE` overrides any existing key, with VALUE parsed as YAML and type-checked.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from factory.errors import UserError
+
+STAGE_ORDER = ("teacher_sft", "teacher_rl", "generate", "distill", "evaluate")
+
+
+class Section(BaseModel):
+    """Every recipe section rejects unknown keys: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+class ModelSpec(Section):
+    """Where a model comes from.
+
+    `source` is a Hub id (`Qwen/Qwen2.5-7B-Instruct`, optionally `id@revision`), a local folder
+    (`./ckpt`, `/abs/path`), or a packaged model (`packaged:smollm2-135m-instruct`).
+    """
+
+    source: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+    @model_validator(mode="after")
+    def _split_revision(self) -> "ModelSpec":
+        if "@" in self.source and not self.source.startswith(("packaged:", "/", ".")):
+            base, _, rev = self.source.partition("@")
+            if self.revision and self.revision != rev:
+                raise ValueError(f"revision given twice: {rev!r} in source and {self.revision!r}")
+            object.__setattr__(self, "source", base)
+            object.__setattr__(self, "revision", rev)
+        return self
+
+
+class Models(Section):
+    teacher: ModelSpec
+    student: ModelSpec = Field(description="The reward student that scores explanations.")
+    distill_base: ModelSpec
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+DataFormat = Literal["stratos", "jsonl", "hub", "quickstart"]
+
+
+class DataSource(Section):
+    """A question/solution set: `source` is a Hub dataset id, a local file, or `quickstart`."""
+
+    source: str
+    format: DataFormat = "hub"
+    split: str = "train"
+    revision: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    question_column: str = "question"
+    solution_column: str = "solution"
+    thought_column: str | None = None
+
+
+class EvalSet(DataSource):
+    name: str
+    split: str = "test"
+    answer_column: str = "answer"
+    kind: Literal["math", "multiple_choice"] = "math"
+
+
+class Data(Section):
+    train: DataSource
+    eval: list[EvalSet] = Field(default_factory=list)
+
+    @field_validator("eval")
+    @classmethod
+    def _unique_names(cls, sets: list[EvalSet]) -> list[EvalSet]:
+        names = [s.name for s in sets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"eval set names must be unique, repeated: {duplicates}")
+        return sets
+
+
+# --------------------------------------------------------------------------------- formats/reward
+
+
+class Formats(Section):
+    """System prompts of the two chat formats; None keeps factory's own wording."""
+
+    teacher_system: str | None = None
+    student_system: str | None = None
+
+
+class Reward(Section):
+    """The RLT reward (RLT.md): r = r_SS - lambda * r_KL with alpha-weighted min/max terms."""
+
+    kl_coef: float = Field(default=3.0, ge=0, description="lambda")
+    alpha: float = Field(default=0.01, ge=0)
+    kl_estimator: Literal["k1", "k3", "full"] = "k1"
+    teacher_temperature: float = Field(default=0.7, gt=0)
+    student_temperature: float = Field(default=0.7, gt=0)
+    missing_tag_penalty: float = -1.0
+    max_length: int = Field(default=16384, ge=16, description="longest scored sequence, tokens")
+    batch_size: int = Field(default=8, ge=1)
+    chunk_size: int = Field(default=512, ge=1, description="positions per log-softmax chunk")
+
+
+# ----------------------------------------------------------------------------------------- stages
+
+
+class Stage(Section):
+    enabled: bool = True
+
+
+class TrainStage(Stage):
+    learning_rate: float = Field(gt=0)
+    lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    global_batch_size: int = Field(default=16, ge=1)
+    per_device_batch_size: int = Field(default=1, ge=1)
+    max_length: int = Field(default=16384, ge=16)
+    weight_decay: float = Field(default=0.0, ge=0)
+    gradient_checkpointing: bool = False
+    bf16: bool = True
+    save_steps: int = Field(default=100, ge=1)
+    seed: int = 42
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(default_factory=lambda: ["none"])
+
+
+class TeacherSFT(TrainStage):
+    learning_rate: float = Field(default=1e-5, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+
+
+class TeacherRL(Stage):
+    """GRPO with the RLT reward; every paper setting explicit (TRL's defaults differ)."""
+
+    steps: int = Field(default=125, ge=1)
+    prompts_per_step: int = Field(default=16, ge=1)
+    generations_per_prompt: int = Field(default=64, ge=2)
+    per_device_batch_size: int = Field(default=8, ge=1, description="rollouts per device per micro-batch")
+    iterations_per_generation: int = Field(default=1, ge=1, description="1 = strictly on-policy")
+    temperature: float = Field(default=0.7, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    learning_rate: float = Field(default=1e-6, gt=0)
+    lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "constant"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    beta: float = Field(default=0.04, ge=0, description="KL-to-reference coefficient (k3)")
+    ref_sync_steps: int = Field(default=32, ge=1)
+    ref_sync_mix: float = Field(default=0.9, ge=0, le=1, description="weight of the policy in the reference update")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    max_prompt_length: int = Field(default=4096, ge=8)
+    max_completion_length: int = Field(default=16384, ge=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    gradient_checkpointing: bool = True
+    bf16: bool = True
+    save_steps: int = Field(default=25, ge=1)
+    logging_steps: int = Field(default=1, ge=1)
+    seed: int = 42
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(default_factory=lambda: ["none"])
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.prompts_per_step * self.generations_per_prompt
+
+
+class Generate(Stage):
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    n: int = Field(default=1, ge=1, description="explanations per question; the best by reward is kept")
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=16384, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    seed: int = 42
+    shards: int = Field(default=1, ge=1)
+    limit: int | None = Field(default=None, ge=1, description="questions to generate for; all when unset")
+    decontaminate_ngram: int = Field(default=13, ge=4)
+    drop_unclosed: bool = True
+
+
+class Distill(TrainStage):
+    learning_rate: float = Field(default=1e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    epochs: float = Field(default=3.0, gt=0)
+    packing: bool = True
+
+
+class Evaluate(Stage):
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1)
+    max_new_tokens: int = Field(default=32768, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    seed: int = 42
+    baselines: list[Literal["distill_base", "reference_traces"]] = Field(default_factory=list)
+
+
+class Stages(Section):
+    teacher_sft: TeacherSFT = Field(default_factory=TeacherSFT)
+    teacher_rl: TeacherRL = Field(default_factory=TeacherRL)
+    generate: Generate = Field(default_factory=Generate)
+    distill: Distill = Field(default_factory=Distill)
+    evaluate: Evaluate = Field(default_factory=Evaluate)
+
+
+# ---------------------------------------------------------------------------------- hub / launch
+
+
+class Hub(Section):
+    namespace: str | None = None
+    private: bool = False
+    push: bool = False
+    license: str = "apache-2.0"
+    space: bool = True
+
+    @field_validator("namespace")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or " " in value):
+            raise ValueError("namespace is a user or organisation name, without '/' or spaces")
+        return value
+
+
+class Launch(Section):
+    preset: Literal["single", "ddp", "zero3", "fsdp2"] = "single"
+    num_processes: int = Field(default=1, ge=1, description="training processes per machine")
+    num_machines: int = Field(default=1, ge=1)
+    machine_rank: int = Field(default=0, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int = 29500
+    vllm_mode: Literal["off", "colocate", "server"] = "off"
+    vllm_gpus: int = Field(default=0, ge=0, description="GPUs given to a vLLM server (server mode)")
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+
+    @property
+    def world_size(self) -> int:
+        return self.num_processes * self.num_machines
+
+
+# ----------------------------------------------------------------------------------------- recipe
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    hub: Hub = Field(default_factory=Hub)
+    models: Models
+    data: Data
+    formats: Formats = Field(default_factory=Formats)
+    reward: Reward = Field(default_factory=Reward)
+    stages: Stages = Field(default_factory=Stages)
+    launch: Launch = Field(default_factory=Launch)
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "Recipe":
+        rl, launch = self.stages.teacher_rl, self.launch
+        if rl.enabled:
+            micro = rl.per_device_batch_size * launch.world_size
+            if rl.rollouts_per_step % micro:
+                raise _combination_error(
+                    "stages.teacher_rl.per_device_batch_size",
+                    f"prompts_per_step x generations_per_prompt = {rl.rollouts_per_step} rollouts per step must "
+                    f"divide into micro-batches of per_device_batch_size x processes = {micro}",
+                )
+            if launch.vllm_mode == "server" and launch.vllm_gpus == 0:
+                raise _combination_error("launch.vllm_gpus", "vllm_mode: server needs vllm_gpus >= 1")
+        if launch.preset == "single" and launch.world_size > 1:
+            raise _combination_error("launch.preset", "preset 'single' runs one process; use ddp, zero3 or fsdp2")
+        if launch.num_machines > 1 and not launch.main_process_ip:
+            raise _combination_error("launch.main_process_ip", "multi-machine launch needs main_process_ip")
+        if self.hub.push and not self.hub.namespace:
+            raise _combination_error("hub.namespace", "hub.push is on but no namespace is set")
+        if self.stages.evaluate.enabled and not self.data.eval:
+            raise _combination_error("data.eval", "the evaluate stage is enabled but no eval set is listed")
+        return self
+
+
+class _CombinationError(ValueError):
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _combination_error(key: str, message: str) -> _CombinationError:
+    return _CombinationError(key, message)
+
+
+# ------------------------------------------------------------------------------ YAML with lines
+
+
+class _Located:
+    """Line numbers of every key path in the loaded YAML, across `extends` files."""
+
+    def __init__(self) -> None:
+        self.lines: dict[tuple[str, ...], str] = {}
+
+    def record(self, node: yaml.Node, path: tuple[str, ...], filename: str) -> None:
+        self.lines[path] = f"{filename}:{node.start_mark.line + 1}"
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                self.lines[path + (key,)] = f"{filename}:{key_node.start_mark.line + 1}"
+                self.record_children(value_node, path + (key,), filename)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.lines[path + (str(index),)] = f"{filename}:{item.start_mark.line + 1}"
+                self.record_children(item, path + (str(index),), filename)
+
+    def record_children(self, node: yaml.Node, path: tuple[str, ...], filename: str) -> None:
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            saved = self.lines.get(path)
+            self.record(node, path, filename)
+            if saved:
+                self.lines[path] = saved
+
+    def where(self, path: tuple[str, ...]) -> str | None:
+        """The line of `path`, or of its nearest ancestor present in the YAML."""
+        for cut in range(len(path), 0, -1):
+            found = self.lines.get(tuple(path[:cut]))
+            if found:
+                return found
+        return None
+
+
+def _read_yaml(path: Path, located: _Located) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"recipe not found: {path}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
+    located.record(node, (), str(path))
+    return data
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _load_tree(path: Path, located: _Located, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve() if path.is_absolute() else path
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise UserError(f"recipe extends itself in a loop: {chain}")
+    parent_located = _Located()
+    data = _read_yaml(path, parent_located)
+    parent = data.pop("extends", None)
+    if parent is None:
+        located.lines.update(parent_located.lines)
+        return data
+    if not isinstance(parent, str):
+        raise UserError(f"extends ({parent_located.where(('extends',))}): give the path of one recipe file")
+    base_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
+    base = _load_tree(base_path, located, (*seen, path.resolve()))
+    located.lines.update(parent_located.lines)  # the child's lines win where it sets a key
+    return _deep_merge(base, data)
+
+
+# ---------------------------------------------------------------------------------- --set values
+
+
+def _schema_field(model: type[BaseModel], path: list[str], full_key: str) -> None:
+    """Check that `path` names a field of the schema (not just of the YAML); raise UserError if not."""
+    current: Any = model
+    for depth, part in enumerate(path):
+        annotation = _unwrap(current)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if part not in annotation.model_fields:
+                known = ", ".join(sorted(annotation.model_fields))
+                where = ".".join(path[:depth]) or "the recipe"
+                raise UserError(f"--set {full_key}: {where} has no key {part!r} (known: {known})")
+            current = annotation.model_fields[part].annotation
+        elif _is_list(annotation) and part.isdigit():
+            current = annotation.__args__[0]
+        else:
+            raise UserError(f"--set {full_key}: {'.'.join(path[:depth])} is a value, it has no key {part!r}")
+
+
+def _unwrap(annotation: Any) -> Any:
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    if getattr(annotation, "__origin__", None) is None and len(args) == 1 and type(annotation).__name__ == "UnionType":
+        return args[0]
+    if str(getattr(annotation, "__origin__", "")) == "typing.Union" and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _is_list(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) is list
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], located: _Located) -> dict[str, Any]:
+    """Apply `a.b.c=VALUE` overrides; the key must exist in the schema, VALUE is parsed as YAML."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: write KEY=VALUE, for example stages.teacher_rl.steps=10")
+        path = key.split(".")
+        _schema_field(Recipe, path, key)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+        target: Any = data
+        for part in path[:-1]:
+            if isinstance(target, list):
+                index = int(part)
+                if index >= len(target):
+                    raise UserError(f"--set {key}: list index {index} out of range (length {len(target)})")
+                target = target[index]
+            else:
+                target = target.setdefault(part, {})
+        if isinstance(target, list):
+            index = int(path[-1])
+            if index >= len(target):
+                raise UserError(f"--set {key}: list index {index} out of range (length {len(target)})")
+            target[index] = value
+        else:
+            target[path[-1]] = value
+        located.lines[tuple(path)] = f"--set {key}"
+    return data
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def _format_errors(exc: ValidationError, located: _Located, origin: str) -> str:
+    lines = [f"{origin}: recipe is not valid"]
+    for error in exc.errors():
+        path = tuple(str(p) for p in error["loc"])
+        combination = (error.get("ctx") or {}).get("error")
+        if isinstance(combination, _CombinationError):
+            path = tuple(combination.key.split("."))
+            message = str(combination)
+        elif error["type"] == "extra_forbidden":
+            message = "unknown key" + _suggest(path, located)
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if "input" in error and not isinstance(error["input"], (dict, list)):
+                message += f" (got {error['input']!r})"
+        where = located.where(path) or origin
+        lines.append(f"  {'.'.join(path) or '<recipe>'} ({where}): {message}")
+    return "\n".join(lines)
+
+
+def _suggest(path: tuple[str, ...], located: _Located) -> str:
+    import difflib
+
+    model: Any = Recipe
+    for part in path[:-1]:
+        annotation = _unwrap(model.model_fields[part].annotation) if part in getattr(model, "model_fields", {}) else None
+        if _is_list(annotation):
+            annotation = annotation.__args__[0]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            if part.isdigit():
+                continue
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(path[-1], list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(model.model_fields)}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge (`extends`), override (`--set`) and validate a recipe. Raises UserError."""
+    path = Path(path)
+    located = _Located()
+    data = _load_tree(path, located)
+    data = apply_overrides(data, overrides or [], located)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_errors(exc, located, str(path))) from None
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The fully resolved recipe (defaults filled in), as plain JSON-able data."""
+    return recipe.model_dump(mode="json")

@@ -1,0 +1,97 @@
+"""The stage contract and registry: how a stage plugs into the pipeline without touching it.
+
+A stage is a registered object with one entry point, `run(ctx) -> StageResult`. It declares the
+role of what it produces (`teacher`, `traces`, `student`, `report`), the roles it consumes, the
+slice of the recipe that determines its output (hashed into its fingerprint) and a code version
+(bump it when a change makes old artifacts stale). The pipeline resolves each consumed role to the
+artifact of the nearest enabled upstream stage producing it, or to the recipe's base input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    from factory.artifacts import ArtifactMeta
+    from factory.recipe import DataSource, ModelSpec, Recipe
+
+
+@dataclass
+class ResolvedInput:
+    """One consumed role: an upstream artifact folder, or a base model / dataset of the recipe."""
+
+    role: str
+    fingerprint: str
+    artifact_dir: Path | None = None
+    meta: "ArtifactMeta | None" = None
+    model: "ModelSpec | None" = None
+    data: "DataSource | None" = None
+    resolved_revision: str | None = None
+
+    @property
+    def is_artifact(self) -> bool:
+        return self.artifact_dir is not None
+
+    def describe(self) -> str:
+        if self.artifact_dir is not None:
+            return f"{self.meta.stage if self.meta else 'artifact'}@{self.fingerprint[:12]}"
+        if self.model is not None:
+            return self.model.source + (f"@{self.model.revision}" if self.model.revision else "")
+        if self.data is not None:
+            return f"{self.data.source}[{self.data.split}]"
+        return self.role
+
+
+@dataclass
+class StageContext:
+    """What a running stage gets: the recipe, its output folder and its resolved inputs.
+
+    `out_dir` may already hold partial work of an interrupted run with the same fingerprint: a
+    stage resumes from it (checkpoints, finished shards) instead of starting over.
+    """
+
+    recipe: "Recipe"
+    run_dir: Path
+    out_dir: Path
+    fingerprint: str
+    inputs: dict[str, ResolvedInput]
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # logical name -> path relative to out_dir
+    summary: str = ""  # the one line printed when the stage ends
+
+
+class Stage:
+    """Base class; subclasses set the class attributes and implement `config` and `run`."""
+
+    name: ClassVar[str]
+    role: ClassVar[str]  # what it produces
+    kind: ClassVar[str]  # model | dataset | report
+    consumes: ClassVar[tuple[str, ...]] = ()
+    version: ClassVar[int] = 1
+
+    def config(self, recipe: "Recipe") -> dict[str, Any]:
+        """The recipe slice that determines this stage's output (its fingerprint's own part)."""
+        raise NotImplementedError
+
+    def estimate(self, recipe: "Recipe") -> dict[str, float]:
+        """Rough compute for `plan`: {'tokens': ..., 'flops': ...}; empty when unknown."""
+        return {}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, Stage] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage known to the pipeline under its `name`."""
+    REGISTRY[cls.name] = cls()
+    return cls
