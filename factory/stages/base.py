@@ -1,7 +1,7 @@
 """The stage contract and registry: how a stage plugs into the pipeline without touching it.
 
-A stage is a registered object with one entry point, `run(ctx) -> StageResult`. It declares the
-role of what it produces (`teacher`, `traces`, `student`, `report`), the roles it consumes, the
+A stage is a registered object with one entry point, `run(ctx) -> StageResult`. Its name fixes the
+role of what it produces (`teacher`, `traces`, `student`, `report`); it declares the roles it consumes, the
 slice of the recipe that determines its output (hashed into its fingerprint) and a code version
 (bump it when a change makes old artifacts stale). The pipeline resolves each consumed role to the
 artifact of the nearest enabled upstream stage producing it, or to the recipe's base input.
@@ -67,14 +67,31 @@ class StageResult:
     summary: str = ""  # the one line printed when the stage ends
 
 
+# What each stage produces: the role names the Hub repo suffix and what downstream stages consume.
+STAGE_ROLES = {
+    "teacher_sft": "teacher",
+    "teacher_rl": "teacher",
+    "generate": "traces",
+    "distill": "student",
+    "evaluate": "report",
+}
+ROLE_KINDS = {"teacher": "model", "traces": "dataset", "student": "model", "report": "report"}
+
+
 class Stage:
-    """Base class; subclasses set the class attributes and implement `config` and `run`."""
+    """Base class; subclasses set `name`, `consumes`, `version` and implement `config` and `run`."""
 
     name: ClassVar[str]
-    role: ClassVar[str]  # what it produces
-    kind: ClassVar[str]  # model | dataset | report
     consumes: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1
+
+    @property
+    def role(self) -> str:
+        return STAGE_ROLES[self.name]
+
+    @property
+    def kind(self) -> str:
+        return ROLE_KINDS[self.role]
 
     def config(self, recipe: "Recipe") -> dict[str, Any]:
         """The recipe slice that determines this stage's output (its fingerprint's own part)."""
@@ -93,5 +110,7 @@ REGISTRY: dict[str, Stage] = {}
 
 def register(cls: type[Stage]) -> type[Stage]:
     """Class decorator: make a stage known to the pipeline under its `name`."""
+    if cls.name not in STAGE_ROLES:
+        raise ValueError(f"unknown stage name {cls.name!r}; stages: {', '.join(STAGE_ROLES)}")
     REGISTRY[cls.name] = cls()
     return cls

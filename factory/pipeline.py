@@ -1,0 +1,426 @@
+"""Plan and run: stages, fingerprints, cache decisions, the run directory and its manifest.
+
+The pipeline knows stages and artifacts, not ML. A stage's fingerprint hashes its own recipe slice,
+its inputs' fingerprints (upstream artifacts, or base models/datasets with their resolved
+revisions) and its code version. An artifact folder named after the fingerprint that holds an
+`artifact.json` is complete and is reused; one without it is resumed in place.
+
+Run directory layout (`--run-dir`, default `./runs`)::
+
+    runs/<recipe name>/manifest.json                    lineage of the latest run, per stage
+    runs/<recipe name>/artifacts/<stage>-<fp12>/        one folder per artifact version
+    runs/<recipe name>/store/                           the local store (see factory.hub)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete, read_meta, write_json_atomic
+from factory.errors import UserError
+from factory.recipe import STAGE_ORDER, DataSource, ModelSpec, Recipe, recipe_to_dict
+from factory.stages.base import STAGE_ROLES, ResolvedInput, Stage, StageContext
+
+MANIFEST = "manifest.json"
+ROLE_REPO_SUFFIX = {"teacher": "teacher", "traces": "traces", "student": "student"}
+# Peak dense bf16 of one H100 SXM and an MFU typical of LLM training: only for rough plan estimates.
+H100_BF16_FLOPS = 989e12
+ASSUMED_MFU = 0.35
+
+Status = str  # "run" | "resume" | "cached" | "disabled" | "unregistered" | "blocked"
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys."""
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between two config slices (added and removed keys too)."""
+    flat_old, flat_new = flatten(old), flatten(new)
+    return sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k, "<unset>") != flat_new.get(k, "<unset>"))
+
+
+# ----------------------------------------------------------------------------------- base inputs
+
+
+def _model_revision(spec: ModelSpec) -> str:
+    """The resolved revision of a base model (a commit sha for the Hub), via factory.models."""
+    try:
+        from factory.models import resolve_revision
+    except ImportError:  # models module not installed in this build: fall back to the spec itself
+        return spec.revision or "unresolved"
+    return resolve_revision(spec)
+
+
+def _data_revision(source: DataSource) -> str:
+    path = Path(source.source)
+    if path.is_file():
+        stat = path.stat()
+        return f"file:{stat.st_size}:{int(stat.st_mtime)}"
+    return source.revision or "unresolved"
+
+
+BASE_ROLES: dict[str, Callable[[Recipe], ModelSpec | DataSource]] = {
+    "teacher": lambda r: r.models.teacher,
+    "reward_student": lambda r: r.models.student,
+    "distill_base": lambda r: r.models.distill_base,
+    "student": lambda r: r.models.distill_base,  # with no distill stage, evaluate the base itself
+    "train_data": lambda r: r.data.train,
+    "traces": lambda r: r.data.train,  # with no generate stage, distill on the reference traces
+}
+
+
+def _base_input(role: str, recipe: Recipe, revisions: dict[str, str]) -> ResolvedInput:
+    if role not in BASE_ROLES:
+        raise UserError(f"no stage produces {role!r} and the recipe has no base input for it")
+    spec = BASE_ROLES[role](recipe)
+    key = spec.model_dump_json()
+    if key not in revisions:
+        revisions[key] = _model_revision(spec) if isinstance(spec, ModelSpec) else _data_revision(spec)
+    revision = revisions[key]
+    fingerprint = _hash({"base": spec.model_dump(mode="json"), "revision": revision})
+    if isinstance(spec, ModelSpec):
+        return ResolvedInput(role=role, fingerprint=fingerprint, model=spec, resolved_revision=revision)
+    return ResolvedInput(role=role, fingerprint=fingerprint, data=spec, resolved_revision=revision)
+
+
+# ------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    stage: Stage | None
+    enabled: bool
+    status: Status = "run"
+    reason: str = ""
+    fingerprint: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, ResolvedInput] = field(default_factory=dict)
+    artifact_dir: Path | None = None
+    changed: list[str] = field(default_factory=list)
+    estimate: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def will_run(self) -> bool:
+        return self.status in ("run", "resume")
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    recipe_dir: Path
+    stages: list[PlannedStage]
+
+    def stage(self, name: str) -> PlannedStage:
+        return next(s for s in self.stages if s.name == name)
+
+    def repo_for(self, planned: PlannedStage) -> str | None:
+        """The Hub repo this stage's artifact is published to (None for reports and when no namespace)."""
+        suffix = ROLE_REPO_SUFFIX.get(STAGE_ROLES[planned.name])
+        namespace = self.recipe.hub.namespace
+        return f"{namespace}/{self.recipe.name}-{suffix}" if suffix and namespace else None
+
+
+def _check_stage_names(names: list[str], option: str) -> None:
+    for name in names:
+        if name not in STAGE_ORDER:
+            raise UserError(f"{option} {name}: no such stage (stages: {', '.join(STAGE_ORDER)})")
+
+
+def load_manifest(recipe_dir: Path) -> dict[str, Any]:
+    path = recipe_dir / MANIFEST
+    if not path.is_file():
+        return {"stages": {}}
+    return json.loads(path.read_text())
+
+
+def make_plan(
+    recipe: Recipe,
+    run_dir: Path,
+    registry: dict[str, Stage],
+    *,
+    force: tuple[str, ...] = (),
+    from_stage: str | None = None,
+    only: tuple[str, ...] = (),
+) -> Plan:
+    """Decide, for every stage in order, whether it is cached, runs, resumes, or cannot run and why."""
+    _check_stage_names(list(force) + list(only) + ([from_stage] if from_stage else []), "stage")
+    recipe_dir = run_dir / recipe.name
+    previous = load_manifest(recipe_dir).get("stages", {})
+    revisions: dict[str, str] = {}
+    produced: dict[str, PlannedStage] = {}  # role -> latest enabled upstream producer
+    forced = set(force)
+    if from_stage:
+        forced.update(STAGE_ORDER[STAGE_ORDER.index(from_stage):])
+    planned_all: list[PlannedStage] = []
+
+    for name in STAGE_ORDER:
+        enabled = getattr(recipe.stages, name).enabled
+        stage = registry.get(name)
+        planned = PlannedStage(name=name, stage=stage, enabled=enabled)
+        planned_all.append(planned)
+        if not enabled:
+            planned.status, planned.reason = "disabled", "enabled: false in the recipe"
+            continue
+        if stage is None:
+            planned.status, planned.reason = "unregistered", "stage not implemented in this build"
+            produced[STAGE_ROLES[name]] = planned
+            continue
+        blocked = _resolve_inputs(planned, stage, recipe, produced, revisions)
+        produced[stage.role] = planned
+        if blocked:
+            planned.status, planned.reason = "blocked", blocked
+            continue
+        planned.config = stage.config(recipe)
+        planned.fingerprint = _hash(
+            {
+                "stage": name,
+                "version": stage.version,
+                "config": planned.config,
+                "inputs": {role: item.fingerprint for role, item in sorted(planned.inputs.items())},
+            }
+        )
+        planned.artifact_dir = recipe_dir / "artifacts" / f"{name}-{planned.fingerprint[:12]}"
+        planned.estimate = stage.estimate(recipe)
+        _decide(planned, stage, previous.get(name), forced)
+
+    if only:
+        for planned in planned_all:
+            if planned.name not in only and planned.will_run:
+                planned.status, planned.reason = "skipped", f"not selected by --only ({', '.join(only)})"
+    _require_upstream(planned_all, only, from_stage)
+    return Plan(recipe=recipe, recipe_dir=recipe_dir, stages=planned_all)
+
+
+def _resolve_inputs(
+    planned: PlannedStage,
+    stage: Stage,
+    recipe: Recipe,
+    produced: dict[str, PlannedStage],
+    revisions: dict[str, str],
+) -> str:
+    """Fill `planned.inputs`; return why the stage cannot run, or '' when it can."""
+    for role in stage.consumes:
+        upstream = produced.get(role)
+        if upstream is None:
+            planned.inputs[role] = _base_input(role, recipe, revisions)
+        elif upstream.fingerprint is None:
+            return f"needs {role!r} from {upstream.name}, which is {upstream.status}"
+        else:
+            meta = read_meta(upstream.artifact_dir) if is_complete(upstream.artifact_dir) else None
+            planned.inputs[role] = ResolvedInput(
+                role=role, fingerprint=upstream.fingerprint, artifact_dir=upstream.artifact_dir, meta=meta
+            )
+    return ""
+
+
+def _decide(planned: PlannedStage, stage: Stage, last: dict[str, Any] | None, forced: set[str]) -> None:
+    complete = is_complete(planned.artifact_dir)
+    if complete and planned.name not in forced:
+        planned.status, planned.reason = "cached", "complete artifact with this fingerprint"
+        return
+    if planned.name in forced:
+        planned.status, planned.reason = "run", "forced"
+        return
+    if planned.artifact_dir.exists():
+        planned.status, planned.reason = "resume", "interrupted run with this fingerprint"
+        return
+    planned.status = "run"
+    if not last or not last.get("fingerprint"):
+        planned.reason = "never run"
+        return
+    planned.changed = changed_keys(last.get("config", {}), planned.config)
+    inputs_changed = sorted(
+        role for role, item in planned.inputs.items() if last.get("inputs", {}).get(role) != item.fingerprint
+    )
+    parts = []
+    if planned.changed:
+        parts.append("changed: " + ", ".join(planned.changed))
+    if inputs_changed:
+        parts.append("input changed: " + ", ".join(inputs_changed))
+    if last.get("version") not in (None, stage.version):
+        parts.append(f"stage code version {last.get('version')} -> {stage.version}")
+    planned.reason = "; ".join(parts) or "no complete artifact for this fingerprint"
+
+
+def _require_upstream(stages: list[PlannedStage], only: tuple[str, ...], from_stage: str | None) -> None:
+    """With --only/--from, inputs come from earlier runs: they must already be complete."""
+    if not only and not from_stage:
+        return
+    selected = set(only) if only else set(STAGE_ORDER[STAGE_ORDER.index(from_stage):])
+    for planned in stages:
+        if planned.name not in selected or not planned.will_run:
+            continue
+        for item in planned.inputs.values():
+            if item.artifact_dir is not None and not is_complete(item.artifact_dir):
+                upstream = next(s for s in stages if s.artifact_dir == item.artifact_dir)
+                if upstream.name not in selected:
+                    raise UserError(
+                        f"{planned.name} needs the {item.role!r} artifact of {upstream.name}, which has not been "
+                        f"produced with the current recipe; run without --only/--from first"
+                    )
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+@contextmanager
+def _run_lock(recipe_dir: Path) -> Iterator[None]:
+    """One run per recipe folder at a time: a second concurrent run would corrupt artifacts."""
+    recipe_dir.mkdir(parents=True, exist_ok=True)
+    with open(recipe_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another factory run is using {recipe_dir}; wait for it or use --run-dir") from None
+        yield
+
+
+class Publisher:
+    """What the pipeline calls after each stage to publish its artifact (see factory.hub)."""
+
+    def publish(self, artifact_dir: Path) -> dict[str, Any] | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class RunReport:
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    summaries: dict[str, str] = field(default_factory=dict)
+
+
+def execute(
+    plan: Plan,
+    recipe_path: str,
+    *,
+    publisher: Publisher | None = None,
+    log: Callable[[str], None] = print,
+) -> RunReport:
+    """Run the stages the plan says to run, in order; record lineage in the manifest after each."""
+    report = RunReport()
+    with _run_lock(plan.recipe_dir):
+        manifest = load_manifest(plan.recipe_dir)
+        manifest.update(recipe_name=plan.recipe.name, recipe=recipe_to_dict(plan.recipe), recipe_path=recipe_path)
+        entries = manifest.setdefault("stages", {})
+        for planned in plan.stages:
+            if planned.status == "cached":
+                report.cached.append(planned.name)
+                log(f"[cached] {planned.name}: {planned.reason} ({planned.artifact_dir.name})")
+                _refresh_inputs_meta(planned)
+                entries[planned.name] = _manifest_entry(plan, planned, entries.get(planned.name, {}).get("published"))
+                if publisher is not None:
+                    entries[planned.name]["published"] = publisher.publish(planned.artifact_dir)
+                continue
+            if not planned.will_run:
+                log(f"[{planned.status}] {planned.name}: {planned.reason}")
+                continue
+            _refresh_inputs_meta(planned)
+            summary = _run_stage(plan, planned, entries, log)
+            report.ran.append(planned.name)
+            report.summaries[planned.name] = summary
+            entries[planned.name] = _manifest_entry(plan, planned, None)
+            if publisher is not None:
+                entries[planned.name]["published"] = publisher.publish(planned.artifact_dir)
+            manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            write_json_atomic(plan.recipe_dir / MANIFEST, manifest)
+        manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(plan.recipe_dir / MANIFEST, manifest)
+    return report
+
+
+def _refresh_inputs_meta(planned: PlannedStage) -> None:
+    """Upstream artifacts produced earlier in this run: read their metadata now that they exist."""
+    for item in planned.inputs.values():
+        if item.artifact_dir is not None and item.meta is None and is_complete(item.artifact_dir):
+            item.meta = read_meta(item.artifact_dir)
+
+
+def _run_stage(plan: Plan, planned: PlannedStage, entries: dict[str, Any], log: Callable[[str], None]) -> str:
+    out_dir = planned.artifact_dir
+    if planned.reason == "forced" and out_dir.exists():
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        shutil.move(str(out_dir), str(out_dir.with_name(f"{out_dir.name}.replaced-{stamp}")))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"[{planned.status}] {planned.name}: {planned.reason}")
+    ctx = StageContext(
+        recipe=plan.recipe,
+        run_dir=plan.recipe_dir,
+        out_dir=out_dir,
+        fingerprint=planned.fingerprint,
+        inputs=planned.inputs,
+        log=log,
+    )
+    started = time.monotonic()
+    result = planned.stage.run(ctx)
+    meta = ArtifactMeta(
+        kind=planned.stage.kind,
+        stage=planned.name,
+        role=planned.stage.role,
+        fingerprint=planned.fingerprint,
+        recipe_name=plan.recipe.name,
+        config=planned.config,
+        inputs=[_input_ref(item, entries) for item in planned.inputs.values()],
+        metrics=result.metrics,
+        files=result.files,
+    )
+    mark_complete(out_dir, meta)
+    elapsed = time.monotonic() - started
+    summary = f"{planned.name}: {result.summary or 'done'} ({elapsed:.0f}s)"
+    log(f"[done] {summary}")
+    return summary
+
+
+def _input_ref(item: ResolvedInput, entries: dict[str, Any]) -> InputRef:
+    ref = InputRef(role=item.role, fingerprint=item.fingerprint)
+    if item.artifact_dir is not None:
+        ref.path = str(item.artifact_dir)
+        published = entries.get(item.meta.stage, {}).get("published") if item.meta else None
+        if published:
+            ref.hub_repo, ref.hub_revision = published.get("repo"), published.get("revision")
+    elif item.model is not None:
+        ref.source, ref.revision = item.model.source, item.resolved_revision
+    elif item.data is not None:
+        ref.source, ref.revision = item.data.source, item.resolved_revision
+    return ref
+
+
+def _manifest_entry(plan: Plan, planned: PlannedStage, published: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "fingerprint": planned.fingerprint,
+        "version": planned.stage.version,
+        "status": "complete",
+        "artifact_dir": str(planned.artifact_dir.relative_to(plan.recipe_dir)),
+        "config": planned.config,
+        "inputs": {role: item.fingerprint for role, item in planned.inputs.items()},
+        "input_sources": {role: item.describe() for role, item in planned.inputs.items()},
+        "published": published,
+    }
+
+
+# --------------------------------------------------------------------------------------- estimate
+
+
+def gpu_hours(flops: float) -> float:
+    """FLOPs -> H100-hours at an assumed MFU; a rough order of magnitude for `plan`."""
+    return flops / (H100_BF16_FLOPS * ASSUMED_MFU) / 3600

@@ -1,0 +1,68 @@
+"""Terminal rendering of a plan and of a run's end: what runs, why, where it goes, what it costs."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+
+from factory.pipeline import Plan, PlannedStage, RunReport, flatten, gpu_hours
+
+STATUS_STYLE = {
+    "cached": "green",
+    "run": "yellow",
+    "resume": "yellow",
+    "disabled": "dim",
+    "skipped": "dim",
+    "unregistered": "red",
+    "blocked": "red",
+}
+
+
+def _destination(plan: Plan, planned: PlannedStage) -> str:
+    repo = plan.repo_for(planned)
+    if repo is None:
+        return "report in the run dir, eval results on the student card" if planned.name == "evaluate" else "local store"
+    where = "Hub" if plan.recipe.hub.push else "local store; Hub with --push"
+    return f"{repo} @ next tag v<N> ({where})"
+
+
+def _compute(planned: PlannedStage) -> str:
+    flops, tokens = planned.estimate.get("flops"), planned.estimate.get("tokens")
+    if not flops:
+        return ""
+    hours = gpu_hours(flops)
+    text = f"~{hours:.3g} H100-hours" if hours >= 0.01 else f"~{hours * 3600:.2g} H100-seconds"
+    return f"{text} ({tokens / 1e6:.3g}M tokens)" if tokens else text
+
+
+def render_plan(plan: Plan, console: Console, compact: bool = False) -> None:
+    """Per stage: status and why (changed keys), fingerprint, destination, compute, settings."""
+    console.print(f"[bold]plan[/bold] {plan.recipe.name}  (run dir {plan.recipe_dir})")
+    for index, planned in enumerate(plan.stages, 1):
+        style = STATUS_STYLE.get(planned.status, "")
+        status = f"[{style}]{planned.status}[/{style}]" if style else planned.status
+        console.print(f"{index}. [bold]{planned.name:<12}[/bold] {status}: {escape(planned.reason)}")
+        if compact or planned.status == "disabled":
+            continue
+        if planned.fingerprint:
+            console.print(f"   fingerprint {planned.fingerprint[:12]}  artifact {planned.artifact_dir}")
+        console.print(f"   publishes to {escape(_destination(plan, planned))}")
+        if compute := _compute(planned):
+            console.print(f"   compute {compute}")
+        if planned.inputs:
+            inputs = ", ".join(f"{role} <- {item.describe()}" for role, item in planned.inputs.items())
+            console.print(f"   inputs {escape(inputs)}")
+        settings = flatten(getattr(plan.recipe.stages, planned.name).model_dump(mode="json"))
+        text = ", ".join(f"{key}={value}" for key, value in settings.items() if key != "enabled")
+        console.print(f"   settings {escape(text)}", soft_wrap=True)
+
+
+def render_run_end(plan: Plan, report: RunReport, console: Console) -> None:
+    """The one-line summaries of the stages that ran; or why nothing ran."""
+    if not report.ran:
+        reasons = "; ".join(f"{s.name}: {s.status} ({s.reason})" for s in plan.stages)
+        console.print(f"[green]nothing to do[/green]: {escape(reasons)}")
+        return
+    console.print("[bold]summary[/bold]")
+    for name in report.ran:
+        console.print(f"  {escape(report.summaries[name])}")
