@@ -34,6 +34,14 @@ class ResolvedInput:
     def is_artifact(self) -> bool:
         return self.artifact_dir is not None
 
+    def model_source(self) -> "ModelSpec | str":
+        """What `factory.models.load_*` takes: the artifact's `model/` folder, or the base ModelSpec."""
+        if self.artifact_dir is not None:
+            return str(self.artifact_dir / "model")
+        if self.model is None:
+            raise ValueError(f"input {self.role!r} is not a model")
+        return self.model
+
     def describe(self) -> str:
         if self.artifact_dir is not None:
             return f"{self.meta.stage if self.meta else 'artifact'}@{self.fingerprint[:12]}"
@@ -103,6 +111,26 @@ class Stage:
 
     def run(self, ctx: StageContext) -> StageResult:
         raise NotImplementedError
+
+
+def recipe_slice(recipe: "Recipe", *paths: str) -> dict[str, Any]:
+    """The parts of the recipe at the dotted `paths`, nested as in the recipe.
+
+    A stage's `config` returns this, so `plan` reports a changed key by its real recipe path
+    (`stages.generate.temperature`, `reward.kl_coef`).
+    """
+    data = recipe.model_dump(mode="json")
+    sliced: dict[str, Any] = {}
+    for path in paths:
+        parts = path.split(".")
+        value: Any = data
+        for part in parts:
+            value = value[part]
+        target = sliced
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return sliced
 
 
 REGISTRY: dict[str, Stage] = {}
