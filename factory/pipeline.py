@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete, read_meta, write_json_atomic
+from factory.data import resolve_revision as resolve_data_revision
 from factory.errors import UserError
+from factory.models import resolve_revision as resolve_model_revision
 from factory.recipe import STAGE_ORDER, DataSource, ModelSpec, Recipe, recipe_to_dict
 from factory.stages.base import STAGE_ROLES, ResolvedInput, Stage, StageContext
 
@@ -62,23 +64,6 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------- base inputs
 
 
-def _model_revision(spec: ModelSpec) -> str:
-    """The resolved revision of a base model (a commit sha for the Hub), via factory.models."""
-    try:
-        from factory.models import resolve_revision
-    except ImportError:  # models module not installed in this build: fall back to the spec itself
-        return spec.revision or "unresolved"
-    return resolve_revision(spec)
-
-
-def _data_revision(source: DataSource) -> str:
-    path = Path(source.source)
-    if path.is_file():
-        stat = path.stat()
-        return f"file:{stat.st_size}:{int(stat.st_mtime)}"
-    return source.revision or "unresolved"
-
-
 BASE_ROLES: dict[str, Callable[[Recipe], ModelSpec | DataSource]] = {
     "teacher": lambda r: r.models.teacher,
     "reward_student": lambda r: r.models.student,
@@ -95,7 +80,7 @@ def _base_input(role: str, recipe: Recipe, revisions: dict[str, str]) -> Resolve
     spec = BASE_ROLES[role](recipe)
     key = spec.model_dump_json()
     if key not in revisions:
-        revisions[key] = _model_revision(spec) if isinstance(spec, ModelSpec) else _data_revision(spec)
+        revisions[key] = resolve_model_revision(spec) if isinstance(spec, ModelSpec) else resolve_data_revision(spec)
     revision = revisions[key]
     fingerprint = _hash({"base": spec.model_dump(mode="json"), "revision": revision})
     if isinstance(spec, ModelSpec):
