@@ -103,6 +103,76 @@ def run(
     render_run_end(planned, report, console)
 
 
+@app.command()
+def score(
+    teacher: str = typer.Option(..., "--teacher", help="Teacher: Hub id[@rev], local folder or packaged:NAME."),
+    student: str = typer.Option(..., "--student", help="Reward student; must share the teacher's vocabulary."),
+    data: str = typer.Option(..., "--data", help="JSONL/JSON/parquet file or Hub dataset id: question, solution, explanation."),
+    out: Optional[Path] = typer.Option(None, "--out", help="JSONL written, one line per row [default: <data>.scores.jsonl]."),
+    dump_tokens: bool = typer.Option(False, "--dump-tokens", help="Add token ids, spans and temperatures to each line."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take reward settings and system prompts from a recipe."),
+    set_: Optional[list[str]] = SetOpt,
+    kl_estimator: Optional[str] = typer.Option(None, "--kl-estimator", help="k1 (default), k3 or full."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per forward pass."),
+    split: str = typer.Option("train", "--split", help="Split of a Hub dataset."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N rows."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 ... [default: float32 on CPU]."),
+) -> None:
+    """RLT reward of every row of an explanation dataset: JSON lines and a summary table."""
+    from factory.score import score as run_score
+    from factory.score import settings_from
+
+    settings, teacher_system, student_system = settings_from(
+        recipe, set_, kl_estimator=kl_estimator, batch_size=batch_size
+    )
+    run_score(
+        teacher, student, data, out, dump_tokens, settings=settings, teacher_system=teacher_system,
+        student_system=student_system, split=split, limit=limit, device=device, dtype=dtype, console=console,
+    )  # fmt: skip
+
+
+@app.command()
+def compare(
+    sources: list[str] = typer.Argument(..., help="Two or more trace datasets, each owner/name@rev, an artifact folder or a .parquet/.jsonl file, optionally as LABEL=SOURCE."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port to serve on; by default the first free one from 7860."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 to share on the network)."),
+    votes: Path = typer.Option(Path("compare-votes.jsonl"), "--votes", help="JSONL file the votes are appended to."),
+    votes_repo: Optional[str] = typer.Option(None, "--votes-repo", help="Hub dataset the Publish button pushes votes to."),
+) -> None:
+    """Serve the Gradio app comparing teachers' explanations side by side (the compare Space, locally)."""
+    from factory.compare import launch
+
+    launch(sources, port, host, votes, votes_repo)
+
+
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="The run folder (--run-dir of `factory run`) or one recipe's folder in it."),
+    recipe_name: Optional[str] = typer.Option(None, "--recipe", help="Which recipe's run, if the folder holds several."),
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Publish a finished run to the Hub (HF_ENDPOINT, HF_TOKEN); what is already there is skipped."""
+    from factory.hub.push import push_run
+
+    results = push_run(run_dir, recipe_name, set_ or [], log=console.print)
+    published = [f"{stage}: {ref.repo}@{ref.revision}" for stage, ref in results.items() if ref is not None]
+    console.print(f"[green]pushed[/green] {len(published)} artifact(s): " + "; ".join(published))
+
+
+@app.command("generate-shard")
+def generate_shard(
+    recipe: Path = RecipeArg,
+    shard: str = typer.Option(..., "--shard", help="I or I/N: shard I of N (default N: stages.generate.shards)."),
+    set_: Optional[list[str]] = SetOpt,
+    run_dir: Path = RunDirOpt,
+) -> None:
+    """Generate and score one shard of the generate stage (spread over nodes); `factory run` merges."""
+    from factory.stages.generate import run_shard
+
+    console.print(run_shard(_plan(recipe, set_, run_dir), shard, log=console.print))
+
+
 def _publisher(planned, run_dir: Path, push: bool):
     """The store the artifacts go to: the Hub with --push (or hub.push), else the local store."""
     try:
@@ -111,7 +181,7 @@ def _publisher(planned, run_dir: Path, push: bool):
         if push or planned.recipe.hub.push:
             raise UserError("publishing is not available in this build (factory.hub is missing)") from None
         return None
-    return open_store(planned.recipe, run_dir, push=push or planned.recipe.hub.push)
+    return open_store(planned.recipe, run_dir, push=push or planned.recipe.hub.push, log=console.print)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete, read_meta, write_json_atomic
 from factory.data import resolve_revision as resolve_data_revision
@@ -33,7 +33,6 @@ from factory.recipe import STAGE_ORDER, DataSource, ModelSpec, Recipe, recipe_to
 from factory.stages.base import STAGE_ROLES, ResolvedInput, Stage, StageContext
 
 MANIFEST = "manifest.json"
-ROLE_REPO_SUFFIX = {"teacher": "teacher", "traces": "traces", "student": "student"}
 # Peak dense bf16 of one H100 SXM and an MFU typical of LLM training: only for rough plan estimates.
 H100_BF16_FLOPS = 989e12
 ASSUMED_MFU = 0.35
@@ -121,9 +120,10 @@ class Plan:
 
     def repo_for(self, planned: PlannedStage) -> str | None:
         """The Hub repo this stage's artifact is published to (None for reports and when no namespace)."""
-        suffix = ROLE_REPO_SUFFIX.get(STAGE_ROLES[planned.name])
-        namespace = self.recipe.hub.namespace
-        return f"{namespace}/{self.recipe.name}-{suffix}" if suffix and namespace else None
+        from factory.hub.content import REPO_TYPES, target_for
+
+        role, namespace = STAGE_ROLES[planned.name], self.recipe.hub.namespace
+        return target_for(namespace, self.recipe.name, role).repo if role in REPO_TYPES and namespace else None
 
 
 def _check_stage_names(names: list[str], option: str) -> None:
@@ -281,11 +281,11 @@ def _run_lock(recipe_dir: Path) -> Iterator[None]:
         yield
 
 
-class Publisher:
-    """What the pipeline calls after each stage to publish its artifact (see factory.hub)."""
+class Publisher(Protocol):
+    """What the pipeline calls after each stage to publish its artifact (factory.hub's stores)."""
 
-    def publish(self, artifact_dir: Path) -> dict[str, Any] | None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def publish(self, artifact_dir: Path) -> Any:
+        """Publish (idempotently); return a ref with `to_manifest()`, or None when nothing is published."""
 
 
 @dataclass
@@ -314,8 +314,7 @@ def execute(
                 log(f"[cached] {planned.name}: {planned.reason} ({planned.artifact_dir.name})")
                 _refresh_inputs_meta(planned)
                 entries[planned.name] = _manifest_entry(plan, planned, entries.get(planned.name, {}).get("published"))
-                if publisher is not None:
-                    entries[planned.name]["published"] = publisher.publish(planned.artifact_dir)
+                _publish(publisher, planned, entries[planned.name])
                 continue
             if not planned.will_run:
                 log(f"[{planned.status}] {planned.name}: {planned.reason}")
@@ -325,13 +324,21 @@ def execute(
             report.ran.append(planned.name)
             report.summaries[planned.name] = summary
             entries[planned.name] = _manifest_entry(plan, planned, None)
-            if publisher is not None:
-                entries[planned.name]["published"] = publisher.publish(planned.artifact_dir)
+            _publish(publisher, planned, entries[planned.name])
             manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             write_json_atomic(plan.recipe_dir / MANIFEST, manifest)
         manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_json_atomic(plan.recipe_dir / MANIFEST, manifest)
     return report
+
+
+def _publish(publisher: Publisher | None, planned: PlannedStage, entry: dict[str, Any]) -> None:
+    """Publish a complete artifact and record where it went; publishing twice creates nothing."""
+    if publisher is None:
+        return
+    ref = publisher.publish(planned.artifact_dir)
+    if ref is not None:
+        entry["published"] = ref.to_manifest()
 
 
 def _refresh_inputs_meta(planned: PlannedStage) -> None:

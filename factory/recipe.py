@@ -169,6 +169,10 @@ class TeacherRL(Stage):
     ref_sync_mix: float = Field(default=0.9, ge=0, le=1, description="weight of the policy in the reference update")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
+    clip_epsilon: float = Field(default=0.2, gt=0, description="policy-ratio clip; inert when strictly on-policy")
+    kl_bias_correction: bool = Field(
+        default=False, description="weight the KL term by the policy ratio (on by default in TRL 1.16); off in the paper"
+    )
     max_prompt_length: int = Field(default=4096, ge=8)
     max_completion_length: int = Field(default=16384, ge=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
@@ -192,10 +196,12 @@ class Generate(Stage):
     max_new_tokens: int = Field(default=16384, ge=1)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 42
-    shards: int = Field(default=1, ge=1)
+    shards: int = Field(default=1, ge=1, description="shards for `factory generate-shard RECIPE --shard i`")
     limit: int | None = Field(default=None, ge=1, description="questions to generate for; all when unset")
     decontaminate_ngram: int = Field(default=13, ge=4)
     drop_unclosed: bool = True
+    drop_leaked: bool = False
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM's GPU memory share")
 
 
 class Distill(TrainStage):
@@ -214,6 +220,7 @@ class Evaluate(Stage):
     batch_size: int = Field(default=16, ge=1)
     seed: int = 42
     baselines: list[Literal["distill_base", "reference_traces"]] = Field(default_factory=list)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM's GPU memory share")
 
 
 class Stages(Section):
@@ -509,6 +516,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise UserError(_format_errors(exc, located, str(path))) from None
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, origin: str = "<recipe>") -> Recipe:
+    """Validate an already resolved recipe (a run manifest's), with `--set` overrides. Raises UserError."""
+    located = _Located()
+    data = apply_overrides(data, overrides or [], located)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_errors(exc, located, origin)) from None
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

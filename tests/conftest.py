@@ -34,3 +34,67 @@ def tiny_student_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+# ------------------------------------------------------------------------------- loopback Hub
+
+
+@pytest.fixture
+def hub_server(tmp_path):
+    """A loopback Hub (tests/hub_server.py) on 127.0.0.1 for one test; fails the test on a server bug."""
+    from hub_server import HubServer
+
+    server = HubServer(tmp_path / "loopback-hub").start()
+    yield server
+    server.stop()
+    assert not server.crashes, "the loopback Hub crashed:\n" + "\n".join(server.crashes)
+
+
+@pytest.fixture
+def hub_env(hub_server, monkeypatch, tmp_path):
+    """Point the unmodified huggingface_hub and datasets clients at `hub_server`, online, with its token.
+
+    Both libraries read HF_ENDPOINT, HF_HUB_OFFLINE and their caches into module constants at import,
+    so the environment (for subprocesses) and those constants (for this process) are set together;
+    caches live in the test's temporary folder.
+    """
+    import datasets.config
+    import huggingface_hub.constants as hub_constants
+    from huggingface_hub import hf_api
+
+    endpoint, home = hub_server.endpoint, tmp_path / "hf-home"
+    for name, value in {
+        "HF_ENDPOINT": endpoint,
+        "HF_TOKEN": hub_server.token,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_DATASETS_CACHE": str(home / "datasets"),
+        "HF_UPDATE_DOWNLOAD_COUNTS": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for name, value in {
+        "ENDPOINT": endpoint,
+        "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_XET": True,
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+    }.items():
+        monkeypatch.setattr(hub_constants, name, value)
+    monkeypatch.setattr(hf_api.api, "endpoint", endpoint)
+    for name, value in {
+        "HF_ENDPOINT": endpoint,
+        "HUB_DATASETS_URL": endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_HUB_OFFLINE": False,
+        "HF_UPDATE_DOWNLOAD_COUNTS": False,
+        "HF_DATASETS_CACHE": home / "datasets",
+        "DOWNLOADED_DATASETS_PATH": home / "datasets" / "downloads",
+        "EXTRACTED_DATASETS_PATH": home / "datasets" / "downloads" / "extracted",
+        "HF_MODULES_CACHE": home / "modules",
+    }.items():
+        monkeypatch.setattr(datasets.config, name, value)
+    return hub_server

@@ -1,0 +1,107 @@
+"""The compare Space from the package side: run it locally, or write / deploy it with its sources.
+
+The Space's code lives in spaces/compare/ (app.py, compare_data.py) so that folder deploys to the Hub
+unchanged; this module imports it from there. `write_space` and `deploy_space` are what publishing
+calls: they add a `sources.json` and list the Hub datasets in the Space card's `datasets:`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import yaml
+
+from factory.errors import UserError
+
+SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces" / "compare"
+SPACE_FILES = ("app.py", "compare_data.py", "requirements.txt", "README.md")
+
+
+def space_module(name: str) -> ModuleType:
+    """Import `app` or `compare_data` from the Space folder (it is not part of the installed package)."""
+    path = SPACE_DIR / f"{name}.py"
+    if not path.is_file():
+        raise UserError(f"the compare Space is missing at {path}: run factory from a checkout of its repository")
+    module_name = name if name == "compare_data" else f"factory_space_{name}"  # app.py imports compare_data by name
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def load(sources: list[str]):
+    """Load and align the sources; a source problem becomes a UserError naming it."""
+    data = space_module("compare_data")
+    try:
+        return data.load_comparison(list(sources))
+    except data.SourceError as exc:
+        raise UserError(str(exc)) from None
+
+
+def build(sources: list[str], votes: str | Path, votes_repo: str | None = None):
+    """The Gradio Blocks of the Space for these sources (not launched)."""
+    comparison = load(sources)
+    app = space_module("app")
+    return app.build_app(comparison, space_module("compare_data").VoteStore(votes), votes_repo)
+
+
+def launch(sources: list[str], port: int | None, host: str, votes: str | Path, votes_repo: str | None) -> None:
+    """`factory compare`: serve the Space locally until interrupted."""
+    demo = build(sources, votes, votes_repo)
+    demo.launch(server_name=host, server_port=port, ssr_mode=False, css=space_module("app").CSS)
+
+
+def write_space(dest: str | Path, sources: list[str], title: str | None = None, votes_repo: str | None = None) -> Path:
+    """Copy the Space into `dest` with its sources fixed in sources.json and its Hub datasets in the card."""
+    data = space_module("compare_data")
+    if len(sources) < 2:
+        raise UserError(f"the compare Space needs two or more trace datasets, got {len(sources)}")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SPACE_FILES:
+        if name != "README.md":
+            shutil.copyfile(SPACE_DIR / name, dest / name)
+    repos = []
+    for spec in sources:
+        location = data.split_spec(spec)[1].partition("@")[0]
+        if data.HUB_ID.match(location) and location not in repos:
+            repos.append(location)
+    settings = {"sources": list(sources), "title": title, "votes_repo": votes_repo}
+    (dest / "sources.json").write_text(json.dumps(settings, indent=2) + "\n")
+    (dest / "README.md").write_text(_card(repos, sources, title))
+    return dest
+
+
+def _card(repos: list[str], sources: list[str], title: str | None) -> str:
+    """The Space card of the template with `datasets:` set and the sources listed in the text."""
+    text = (SPACE_DIR / "README.md").read_text()
+    _, front, body = text.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    meta["datasets"] = repos
+    if title:
+        meta["title"] = title[:60]
+    listed = "\n".join(f"- `{spec}`" for spec in sources)
+    return f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n{body.rstrip()}\n\n## Sources shown\n\n{listed}\n"
+
+
+def deploy_space(repo_id: str, sources: list[str], title: str | None = None, votes_repo: str | None = None,
+                 token: str | None = None, private: bool = False) -> str:  # fmt: skip
+    """Create (or update) a Gradio Space repo with this comparison; returns the commit id."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        write_space(folder, sources, title, votes_repo)
+        info = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder,
+                                 commit_message=f"compare Space: {', '.join(sources)}")  # fmt: skip
+    return info.oid

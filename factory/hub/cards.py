@@ -1,0 +1,285 @@
+"""Model and dataset cards rendered from `factory.json` records, with the Hub's card classes.
+
+Metadata goes through `ModelCardData` / `DatasetCardData` (and datasets' own `DatasetInfosDict` and
+`MetadataConfigs` for `dataset_info` and `configs`), and every card is parsed back with
+`ModelCard` / `DatasetCard` before it is returned, so what is uploaded is what those classes read.
+
+Evaluation results come from the report's metrics: for each eval set of the recipe
+(`data.eval[].name`), either `metrics[name] = {metric: value}` or flat keys `"name/metric"`; those
+numbers become the `model-index`. Other numeric metrics (an overall mean, baselines) are shown in
+the card's table only, as they name no dataset.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from factory.hub.content import PLOTS_DIR, Target, data_layout
+from factory.recipe import Recipe, recipe_to_dict
+
+HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+TAGS = ["factory", "rlt", "reinforcement-learned-teaching"]
+ROLE_TEXT = {
+    "teacher": "an RLT teacher: given a question and its solution, it writes the explanation that best teaches a student",
+    "student": "a student distilled on explanations written by an RLT teacher",
+}
+
+
+def _hub_id(source: str) -> str | None:
+    """`source` when it names a Hub repo (what card metadata may link to), None for local or packaged sources."""
+    return source if HUB_REPO.fullmatch(source) and not Path(source).expanduser().exists() else None
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+    if not rows:
+        return "_none recorded_\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def _lineage(record: dict[str, Any], here: str) -> str:
+    steps = []
+    for entry in record["lineage"]:
+        if entry.get("repo"):
+            steps.append(f"[{entry['repo']}@{entry['revision']}]({entry['url']}) ({entry['stage']})")
+        else:
+            steps.append(f"{entry['stage']} `{entry['fingerprint'][:12]}` (not published)")
+    return " → ".join([*steps, f"**{here}** (this version)"]) + "\n"
+
+
+def _base_inputs(record: dict[str, Any]) -> str:
+    rows = [(i["role"], i["source"], i["revision"] or "") for i in record["inputs"] if i.get("source")]
+    return _table(rows, ("role", "source", "revision"))
+
+
+def _plots(paths: list[str]) -> str:
+    lines = []
+    for path in paths:
+        name = Path(path).stem.replace("_", " ")
+        lines.append(f"![{name}]({path})" if path.endswith(".png") else f"- [{Path(path).name}]({path}) (data of the plots)")
+    return "\n\n".join(lines) + "\n" if lines else "_no plots recorded_\n"
+
+
+def _recipe_block(recipe: Recipe) -> str:
+    text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+    return f"<details><summary>Resolved recipe <code>{recipe.name}</code></summary>\n\n```yaml\n{text}```\n\n</details>\n"
+
+
+def _footer(record: dict[str, Any], recipe: Recipe) -> str:
+    versions = "\n".join(f"{k}=={v}" for k, v in sorted(record["versions"].items()))
+    return (
+        f"## Recipe\n\n{_recipe_block(recipe)}\n"
+        f"## Provenance\n\nStage `{record['stage']}`, fingerprint `{record['fingerprint']}`; "
+        f"the full record is [`factory.json`](factory.json).\n\n```text\n{versions}\n```\n"
+    )
+
+
+# --------------------------------------------------------------------------------------- evaluation
+
+
+def evaluation_rows(metrics: dict[str, Any], recipe: Recipe) -> list[tuple[str | None, str, float]]:
+    """(eval set or None, metric, value) for every number in a report's metrics."""
+    names = {s.name for s in recipe.data.eval}
+    rows: list[tuple[str | None, str, float]] = []
+    for key, value in _flat(metrics).items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        head, _, rest = key.replace("/", ".").partition(".")
+        rows.append((head, rest, float(value)) if head in names and rest else (None, key, float(value)))
+    return rows
+
+
+def _eval_results(rows: list[tuple[str | None, str, float]], recipe: Recipe) -> list[Any]:
+    from huggingface_hub import EvalResult
+
+    sets = {s.name: s for s in recipe.data.eval}
+    return [
+        EvalResult(
+            task_type="text-generation",
+            task_name="Reasoning",
+            dataset_type=_hub_id(sets[name].source) or name,
+            dataset_name=name,
+            dataset_split=sets[name].split,
+            dataset_revision=sets[name].revision,
+            metric_type=metric,
+            metric_name=metric,
+            metric_value=value,
+        )
+        for name, metric, value in rows
+        if name is not None
+    ]
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+def model_card(
+    record: dict[str, Any],
+    recipe: Recipe,
+    target: Target,
+    plots: list[str],
+    evaluation: tuple[dict[str, Any], list[str]] | None = None,
+) -> str:
+    """The card of a model version; `evaluation` is (report record, report plots) when it has one."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    role = record["role"]
+    version = evaluation[0] if evaluation else record  # the record of the version this card describes
+    tag = version["tag"]
+    base = recipe.models.teacher if role == "teacher" else recipe.models.distill_base
+    datasets = [e["repo"] for e in record["lineage"] if e.get("repo") and e.get("repo_type") == "dataset"]
+    if role == "teacher" and (train := _hub_id(recipe.data.train.source)):
+        datasets.append(train)
+    rows = evaluation_rows(evaluation[0]["metrics"], recipe) if evaluation else []
+    eval_results = _eval_results(rows, recipe)
+    data = ModelCardData(
+        base_model=_hub_id(base.source),
+        datasets=sorted(set(datasets)) or None,
+        license=recipe.hub.license,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=[*TAGS, role, record["stage"].replace("_", "-")],
+        model_name=target.repo.split("/")[-1] if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    body = [
+        f"# {target.repo.split('/')[-1]}\n",
+        f"This model is {ROLE_TEXT[role]}. It was produced by the `{record['stage']}` stage of the factory "
+        f"recipe `{recipe.name}` (Reinforcement-Learned Teaching).\n",
+        "## Lineage\n",
+        _lineage(version, f"{target.repo}@{tag}"),
+        f"Base model: `{base.source}`{f' at `{base.revision}`' if base.revision else ''}.\n",
+        "Base inputs:\n",
+        _base_inputs(record),
+    ]
+    if evaluation:
+        report, report_plots = evaluation
+        body += [
+            "## Evaluation\n",
+            f"Settings: {_settings_line(report['config'])}\n",
+            _table([(name or "-", metric, value) for name, metric, value in rows], ("eval set", "metric", "value")),
+            _plots(report_plots),
+        ]
+    body += [
+        "## Training\n",
+        _table(sorted((k, v) for k, v in _flat(record["metrics"]).items() if v is not None), ("metric", "value")),
+        "Settings:\n",
+        _table(sorted(_flat(record["config"]).items()), ("setting", "value")),
+        _plots(plots),
+        "## How to load\n",
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{target.repo}", revision="{tag}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{target.repo}", revision="{tag}")\n```\n',
+        _footer(version, recipe),
+    ]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+    return str(card)
+
+
+def _settings_line(config: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in sorted(_flat(config).items())) or "defaults"
+
+
+# ----------------------------------------------------------------------------------------- dataset
+
+
+def dataset_card(record: dict[str, Any], recipe: Recipe, target: Target, plots: list[str], files: dict[str, Path]) -> str:
+    """The card of a traces version: configs, features, sampling, QA figures, reward statistics, loading."""
+    from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+    import pyarrow.parquet as pq
+
+    layout = data_layout(files)
+    infos, configs, rows_total = DatasetInfosDict(), MetadataConfigs(), 0
+    feature_rows: list[tuple[str, str, str]] = []
+    for config, splits in layout.items():
+        features, split_infos = None, SplitDict()
+        for split, paths in splits.items():
+            metas = [pq.ParquetFile(files[p]).metadata for p in paths]
+            features = features or Features.from_arrow_schema(pq.read_schema(files[paths[0]]))
+            rows = sum(m.num_rows for m in metas)
+            size = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
+            split_infos.add(SplitInfo(name=split, num_bytes=size, num_examples=rows))
+            rows_total += rows if config == "default" else 0
+        infos[config] = DatasetInfo(features=features, splits=split_infos, config_name=config)
+        configs[config] = {"data_files": [{"split": s, "path": p} for s, p in splits.items()]}
+        feature_rows += [(config, name, getattr(feature, "dtype", None) or repr(feature)) for name, feature in features.items()]
+    generated_by = {i["fingerprint"] for i in record["inputs"] if i["role"] == "teacher"}
+    teacher = [e for e in record["lineage"] if e["fingerprint"] in generated_by]
+    data = DatasetCardData(
+        license=recipe.hub.license,
+        pretty_name=f"{recipe.name} RLT explanation traces",
+        tags=[*TAGS, "synthetic", "distillation"],
+        task_categories=["text-generation"],
+        size_categories=[_size_category(rows_total)],
+    )
+    configs.to_dataset_card_data(data)
+    infos.to_dataset_card_data(data)
+    metrics = _flat(record["metrics"])
+    rewards = sorted((k, v) for k, v in metrics.items() if "reward" in k)
+    qa = sorted((k, v) for k, v in metrics.items() if "reward" not in k)
+    other_configs = [c for c in layout if c != "default"]
+    snippet = [f'ds = load_dataset("{target.repo}", revision="{record["tag"]}")']
+    snippet += [f'{c} = load_dataset("{target.repo}", "{c}", revision="{record["tag"]}")' for c in other_configs]
+    body = [
+        f"# {target.repo.split('/')[-1]}\n",
+        "Explanation traces written by an RLT teacher: for each question, the teacher was given the reference "
+        "solution and wrote the explanation that best teaches a student. Rows are in the student's format "
+        f"and distill a student directly. Produced by the `{record['stage']}` stage of the factory recipe `{recipe.name}`.\n",
+        "## Lineage\n",
+        _lineage(record, f"{target.repo}@{record['tag']}"),
+        "Teacher: " + (", ".join(f"[{e['repo']}@{e['revision']}]({e['url']})" for e in teacher if e.get("repo")) or "not published") + "\n",
+        "Base inputs:\n",
+        _base_inputs(record),
+        "## Configs and features\n",
+        _table([(c, s, len(p), infos[c].splits[s].num_examples) for c, sp in layout.items() for s, p in sp.items()],
+               ("config", "split", "files", "rows")),
+        _table(feature_rows, ("config", "feature", "type")),
+        "## Sampling settings\n",
+        _table(sorted(_flat(record["config"]).items()), ("setting", "value")),
+        "## Reward statistics\n",
+        _table(rewards, ("statistic", "value")),
+        "## Quality checks\n",
+        _table(qa, ("figure", "value")),
+        _plots(plots),
+        "## How to load\n",
+        "```python\nfrom datasets import load_dataset\n\n" + "\n".join(snippet) + "\n```\n",
+        _footer(record, recipe),
+    ]
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+    return str(card)
+
+
+SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B")
+
+
+def _size_category(rows: int) -> str:
+    """The Hub's size category: one per power of ten of the row count."""
+    return SIZE_CATEGORIES[min(max(len(str(rows)) - 3, 0), len(SIZE_CATEGORIES) - 1)]
+
+
+def plot_paths(files: dict[str, Any], prefix: str = PLOTS_DIR) -> list[str]:
+    return sorted(p for p in files if p.startswith(prefix) and p.endswith((".png", ".csv")))
+

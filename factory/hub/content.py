@@ -1,0 +1,108 @@
+"""What an artifact puts into its repo: the files, the `factory.json` record, and the repo's name.
+
+Repo per role: `{namespace}/{recipe}-teacher` and `-student` (model repos), `-traces` (a dataset
+repo). A model artifact's `model/` folder becomes the repo root; a dataset artifact's parquet files
+keep their place under `data/` (`data/{split}[-NNNNN-of-NNNNN].parquet` is config `default`,
+`data/{config}/{split}...parquet` another config, e.g. `candidates`); PNG and CSV files at the
+artifact root are plots and go under `plots/`. A report goes into the student repo under `eval/`.
+
+`factory.json` is the record of one published version: fingerprint, stage, config, metrics, base
+inputs, and the lineage (upstream repos at their tags). Stores find an existing publish by reading
+it at each tag, so the repo itself, not local state, says what was published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from factory.artifacts import ArtifactMeta
+from factory.errors import UserError
+
+RECORD_FILE = "factory.json"
+CARD_FILE = "README.md"
+REPO_TYPES = {"teacher": "model", "traces": "dataset", "student": "model"}  # role -> repo type; suffix = role
+PLOT_SUFFIXES = (".png", ".csv")
+EVAL_DIR = "eval/"
+PLOTS_DIR = "plots/"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A repo of a store: its id (`namespace/name`) and type (`model` or `dataset`)."""
+
+    repo: str
+    repo_type: str
+
+
+def target_for(namespace: str, recipe_name: str, role: str) -> Target:
+    return Target(f"{namespace}/{recipe_name}-{role}", REPO_TYPES[role])
+
+
+def artifact_files(meta: ArtifactMeta, artifact_dir: Path) -> dict[str, Path]:
+    """Path in the repo -> local file, for everything the artifact publishes except card and record."""
+    files: dict[str, Path] = {}
+    if meta.kind == "report":
+        report = artifact_dir / "report.json"
+        if not report.is_file():
+            raise UserError(f"{artifact_dir}: a report artifact needs report.json")
+        files[EVAL_DIR + "report.json"] = report
+    else:
+        payload = artifact_dir / ("model" if meta.kind == "model" else "data")
+        found = sorted(p for p in payload.rglob("*") if p.is_file()) if payload.is_dir() else []
+        if meta.kind == "dataset":
+            found = [p for p in found if p.suffix == ".parquet"]
+        if not found:
+            raise UserError(f"{artifact_dir}: a {meta.kind} artifact needs its files under {payload.name}/")
+        prefix = "" if meta.kind == "model" else "data/"
+        files.update({prefix + p.relative_to(payload).as_posix(): p for p in found})
+    plots = EVAL_DIR if meta.kind == "report" else PLOTS_DIR
+    for path in sorted(artifact_dir.iterdir()):
+        if path.is_file() and path.suffix.lower() in PLOT_SUFFIXES:
+            files[plots + path.name] = path
+    return files
+
+
+def data_layout(files: dict[str, Path]) -> dict[str, dict[str, list[str]]]:
+    """config -> split -> parquet paths in the repo, from the `data/` naming convention."""
+    layout: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(files):
+        if not (path.startswith("data/") and path.endswith(".parquet")):
+            continue
+        parts = path.removeprefix("data/").split("/")
+        config = parts[0] if len(parts) > 1 else "default"
+        split = Path(parts[-1]).stem.split("-")[0]
+        if not split.isidentifier():
+            raise UserError(f"{path}: the split name {split!r} must be a word (name files data/SPLIT-*.parquet)")
+        layout.setdefault(config, {}).setdefault(split, []).append(path)
+    return layout
+
+
+def owned(path: str, kind: str) -> bool:
+    """Whether a publish of this kind replaces `path`: everything for models and datasets, eval/ for reports."""
+    return kind != "report" or path.startswith(EVAL_DIR)
+
+
+def make_record(meta: ArtifactMeta, tag: str, lineage: list[dict[str, Any]], evaluates: dict[str, Any] | None) -> dict[str, Any]:
+    """The `factory.json` of a version: what was published, from what, with which settings."""
+    record = {
+        "fingerprint": meta.fingerprint,
+        "kind": meta.kind,
+        "stage": meta.stage,
+        "role": meta.role,
+        "recipe_name": meta.recipe_name,
+        "tag": tag,
+        "config": meta.config,
+        "metrics": meta.metrics,
+        "inputs": [
+            {"role": ref.role, "fingerprint": ref.fingerprint, "source": ref.source, "revision": ref.revision}
+            for ref in meta.inputs
+        ],
+        "lineage": lineage,
+        "versions": meta.versions,
+        "created": meta.created,
+    }
+    if evaluates is not None:
+        record["evaluates"] = evaluates
+    return record

@@ -1,0 +1,349 @@
+"""Stores: one publishing procedure over two backends, the Hub and a local folder with the same content.
+
+A publish is idempotent and resumable. It reads what the repo already holds (each `vN` tag's
+`factory.json`, and main's), and then:
+
+- a tag whose record has this fingerprint exists: nothing to do (`created=False`);
+- main's record has this fingerprint but no tag points at it (a publish interrupted between
+  commit and tag): tag that commit with the tag its record names;
+- otherwise: one commit with the files, card and record, then the next tag `vN+1`.
+
+The tag is created only after the whole commit succeeded, so a version is either complete or absent.
+Lineage is looked up the same way: each upstream artifact input is found in its role's repo by
+fingerprint, so the card links the versions this store actually holds, whichever run published them.
+
+A report (the evaluate stage) is not its own repo: it becomes a version of the student repo whose
+commit adds `eval/` and re-renders the card with the `model-index`, on top of the student version it
+evaluated (so the newest student tag carries both the weights and their evaluation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, TypeVar
+
+from factory.artifacts import ArtifactMeta, is_complete, read_meta
+from factory.errors import UserError
+from factory.hub.cards import dataset_card, model_card, plot_paths
+from factory.hub.content import (
+    CARD_FILE,
+    EVAL_DIR,
+    RECORD_FILE,
+    REPO_TYPES,
+    Target,
+    artifact_files,
+    make_record,
+    owned,
+    target_for,
+)
+from factory.recipe import Recipe
+
+TAG = re.compile(r"v(\d+)")
+KEEP = {".gitattributes"}  # files of the repo itself, never replaced by a publish
+T = TypeVar("T")
+Files = dict[str, "Path | bytes"]
+
+
+@dataclass(frozen=True)
+class PublishedRef:
+    """Where an artifact was published: repo, tag, commit, browsable URL; `created` False if it already was."""
+
+    repo: str
+    revision: str
+    commit: str
+    url: str
+    created: bool
+    repo_type: str = "model"
+    store: str = "hub"
+
+    def to_manifest(self) -> dict[str, str]:
+        """The run manifest's `published` entry."""
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "commit": self.commit,
+            "url": self.url,
+            "repo_type": self.repo_type,
+            "store": self.store,
+        }
+
+
+@dataclass(frozen=True)
+class Version:
+    """A tag of a repo and the `factory.json` record at its commit."""
+
+    tag: str
+    commit: str
+    record: dict[str, Any]
+
+    @property
+    def number(self) -> int:
+        return int(self.tag[1:])
+
+
+@dataclass(frozen=True)
+class Head:
+    """The tip of main: its commit, its files and its record (None for a repo factory never wrote)."""
+
+    commit: str | None
+    files: list[str]
+    record: dict[str, Any] | None
+
+
+class Store:
+    """The publishing procedure; subclasses supply the repo primitives."""
+
+    name: ClassVar[str]
+
+    def __init__(self, recipe: Recipe, namespace: str, log: Callable[[str], None] = print):
+        self.recipe = recipe
+        self.namespace = namespace
+        self.log = log
+
+    # ---------------------------------------------------------------------------- primitives
+
+    def _ensure_repo(self, target: Target) -> None:
+        raise NotImplementedError
+
+    def _versions(self, target: Target) -> list[Version]:
+        """The `vN` tags with a factory record, oldest first; empty when the repo does not exist."""
+        raise NotImplementedError
+
+    def _head(self, target: Target) -> Head:
+        raise NotImplementedError
+
+    def _commit(self, target: Target, files: Files, delete: list[str], parent: str | None, message: str) -> str:
+        """One commit on main on top of `parent`, adding `files` and removing `delete`; returns its id."""
+        raise NotImplementedError
+
+    def _tag(self, target: Target, tag: str, commit: str) -> None:
+        raise NotImplementedError
+
+    def url(self, target: Target, tag: str) -> str:
+        raise NotImplementedError
+
+    def _run(self, operation: Callable[[], T]) -> T:
+        """Run one idempotent operation; the Hub store retries it on transient errors."""
+        return operation()
+
+    # ----------------------------------------------------------------------------- publishing
+
+    def target(self, role: str) -> Target:
+        return target_for(self.namespace, self.recipe.name, role)
+
+    def publish(self, artifact_dir: Path) -> PublishedRef | None:
+        """Publish one complete artifact folder; None for a report whose student this store does not hold."""
+        artifact_dir = Path(artifact_dir)
+        meta = read_meta(artifact_dir)
+        attempted: set[str] = set()
+        ref = self._run(lambda: self._publish_once(meta, artifact_dir, attempted))
+        if ref is not None:
+            state = "published" if ref.created else "already published"
+            self.log(f"{meta.stage}: {state} {ref.repo}@{ref.revision} ({ref.url})")
+        return ref
+
+    def _publish_once(self, meta: ArtifactMeta, artifact_dir: Path, attempted: set[str]) -> PublishedRef | None:
+        lineage, upstream = self._lineage(meta)
+        if meta.kind == "report":
+            if "student" not in upstream:
+                self.log(f"{meta.stage}: report not published, its student is not published in the {self.name} store")
+                return None
+            target = upstream["student"][0]
+        else:
+            target = self.target(meta.role)
+        self._ensure_repo(target)
+        versions = self._versions(target)
+        for version in versions:
+            if version.record.get("fingerprint") == meta.fingerprint:
+                return self._ref(target, version.tag, version.commit, created=version.tag in attempted)
+        head = self._head(target)
+        if head.record is not None and head.record.get("fingerprint") == meta.fingerprint:
+            tag, commit = head.record["tag"], head.commit  # committed by an interrupted publish, never tagged
+        else:
+            tag = f"v{max((v.number for v in versions), default=0) + 1}"
+            files = self._contents(meta, artifact_dir, target, tag, lineage, upstream.get("student"), head)
+            delete = [p for p in head.files if p not in KEEP and p not in files and owned(p, meta.kind)]
+            message = f"{meta.stage}: {tag} (fingerprint {meta.fingerprint[:12]})"
+            commit = self._commit(target, files, delete, head.commit, message)
+        attempted.add(tag)
+        self._tag(target, tag, commit)
+        return self._ref(target, tag, commit, created=True)
+
+    def _ref(self, target: Target, tag: str, commit: str, created: bool) -> PublishedRef:
+        return PublishedRef(target.repo, tag, commit, self.url(target, tag), created, target.repo_type, self.name)
+
+    def _find(self, target: Target, fingerprint: str) -> Version | None:
+        return next((v for v in self._versions(target) if v.record.get("fingerprint") == fingerprint), None)
+
+    def _lineage(self, meta: ArtifactMeta) -> tuple[list[dict[str, Any]], dict[str, tuple[Target, Version]]]:
+        """The upstream chain (oldest first) of an artifact, and its published artifact inputs by role."""
+        chain: list[dict[str, Any]] = []
+        upstream: dict[str, tuple[Target, Version]] = {}
+        for ref in meta.inputs:
+            if ref.source is not None or ref.role not in REPO_TYPES:
+                continue  # a base model or dataset, not an artifact of this recipe
+            target = self.target(ref.role)
+            version = self._find(target, ref.fingerprint)
+            if version is None:
+                path = Path(ref.path) if ref.path else None
+                stage = read_meta(path).stage if path is not None and is_complete(path) else ref.role
+                chain.append({"role": ref.role, "stage": stage, "fingerprint": ref.fingerprint, "repo": None})
+                continue
+            upstream[ref.role] = (target, version)
+            for entry in [*version.record.get("lineage", []), self._entry(target, version)]:
+                if entry not in chain:
+                    chain.append(entry)
+        return chain, upstream
+
+    def _entry(self, target: Target, version: Version) -> dict[str, Any]:
+        return {
+            "role": version.record["role"],
+            "stage": version.record["stage"],
+            "fingerprint": version.record["fingerprint"],
+            "repo": target.repo,
+            "repo_type": target.repo_type,
+            "revision": version.tag,
+            "commit": version.commit,
+            "url": self.url(target, version.tag),
+        }
+
+    def _contents(
+        self,
+        meta: ArtifactMeta,
+        artifact_dir: Path,
+        target: Target,
+        tag: str,
+        lineage: list[dict[str, Any]],
+        student: tuple[Target, Version] | None,
+        head: Head,
+    ) -> Files:
+        """Every file the new version writes: the artifact's files, its record and its card."""
+        files: Files = dict(artifact_files(meta, artifact_dir))
+        if meta.kind == "report":
+            student_target, student_version = student
+            evaluated = student_version.record["fingerprint"]
+            current = head.record or {}
+            if evaluated not in (current.get("fingerprint"), current.get("evaluates", {}).get("fingerprint")):
+                raise UserError(
+                    f"{target.repo}: main no longer holds {target.repo}@{student_version.tag}, the student this report "
+                    f"evaluated; publish that student again (factory push) before its report"
+                )
+            record = make_record(meta, tag, lineage, evaluates=self._entry(student_target, student_version))
+            evaluation = (record, plot_paths(files, EVAL_DIR))
+            card = model_card(student_version.record, self.recipe, target, plot_paths(head.files), evaluation)
+        else:
+            record = make_record(meta, tag, lineage, evaluates=None)
+            if meta.kind == "model":
+                card = model_card(record, self.recipe, target, plot_paths(files))
+            else:
+                card = dataset_card(record, self.recipe, target, plot_paths(files), files)
+        files[RECORD_FILE] = json.dumps(record, indent=2, sort_keys=True, default=str).encode() + b"\n"
+        files[CARD_FILE] = card.encode()
+        return files
+
+
+# ----------------------------------------------------------------------------------- local folder
+
+
+class LocalStore(Store):
+    """The offline store: `root/{models,datasets}/{namespace}/{repo}/` with `snapshots/<commit>/`,
+    a `main` link to the newest snapshot and one `vN` link per tag, each snapshot holding exactly
+    what the Hub repo holds at that tag. Snapshots hard-link the artifact files (no copies)."""
+
+    name = "local"
+
+    def __init__(self, recipe: Recipe, root: Path, log: Callable[[str], None] = print):
+        super().__init__(recipe, recipe.hub.namespace or "local", log)
+        self.root = Path(root)
+
+    def _dir(self, target: Target) -> Path:
+        return self.root / f"{target.repo_type}s" / target.repo
+
+    def _ensure_repo(self, target: Target) -> None:
+        (self._dir(target) / "snapshots").mkdir(parents=True, exist_ok=True)
+
+    def _versions(self, target: Target) -> list[Version]:
+        folder = self._dir(target)
+        found = []
+        for link in folder.iterdir() if folder.is_dir() else []:
+            record = link / RECORD_FILE
+            if TAG.fullmatch(link.name) and link.is_symlink() and record.is_file():
+                found.append(Version(link.name, link.resolve().name, json.loads(record.read_text())))
+        return sorted(found, key=lambda v: v.number)
+
+    def _head(self, target: Target) -> Head:
+        main = self._dir(target) / "main"
+        if not main.exists():
+            return Head(None, [], None)
+        snapshot = main.resolve()
+        files = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+        record = json.loads((snapshot / RECORD_FILE).read_text()) if RECORD_FILE in files else None
+        return Head(snapshot.name, files, record)
+
+    def _commit(self, target: Target, files: Files, delete: list[str], parent: str | None, message: str) -> str:
+        snapshots = self._dir(target) / "snapshots"
+        incoming = Path(tempfile.mkdtemp(dir=snapshots, prefix=".incoming-"))
+        try:
+            if parent is not None:
+                base = snapshots / parent
+                for path in base.rglob("*"):
+                    relative = path.relative_to(base).as_posix()
+                    if path.is_file() and relative not in files and relative not in delete:
+                        _link(path, incoming / relative)
+            for relative, source in files.items():
+                destination = incoming / relative
+                if isinstance(source, bytes):
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    destination.write_bytes(source)
+                else:
+                    _link(source, destination)
+            commit = hashlib.sha1(os.urandom(20)).hexdigest()  # a snapshot id; content is checked by records
+            incoming.rename(snapshots / commit)
+        except BaseException:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise
+        _point(self._dir(target) / "main", Path("snapshots") / commit)
+        return commit
+
+    def _tag(self, target: Target, tag: str, commit: str) -> None:
+        link = self._dir(target) / tag
+        if link.is_symlink() and link.resolve().name != commit:
+            raise UserError(f"{link} already points at another snapshot")
+        if not link.is_symlink():
+            link.symlink_to(Path("snapshots") / commit)
+
+    def url(self, target: Target, tag: str) -> str:
+        return str(self._dir(target) / tag)
+
+
+def _link(source: Path, destination: Path) -> None:
+    """Hard-link (same file system) or copy `source` to `destination`."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _point(link: Path, target: Path) -> None:
+    """Make `link` a symlink to `target`, replacing the old one atomically."""
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target)
+    os.replace(temporary, link)
+
+
+def open_store(recipe: Recipe, run_dir: Path, push: bool, log: Callable[[str], None] = print) -> Store:
+    """The Hub store (token checked now, before any upload) when pushing, else the local store of the run."""
+    if push:
+        from factory.hub.hub_store import HubStore
+
+        return HubStore(recipe, log=log)
+    return LocalStore(recipe, Path(run_dir) / recipe.name / "store", log=log)

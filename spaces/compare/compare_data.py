@@ -1,0 +1,478 @@
+"""Data logic of the compare Space: load trace datasets, align them by id, page, search, vote.
+
+This module lives beside app.py so that the Space folder deploys unchanged (it must not import
+`factory`); `factory compare` imports it from here. It holds everything that is not Gradio layout,
+so it is tested without a browser. Nothing here sends a whole dataset anywhere: the app asks for
+one question or one overview page at a time.
+
+A source is written `[label=]LOCATION`, where LOCATION is a local artifact folder (its
+`data/*.parquet`, the `default` config of a traces artifact), a local `.parquet` / `.jsonl` /
+`.json` file, or a Hub dataset `owner/name@revision` (the revision is optional, `main` otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REQUIRED = ("id", "question", "solution", "explanation", "reward")
+COMPONENTS = ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty")
+# Optional columns of the traces schema shown when present: generate's QA flags (answer_leaked,
+# reward_truncated), and `student_correct` (bool): whether the reward student answered correctly after
+# reading the explanation, where a stage recorded it.
+FLAGS = ("answer_leaked", "reward_truncated")
+OPTIONAL = (*COMPONENTS, "closed", "explanation_tokens", "finish_reason", "teacher", "student_correct", *FLAGS)
+LATEX_DELIMITERS = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "$", "right": "$", "display": False},
+    {"left": "\\(", "right": "\\)", "display": False},
+]
+SORTS = {
+    "disagreement": "|reward right − left|, largest first",
+    "right_better": "reward right − left, largest first",
+    "left_better": "reward left − right, largest first",
+    "dataset": "dataset order",
+}
+VOTES = ("left", "right", "tie")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+LABEL = re.compile(r"^[\w .()+-]+$")
+
+
+class SourceError(ValueError):
+    """A source that cannot be shown: not found, wrong columns, duplicate ids. Names the source."""
+
+
+# ------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class Source:
+    """One loaded trace dataset: where it came from and its rows (indexed by id)."""
+
+    label: str
+    ref: str  # repo@revision or an absolute local path: what a vote record names
+    kind: str  # "hub" | "artifact" | "file"
+    frame: pd.DataFrame
+
+
+def split_spec(spec: str) -> tuple[str | None, str]:
+    """`label=location` -> (label, location); a bare location has no label."""
+    head, sep, tail = spec.partition("=")
+    if sep and LABEL.match(head) and tail and "/" not in head:
+        return head.strip(), tail.strip()
+    return None, spec.strip()
+
+
+def _read_parquet(files: list[Path]) -> pd.DataFrame:
+    """Only the shown columns: prompt/completion repeat the text and would double the memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for path in files:
+        names = set(pq.read_schema(path).names)
+        tables.append(pq.read_table(path, columns=[c for c in (*REQUIRED, *OPTIONAL) if c in names]))
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def _read_local(path: Path) -> tuple[str, pd.DataFrame]:
+    if path.is_dir():
+        data = path / "data"
+        files = sorted(data.glob("*.parquet")) if data.is_dir() else sorted(path.glob("*.parquet"))
+        if not files:
+            raise SourceError(f"{path}: no parquet files under {data} (is it a traces artifact folder?)")
+        return "artifact", _read_parquet(files)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return "file", _read_parquet([path])
+    if suffix in (".jsonl", ".json"):
+        return "file", pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+    raise SourceError(f"{path}: a local source is an artifact folder, a .parquet, a .jsonl or a .json file")
+
+
+def _read_hub(repo: str, revision: str) -> pd.DataFrame:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(repo, revision=revision)
+    except Exception as exc:  # the client's errors vary by cause (missing repo, revision, offline)
+        raise SourceError(f"{repo}@{revision}: could not load the dataset from the Hub: {exc}") from exc
+    split = loaded["train"] if "train" in loaded else loaded[next(iter(loaded))]
+    keep = [c for c in (*REQUIRED, *OPTIONAL) if c in split.column_names]
+    return split.select_columns(keep).to_pandas()
+
+
+def load_source(spec: str) -> Source:
+    """Read one source (local first, then the Hub) and check it has the columns the app shows."""
+    label, location = split_spec(spec)
+    path = Path(location).expanduser()
+    if path.exists():
+        kind, frame = _read_local(path)
+        ref = str(path.resolve())
+        default_label = path.stem if path.is_file() else path.resolve().name
+    else:
+        repo, _, revision = location.partition("@")
+        if not HUB_ID.match(repo):
+            raise SourceError(f"{spec}: no such file or folder, and not a Hub dataset id (owner/name@revision)")
+        revision = revision or "main"
+        kind, frame = "hub", _read_hub(repo, revision)
+        ref = f"{repo}@{revision}"
+        default_label = f"{repo.split('/')[-1]}@{revision}"
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if missing:
+        raise SourceError(f"{spec}: missing column(s) {missing}; a traces dataset has {list(REQUIRED)}")
+    frame = frame.assign(id=frame["id"].astype(str))
+    repeated = frame["id"][frame["id"].duplicated()]
+    if len(repeated):
+        raise SourceError(
+            f"{spec}: id {repeated.iloc[0]!r} appears more than once ({repeated.nunique()} repeated ids); "
+            "give the `default` config (one explanation per question), not `candidates`"
+        )
+    return Source(label=label or default_label, ref=ref, kind=kind, frame=frame.set_index("id", drop=False))
+
+
+# ----------------------------------------------------------------------------------- alignment
+
+
+def _unique_labels(sources: list[Source]) -> None:
+    seen: dict[str, int] = {}
+    for source in sources:
+        count = seen.get(source.label, 0)
+        seen[source.label] = count + 1
+        if count:
+            source.label = f"{source.label} #{count + 1}"
+
+
+class Comparison:
+    """Two or more sources aligned on the ids they share, in the first source's order."""
+
+    def __init__(self, sources: list[Source]):
+        if len(sources) < 2:
+            raise SourceError(f"compare needs two or more sources, got {len(sources)}")
+        _unique_labels(sources)
+        self.sources = sources
+        first = sources[0].frame["id"]
+        shared = first[np.logical_and.reduce([first.isin(s.frame.index) for s in sources[1:]])]
+        if shared.empty:
+            raise SourceError("the sources share no question id; rows are aligned by the `id` column")
+        self.ids = shared.to_numpy(dtype=object)
+        self.missing = {s.label: int(len(s.frame) - len(self.ids)) for s in sources}
+        self.frames = [s.frame.loc[self.ids].reset_index(drop=True) for s in sources]
+        base = self.frames[0]
+        self.question_text = base["question"].astype(str).to_numpy(dtype=object)
+        self.solution_text = base["solution"].astype(str).to_numpy(dtype=object)
+        self.mismatched = int(sum((f["question"].astype(str).to_numpy(dtype=object) != self.question_text).sum() for f in self.frames[1:]))
+        self.rewards = np.stack([f["reward"].to_numpy(dtype=float) for f in self.frames])
+        self.lengths = np.stack([self._lengths(f) for f in self.frames])
+        self._position = {qid: i for i, qid in enumerate(self.ids)}
+        self._orders: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _lengths(frame: pd.DataFrame) -> np.ndarray:
+        if "explanation_tokens" in frame:
+            return frame["explanation_tokens"].to_numpy(dtype=float)
+        return frame["explanation"].astype(str).str.len().to_numpy(dtype=float)
+
+    @property
+    def length_unit(self) -> str:
+        return "tokens" if all("explanation_tokens" in f for f in self.frames) else "characters"
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.sources]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def position(self, qid: str) -> int | None:
+        return self._position.get(str(qid).strip())
+
+    def search(self, query: str) -> np.ndarray:
+        """Positions whose id, question or any explanation contains `query` (case-insensitive)."""
+        query = query.strip()
+        if not query:
+            return np.arange(len(self))
+        texts = [pd.Series(self.ids), pd.Series(self.question_text)] + [f["explanation"] for f in self.frames]
+        mask = np.zeros(len(self), dtype=bool)
+        for text in texts:
+            mask |= text.astype(str).str.contains(query, case=False, regex=False).to_numpy(dtype=bool)
+        return np.flatnonzero(mask)
+
+    def difference(self, left: int, right: int) -> np.ndarray:
+        return self.rewards[right] - self.rewards[left]
+
+    def order(self, query: str = "", sort: str = "disagreement", left: int = 0, right: int = 1) -> np.ndarray:
+        """The positions a view walks through: search matches, sorted; cached per view."""
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {list(SORTS)}, got {sort!r}")
+        key = (query.strip(), sort, left, right)
+        with self._lock:
+            cached = self._orders.get(key)
+        if cached is not None:
+            return cached
+        found = self.search(query)
+        diff = self.difference(left, right)[found]
+        score = {"disagreement": -np.abs(diff), "right_better": -diff, "left_better": diff}.get(sort)
+        result = found if score is None else found[np.argsort(np.nan_to_num(score, nan=np.inf), kind="stable")]
+        with self._lock:
+            if len(self._orders) >= 32:
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[key] = result
+        return result
+
+    def panel(self, index: int, pos: int) -> dict[str, Any]:
+        """What one source column shows for one question."""
+        row = self.frames[index].iloc[pos]
+        explanation = str(row["explanation"])
+
+        def get(name: str) -> Any:
+            value = row.get(name)
+            return None if value is None or (np.ndim(value) == 0 and pd.isna(value)) else value
+
+        return {
+            "label": self.sources[index].label,
+            "explanation": explanation,
+            "reward": float(row["reward"]),
+            "components": {name: get(name) for name in COMPONENTS if name in row.index},
+            "tokens": get("explanation_tokens"),
+            "chars": len(explanation),
+            "closed": get("closed"),
+            "finish_reason": get("finish_reason"),
+            "student_correct": get("student_correct"),
+            "teacher": get("teacher"),
+            "flags": [name.replace("_", " ") for name in FLAGS if get(name)],
+        }
+
+    def question(self, pos: int) -> dict[str, Any]:
+        return {
+            "id": str(self.ids[pos]),
+            "question": self.question_text[pos],
+            "solution": self.solution_text[pos],
+            "panels": [self.panel(i, pos) for i in range(len(self.sources))],
+        }
+
+    def overview(self, query: str, sort: str, left: int, right: int, page: int, page_size: int = 25):
+        """One page of the overview table: (frame, page actually shown, pages, matching rows)."""
+        order = self.order(query, sort, left, right)
+        pages = max(1, -(-len(order) // page_size))
+        page = min(max(1, int(page)), pages)
+        chosen = order[(page - 1) * page_size : page * page_size]
+        diff = self.difference(left, right)[chosen]
+        columns: dict[str, Any] = {
+            "#": (page - 1) * page_size + np.arange(1, len(chosen) + 1),
+            "id": self.ids[chosen].astype(str),
+            "question": [_one_line(q, 90) for q in self.question_text[chosen]],
+        }
+        for index, label in enumerate(self.labels):
+            columns[f"reward · {label}"] = np.round(self.rewards[index, chosen], 4)
+        columns["Δ right − left"] = np.round(diff, 4)
+        for index, label in enumerate(self.labels):
+            columns[f"{self.length_unit} · {label}"] = self.lengths[index, chosen].astype(int)
+        return pd.DataFrame(columns), page, pages, len(order)
+
+    def summary(self) -> pd.DataFrame:
+        """Per source: reward and length statistics over the aligned questions."""
+        rows = []
+        for index, source in enumerate(self.sources):
+            rewards, lengths = self.rewards[index], self.lengths[index]
+            correct = self.frames[index].get("student_correct")
+            rows.append({
+                "source": source.label,
+                "ref": source.ref,
+                "questions": len(self),
+                "reward mean": round(float(np.nanmean(rewards)), 4),
+                "reward median": round(float(np.nanmedian(rewards)), 4),
+                "reward std": round(float(np.nanstd(rewards)), 4),
+                f"mean {self.length_unit}": round(float(np.nanmean(lengths)), 1),
+                "student correct": round(float(correct.astype(float).mean()), 4) if correct is not None else None,
+                "best reward share": round(float(np.mean(np.argmax(self.rewards, axis=0) == index)), 4),
+            })  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def figure(self, what: str):
+        """Histogram per source of `reward` or `length`, overlaid on shared bins."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        values = self.rewards if what == "reward" else self.lengths
+        finite = values[np.isfinite(values)]
+        bins = np.histogram_bin_edges(finite, bins=min(40, max(5, len(self) // 5))) if finite.size else 10
+        fig = Figure(figsize=(7, 3.2), tight_layout=True)
+        ax = fig.add_subplot()
+        for index, label in enumerate(self.labels):
+            row = values[index][np.isfinite(values[index])]
+            ax.hist(row, bins=bins, alpha=0.5, label=f"{label} (mean {np.mean(row):.3g})")
+        ax.set_xlabel("RLT reward" if what == "reward" else f"explanation length ({self.length_unit})")
+        ax.set_ylabel("questions")
+        ax.legend(fontsize=8)
+        return fig
+
+
+def load_comparison(specs: list[str]) -> Comparison:
+    return Comparison([load_source(spec) for spec in specs])
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+
+def _number(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.4f}"
+
+
+def math_markdown(text: str) -> str:
+    """Text with bare `\\boxed{...}` put in `$...$`, so KaTeX renders it; text with math delimiters is left as is."""
+    if any(mark in text for mark in ("$", "\\(", "\\[")):
+        return text
+    out, start = [], 0
+    while (begin := text.find("\\boxed{", start)) >= 0:
+        depth, end = 0, begin + len("\\boxed")
+        for end in range(end, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        out += [text[start:begin], "$", text[begin : end + 1], "$"]
+        start = end + 1
+    return "".join(out) + text[start:]
+
+
+def question_markdown(view: dict[str, Any]) -> str:
+    question, solution = math_markdown(view["question"]), math_markdown(view["solution"])
+    return f"### Question `{view['id']}`\n\n{question}\n\n#### Reference solution\n\n{solution}"
+
+
+def metrics_markdown(panel: dict[str, Any], role: str = "") -> str:
+    """The header of one source column: reward, its components, length, closure, student result."""
+    names = ("reward", *panel["components"])
+    values = [panel["reward"], *panel["components"].values()]
+    head = "| " + " | ".join(names) + " |\n|" + "---|" * len(names) + "\n"
+    row = "| " + " | ".join(f"**{_number(v)}**" if i == 0 else _number(v) for i, v in enumerate(values)) + " |"
+    correct = {True: "✓ student right", False: "✗ student wrong"}.get(
+        None if panel["student_correct"] is None else bool(panel["student_correct"]), "student result not recorded"
+    )
+    facts = [f"{panel['tokens']} tokens" if panel["tokens"] is not None else None, f"{panel['chars']} characters"]
+    if panel["closed"] is not None:
+        facts.append("closed" if panel["closed"] else "**not closed**")
+    if panel["finish_reason"]:
+        facts.append(f"finish: {panel['finish_reason']}")
+    facts += [f"**{flag}**" for flag in panel["flags"]]
+    facts.append(correct)
+    title = f"### {panel['label']}" + (f" · {role}" if role else "")
+    return f"{title}\n\n{head}{row}\n\n" + " · ".join(f for f in facts if f)
+
+
+# ---------------------------------------------------------------------------------------- votes
+
+
+PREFERENCE_FIELDS = {
+    "id": "string", "prompt": "string", "solution": "string", "chosen": "string", "rejected": "string",
+    "chosen_source": "string", "rejected_source": "string", "chosen_reward": "float64",
+    "rejected_reward": "float64", "timestamp": "string",
+}  # fmt: skip
+VOTE_FIELDS = {
+    "id": "string", "vote": "string", "left_source": "string", "right_source": "string",
+    "left_label": "string", "right_label": "string", "left_reward": "float64", "right_reward": "float64",
+    "question": "string", "solution": "string", "left_explanation": "string", "right_explanation": "string",
+    "timestamp": "string",
+}  # fmt: skip
+
+
+class VoteStore:
+    """Votes appended to a JSONL file, one line each; the latest vote per (id, pair) counts."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def record(self, comparison: Comparison, pos: int, left: int, right: int, vote: str) -> dict[str, Any]:
+        if vote not in VOTES:
+            raise ValueError(f"vote must be one of {VOTES}, got {vote!r}")
+        if left == right:
+            raise ValueError("left and right must be two different sources")
+        a, b = comparison.panel(left, pos), comparison.panel(right, pos)
+        entry = {
+            "id": str(comparison.ids[pos]), "vote": vote,
+            "left_source": comparison.sources[left].ref, "right_source": comparison.sources[right].ref,
+            "left_label": a["label"], "right_label": b["label"],
+            "left_reward": a["reward"], "right_reward": b["reward"],
+            "question": comparison.question_text[pos], "solution": comparison.solution_text[pos],
+            "left_explanation": a["explanation"], "right_explanation": b["explanation"],
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }  # fmt: skip
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(line)
+        return entry
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with self._lock:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def latest(self) -> list[dict[str, Any]]:
+        """One vote per (id, left source, right source): the most recent one."""
+        found: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for entry in self.records():
+            found[(entry["id"], entry["left_source"], entry["right_source"])] = entry
+        return list(found.values())
+
+    def vote_for(self, qid: str, left_ref: str, right_ref: str) -> str | None:
+        for entry in reversed(self.records()):
+            if (entry["id"], entry["left_source"], entry["right_source"]) == (qid, left_ref, right_ref):
+                return entry["vote"]
+        return None
+
+
+def preference_rows(votes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Decided votes as preference pairs (prompt, chosen, rejected), the shape TRL's DPO/reward trainers read."""
+    rows = []
+    for entry in votes:
+        if entry["vote"] == "tie":
+            continue
+        win, lose = ("left", "right") if entry["vote"] == "left" else ("right", "left")
+        rows.append({
+            "id": entry["id"], "prompt": entry["question"], "solution": entry["solution"],
+            "chosen": entry[f"{win}_explanation"], "rejected": entry[f"{lose}_explanation"],
+            "chosen_source": entry[f"{win}_source"], "rejected_source": entry[f"{lose}_source"],
+            "chosen_reward": entry[f"{win}_reward"], "rejected_reward": entry[f"{lose}_reward"],
+            "timestamp": entry["timestamp"],
+        })  # fmt: skip
+    return rows
+
+
+def publish_votes(store: VoteStore, repo_id: str, token: str | None = None, private: bool = False) -> dict[str, int]:
+    """Push the votes to a Hub dataset: config `default` = preference pairs, config `votes` = every latest vote (ties too)."""
+    import datasets
+
+    votes = store.latest()
+    if not votes:
+        raise ValueError(f"no votes in {store.path} yet")
+    pairs = preference_rows(votes)
+    for name, rows, fields in (("default", pairs, PREFERENCE_FIELDS), ("votes", votes, VOTE_FIELDS)):
+        features = datasets.Features({key: datasets.Value(kind) for key, kind in fields.items()})
+        table = datasets.Dataset.from_list([{k: r[k] for k in fields} for r in rows], features=features)
+        table.push_to_hub(
+            repo_id, config_name=name, token=token, private=private,
+            commit_message=f"compare votes: {len(pairs)} preference pairs, {len(votes)} votes",
+        )  # fmt: skip
+    return {"pairs": len(pairs), "votes": len(votes)}
