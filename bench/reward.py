@@ -1,0 +1,190 @@
+"""Batched RLT reward vs the one-at-a-time reference (tests/rlt_reference.py), in one run.
+
+For each model: the same items (mixed lengths around --prompt/--explanation/--solution tokens)
+are scored by the reference (batch 1, full-vocabulary log-softmax over whole sequences) and by
+`factory.reward.RLTReward` at each --batches size; prints explanations/s, tokens/s (teacher +
+student sequence tokens), peak memory above the starting point (CPU: resident set sampled every
+millisecond; CUDA: the allocator's peak) and the largest component difference to the reference.
+The headline, last, is the last model's largest batch against the reference.
+
+    python bench/reward.py                                   # CPU: tiny and SmolLM2-135M
+    python bench/reward.py --device cuda --dtype bfloat16 --models qwen0.5b-random \\
+        --prompt 256 --explanation 512 --solution 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from rlt_reference import reference_for  # noqa: E402
+from tiny import build_model, build_tokenizer  # noqa: E402
+
+from factory.recipe import Reward  # noqa: E402
+from factory.reward import COMPONENTS, RewardItem, RLTReward  # noqa: E402
+
+WORDS = "add the units then tens carry one so total is nine seven twelve speed distance time equals hence".split()
+
+
+def load(name: str, device: str, dtype: torch.dtype):
+    """(teacher, student, tokenizer); random models are built offline from a config."""
+    if name == "tiny":
+        tokenizer = build_tokenizer()
+        teacher, student = build_model(len(tokenizer), seed=0), build_model(len(tokenizer), seed=1)
+    elif name == "smollm2":
+        from factory.models import load_causal_lm, load_tokenizer
+
+        source = "packaged:smollm2-135m-instruct"
+        tokenizer = load_tokenizer(source)
+        teacher = load_causal_lm(source, dtype="float32")
+        student = load_causal_lm(source, dtype="float32")
+    elif name == "qwen0.5b-random":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        tokenizer = build_tokenizer()  # ChatML template; explanation ids span the model's full vocabulary
+        config = Qwen2Config(
+            vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+            num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
+        )  # fmt: skip
+        with torch.device(device):  # random init on the GPU: seconds instead of a minute on CPU
+            teacher, student = (Qwen2ForCausalLM(config) for _ in range(2))
+    else:
+        raise SystemExit(f"unknown model {name!r}")
+    return teacher.to(device, dtype).eval(), student.to(device, dtype).eval(), tokenizer
+
+
+def vocabulary_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def make_items(tokenizer, vocab: int, count: int, prompt: int, explanation: int, solution: int, seed: int = 0):
+    """Items whose question, explanation and solution lengths vary from half to 1.5x the targets."""
+    rng = random.Random(seed)
+
+    def text(tokens: int) -> str:
+        words = " ".join(rng.choice(WORDS) for _ in range(tokens * 2))
+        return tokenizer.decode(tokenizer(words, add_special_tokens=False)["input_ids"][:tokens])
+
+    def length(target: int) -> int:
+        return max(1, round(target * rng.uniform(0.5, 1.5)))
+
+    special = set(tokenizer.all_special_ids)
+    items = []
+    for index in range(count):
+        explanation_ids = [rng.randrange(vocab) for _ in range(length(explanation))]
+        explanation_ids = [i if i not in special else i + 1 for i in explanation_ids]
+        items.append(RewardItem(text(length(prompt)), text(length(solution)), explanation_ids, index % 5 != 4))
+    return items
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA allocator peak, or sampled resident set size."""
+
+    def __init__(self, device: str):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand back freed heap so RSS starts low
+            self.start = self.peak = _rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss())
+        self.mib = (self.peak - self.start) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def timed(device: str, function):
+    with PeakMemory(device) as memory:
+        started = time.perf_counter()
+        result = function()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+    return result, elapsed, memory.mib
+
+
+def bench_model(name: str, args) -> float:
+    dtype = getattr(torch, args.dtype)
+    teacher, student, tokenizer = load(name, args.device, dtype)
+    items = make_items(tokenizer, vocabulary_size(teacher), args.items, args.prompt, args.explanation, args.solution)
+    settings = Reward(max_length=args.max_length, chunk_size=args.chunk_size)
+    reward = RLTReward(teacher, student, tokenizer, settings)
+    tokens = sum(len(b.teacher.input_ids) + len(b.student.input_ids) for b in map(reward.sequences, items))
+    reward.score(items[:2])  # warm-up (allocator, kernels)
+    reference_for(reward, items[0])
+
+    expected, reference_s, reference_mib = timed(args.device, lambda: [reference_for(reward, item) for item in items])
+    print(f"\n{name} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads): {len(items)} explanations, "
+          f"{tokens / len(items):.0f} tokens per item (teacher + student)")  # fmt: skip
+    header = f"{'method':<14}{'batch':>6}{'expl/s':>10}{'tokens/s':>11}{'peak MiB':>10}{'max |diff|':>12}{'ratio':>8}"
+    print(header)
+    print(f"{'reference':<14}{1:>6}{len(items) / reference_s:>10.2f}{tokens / reference_s:>11.0f}{reference_mib:>10.0f}"
+          f"{0.0:>12.1e}{1.0:>8.2f}")  # fmt: skip
+    ratio = 0.0
+    for batch in args.batches:
+        reward.settings = Reward(max_length=args.max_length, chunk_size=args.chunk_size, batch_size=batch)
+        results, seconds, mib = timed(args.device, lambda: reward.score(items))
+        diff = max(abs(r[k] - e[k]) for r, e in zip(results, expected) for k in COMPONENTS)
+        ratio = reference_s / seconds
+        print(f"{'batched':<14}{batch:>6}{len(items) / seconds:>10.2f}{tokens / seconds:>11.0f}{mib:>10.0f}"
+              f"{diff:>12.1e}{ratio:>8.2f}")  # fmt: skip
+    return ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,smollm2", help="comma list: tiny, smollm2, qwen0.5b-random")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batches", default="1,8,32", type=lambda s: [int(b) for b in s.split(",")])
+    parser.add_argument("--items", type=int, default=32)
+    parser.add_argument("--prompt", type=int, default=64, help="question tokens (the chat around it adds more)")
+    parser.add_argument("--explanation", type=int, default=128)
+    parser.add_argument("--solution", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=4096)
+    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy shared machine)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = args.models.split(",")
+    ratios = {name: bench_model(name, args) for name in models}
+    last = models[-1]
+    print(f"\nheadline: {last} batch {args.batches[-1]} vs one-at-a-time reference on {args.device}, "
+          f"explanations/s ratio={ratios[last]:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

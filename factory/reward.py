@@ -1,0 +1,301 @@
+"""The RLT reward (RLT.md, "The reward"), batched on token ids. Pure torch: no trainer imports.
+
+For each item (question, solution, explanation ids, closed):
+
+    lp_sol  = student log-probs of the solution tokens, given question and explanation
+    kl_i    = log p_teacher(t_i | q, s, t_<i) - log p_student(t_i | q, t_<i)     (k1, default)
+              exp(d_i) - 1 - d_i with d_i = student - teacher log-prob          (k3)
+              sum_v p_teacher(v) (log p_teacher(v) - log p_student(v))          (full vocabulary)
+    reward  = (mean(lp_sol) + alpha min(lp_sol)) - lambda (mean(kl) + alpha max(kl)) + penalty
+
+Each model's log-probs are taken at its own temperature (logits / T). `penalty` is
+`missing_tag_penalty` when the explanation never closed its tag (it is still scored, as if closed).
+An empty span contributes 0 to its terms (no solution token: r_ss_* = 0; no explanation token:
+kl_* = 0), so no result is ever NaN.
+
+Truncation rule (`max_length`, per sequence): the solution is what the student is scored on, so it is
+kept whole and the explanation is cut from its end, the same prefix in both sequences, until the
+teacher sequence (prompt + explanation) and the student sequence (head + explanation + tags +
+solution) both fit. Only when question and solution alone overflow the student sequence is the
+solution cut from its end; a teacher prompt longer than `max_length` leaves no explanation token to
+score. Such items are flagged `truncated`.
+
+Speed and memory: one right-padded forward per model per batch of `batch_size` items (sorted by
+length to limit padding; causal attention makes an attention mask unnecessary for right padding).
+Only the decoder runs over the whole sequence; the output head is applied to the scored positions
+only, `chunk_size` rows at a time, so logits memory is bounded by chunk_size x vocab, and the
+log-softmax is taken in fp32 whatever the model dtype. This assumes the model's logits are its
+output embedding applied to the decoder's last hidden state (true of Qwen2, Llama, SmolLM2); models
+whose config rescales or soft-caps logits are refused rather than scored wrongly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import torch
+
+from factory.errors import UserError
+from factory.formats import StudentSequence, TeacherSequence, build_student_sequence, build_teacher_sequence
+from factory.recipe import Reward
+
+RewardSettings = Reward  # the recipe's `reward` section is the settings object
+
+COMPONENTS = ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty", "reward")
+
+
+class RewardItem(NamedTuple):
+    """One explanation to score; generated ids go through `formats.split_completion_ids` first."""
+
+    question: str
+    solution: str
+    explanation_ids: Sequence[int]
+    closed: bool = True
+
+
+@dataclass(frozen=True)
+class ScoringSequences:
+    """The two sequences one item is scored on, after the truncation rule."""
+
+    teacher: TeacherSequence
+    student: StudentSequence
+    truncated: bool
+
+
+def fit_to_length(teacher: TeacherSequence, student: StudentSequence, max_length: int) -> ScoringSequences:
+    """Apply the truncation rule of the module docstring."""
+    prompt = teacher.explanation_span[0]
+    head, explanation_end = student.explanation_span
+    solution_start, solution_end = student.solution_span
+    explanation, solution, tags = explanation_end - head, solution_end - solution_start, solution_start - explanation_end
+    keep_solution = _clamp(max_length - head - tags, solution)
+    keep_explanation = _clamp(min(max_length - prompt, max_length - head - tags - keep_solution), explanation)
+    if keep_explanation == explanation and keep_solution == solution:
+        return ScoringSequences(teacher, student, False)
+    teacher_ids = teacher.input_ids[: prompt + keep_explanation][:max_length]
+    student_ids = (
+        student.input_ids[: head + keep_explanation] + student.input_ids[explanation_end : solution_start + keep_solution]
+    )[:max_length]
+    new_solution_start = head + keep_explanation + tags
+    return ScoringSequences(
+        TeacherSequence(teacher_ids, _clip((prompt, prompt + keep_explanation), len(teacher_ids))),
+        StudentSequence(
+            student_ids,
+            _clip((head, head + keep_explanation), len(student_ids)),
+            _clip((new_solution_start, new_solution_start + keep_solution), len(student_ids)),
+        ),
+        True,
+    )
+
+
+def _clamp(value: int, upper: int) -> int:
+    return max(0, min(value, upper))
+
+
+def _clip(span: tuple[int, int], length: int) -> tuple[int, int]:
+    return min(span[0], length), min(span[1], length)
+
+
+class RLTReward:
+    """Scores teacher explanations for a fixed teacher, student and settings.
+
+    `teacher_model` may be a policy in training mode (it is put in eval mode for the forward and
+    restored module by module, under no_grad) and may be the very object passed as student.
+    `student_tokenizer` (default: `tokenizer`) renders the student format when the student's chat
+    template differs; both must share the vocabulary (`formats.check_same_vocabulary`).
+    """
+
+    def __init__(
+        self,
+        teacher_model: Any,
+        student_model: Any,
+        tokenizer: Any,
+        settings: Reward | None = None,
+        teacher_system: str | None = None,
+        student_system: str | None = None,
+        *,
+        student_tokenizer: Any = None,
+    ):
+        for model in (teacher_model, student_model):
+            _check_plain_head(model)
+        self.teacher_model = teacher_model
+        self.student_model = student_model
+        self.tokenizer = tokenizer
+        self.student_tokenizer = student_tokenizer or tokenizer
+        self.settings = settings or Reward()
+        self.teacher_system = teacher_system
+        self.student_system = student_system
+
+    def sequences(self, item: RewardItem | tuple) -> ScoringSequences:
+        """The exact token sequences and spans an item is scored on (also what `--dump-tokens` writes)."""
+        question, solution, explanation_ids, _ = RewardItem(*item)
+        explanation_ids = [int(i) for i in explanation_ids]  # also accepts a tensor
+        teacher = build_teacher_sequence(self.tokenizer, question, solution, explanation_ids, self.teacher_system)
+        student = build_student_sequence(self.student_tokenizer, question, explanation_ids, solution, self.student_system)
+        return fit_to_length(teacher, student, self.settings.max_length)
+
+    def score(self, items: Sequence[RewardItem | tuple]) -> list[dict[str, Any]]:
+        """Per-item components, in the order given."""
+        items = [RewardItem(*item) for item in items]
+        built = [self.sequences(item) for item in items]
+        order = sorted(range(len(items)), key=lambda i: len(built[i].student.input_ids) + len(built[i].teacher.input_ids))
+        results: list[dict[str, Any]] = [{} for _ in items]
+        size = self.settings.batch_size
+        for start in range(0, len(order), size):
+            group = order[start : start + size]
+            scored = self._score_batch([built[i] for i in group], [items[i].closed for i in group])
+            for index, result in zip(group, scored):
+                results[index] = result
+        return results
+
+    def _score_batch(self, built: list[ScoringSequences], closed: list[bool]) -> list[dict[str, Any]]:
+        s = self.settings
+        teacher_rows, teacher_targets = _hidden_rows(
+            self.teacher_model, [b.teacher.input_ids for b in built], [[b.teacher.explanation_span for b in built]]
+        )
+        student_rows, student_targets = _hidden_rows(
+            self.student_model,
+            [b.student.input_ids for b in built],
+            [[b.student.explanation_span for b in built], [b.student.solution_span for b in built]],
+        )
+        explanation_total = teacher_rows.shape[0]  # student rows: all explanations first, then all solutions
+        teacher_head, student_head = _output_head(self.teacher_model), _output_head(self.student_model)
+        with torch.no_grad():
+            student_lp = _target_logprobs(student_head, student_rows, student_targets, s.student_temperature, s.chunk_size)
+            if s.kl_estimator == "full":
+                kl = _full_kl(
+                    teacher_head, teacher_rows, s.teacher_temperature,
+                    student_head, student_rows[:explanation_total], s.student_temperature, s.chunk_size,
+                )  # fmt: skip
+            else:
+                teacher_lp = _target_logprobs(
+                    teacher_head, teacher_rows, teacher_targets, s.teacher_temperature, s.chunk_size
+                )
+                log_ratio = teacher_lp - student_lp[:explanation_total].to(teacher_lp.device)
+                kl = log_ratio if s.kl_estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
+        explanation_lengths = [b.teacher.explanation_span[1] - b.teacher.explanation_span[0] for b in built]
+        solution_lengths = [b.student.solution_span[1] - b.student.solution_span[0] for b in built]
+        kl_per_item = kl.cpu().split(explanation_lengths)
+        solution_per_item = student_lp[explanation_total:].cpu().split(solution_lengths)
+        return [
+            self._components(b, c, item_kl, item_solution)
+            for b, c, item_kl, item_solution in zip(built, closed, kl_per_item, solution_per_item)
+        ]
+
+    def _components(
+        self, built: ScoringSequences, closed: bool, kl: torch.Tensor, solution_lp: torch.Tensor
+    ) -> dict[str, Any]:
+        s = self.settings
+        r_ss_mean, r_ss_min = (solution_lp.mean().item(), solution_lp.min().item()) if solution_lp.numel() else (0.0, 0.0)
+        kl_mean, kl_max = (kl.mean().item(), kl.max().item()) if kl.numel() else (0.0, 0.0)
+        penalty = 0.0 if closed else s.missing_tag_penalty
+        return {
+            "r_ss_mean": r_ss_mean,
+            "r_ss_min": r_ss_min,
+            "kl_mean": kl_mean,
+            "kl_max": kl_max,
+            "penalty": penalty,
+            "reward": (r_ss_mean + s.alpha * r_ss_min) - s.kl_coef * (kl_mean + s.alpha * kl_max) + penalty,
+            "explanation_tokens": kl.numel(),
+            "solution_tokens": solution_lp.numel(),
+            "truncated": built.truncated,
+        }
+
+
+@contextlib.contextmanager
+def _frozen(model: Any) -> Iterator[None]:
+    """Eval mode and no_grad for the duration; each module's own training flag is restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _check_plain_head(model: Any) -> None:
+    config = getattr(model, "config", None)
+    found = [name for name in LOGIT_TRANSFORMS if getattr(config, name, None) not in (None, 1, 1.0)]
+    if found:
+        raise UserError(
+            f"{getattr(config, 'name_or_path', '') or type(model).__name__}: its config sets {found[0]}, a logit "
+            "transform the chunked RLT reward does not apply; choose a model without it"
+        )
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _output_head(model: Any) -> Any:
+    return model.get_output_embeddings()
+
+
+def _hidden_rows(
+    model: Any, sequences: list[list[int]], span_groups: list[list[tuple[int, int]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden states that predict the tokens of each span, and those tokens.
+
+    One right-padded decoder forward over `sequences`; rows come out span group by span group,
+    item by item within a group (so two groups' rows are not interleaved).
+    """
+    batch = torch.zeros(len(sequences), max(len(ids) for ids in sequences), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    item_index, positions = [], []
+    for spans in span_groups:
+        for row, (start, end) in enumerate(spans):
+            item_index.extend([row] * (end - start))
+            positions.extend(range(start, end))
+    item_index_t, positions_t = torch.tensor(item_index, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
+    targets = batch[item_index_t, positions_t]
+    device = _device(model)
+    with _frozen(model):
+        hidden = model.get_decoder()(input_ids=batch.to(device), use_cache=False).last_hidden_state
+        rows = hidden[item_index_t.to(device), (positions_t - 1).to(device)]
+    return rows, targets.to(device)
+
+
+def _chunk_logprobs(head: Any, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.log_softmax(head(rows).float() / temperature, dim=-1)
+
+
+def _target_logprobs(
+    head: Any, rows: torch.Tensor, targets: torch.Tensor, temperature: float, chunk: int
+) -> torch.Tensor:
+    """fp32 log-probs of `targets`, `chunk` rows of logits at a time."""
+    out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
+    for start in range(0, rows.shape[0], chunk):
+        logprobs = _chunk_logprobs(head, rows[start : start + chunk], temperature)
+        out[start : start + chunk] = logprobs.gather(1, targets[start : start + chunk, None]).squeeze(1)
+    return out
+
+
+def _full_kl(
+    teacher_head: Any,
+    teacher_rows: torch.Tensor,
+    teacher_temperature: float,
+    student_head: Any,
+    student_rows: torch.Tensor,
+    student_temperature: float,
+    chunk: int,
+) -> torch.Tensor:
+    """Exact KL(teacher || student) per position over the vocabulary, `chunk` positions at a time.
+
+    Output heads padded to different widths are compared on their common columns.
+    """
+    out = torch.empty(teacher_rows.shape[0], dtype=torch.float32, device=teacher_rows.device)
+    for start in range(0, teacher_rows.shape[0], chunk):
+        teacher = _chunk_logprobs(teacher_head, teacher_rows[start : start + chunk], teacher_temperature)
+        student = _chunk_logprobs(student_head, student_rows[start : start + chunk], student_temperature)
+        width = min(teacher.shape[1], student.shape[1])
+        teacher, student = teacher[:, :width], student[:, :width].to(teacher.device)
+        out[start : start + chunk] = (teacher.exp() * (teacher - student)).sum(dim=1)
+    return out

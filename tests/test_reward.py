@@ -1,0 +1,174 @@
+"""The batched, chunked RLT reward against the one-at-a-time full-log-softmax reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from rlt_reference import reference_for
+
+from factory.errors import UserError
+from factory.recipe import Reward
+from factory.reward import COMPONENTS, RewardItem, RLTReward
+
+QUESTIONS = [
+    ("What is 12 + 7?", "The answer is \\boxed{19}."),
+    ("A train travels 60 km in 1.5 hours; what is its speed?", "40 km/h, so \\boxed{40}."),
+    ("What is 3 + 4?", "7"),  # a one-token solution
+    ("Simplify \\frac{1}{2} x + \\frac{1}{2} x.", "x"),
+    ("What is 5 * 2?", "The result is \\boxed{10}."),
+]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir, tiny_student_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    student = AutoModelForCausalLM.from_pretrained(tiny_student_dir).eval()
+    return teacher, student, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def items(models):
+    """Mixed explanation lengths, one unclosed explanation, one empty, one one-token solution."""
+    _, _, tok = models
+    generator = torch.Generator().manual_seed(0)
+    lengths, closed = [37, 5, 64, 0, 18], [True, True, False, True, True]
+    explanations = [torch.randint(3, len(tok), (n,), generator=generator).tolist() for n in lengths]
+    assert len(tok(QUESTIONS[2][1], add_special_tokens=False)["input_ids"]) == 1
+    return [RewardItem(q, s, e, c) for (q, s), e, c in zip(QUESTIONS, explanations, closed)]
+
+
+def assert_matches_reference(reward: RLTReward, items, results, tolerance=1e-4):
+    for item, result in zip(items, results):
+        expected = reference_for(reward, item)
+        for key in COMPONENTS:
+            assert math.isfinite(result[key])
+            assert result[key] == pytest.approx(expected[key], abs=tolerance), key
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3", "full"])
+def test_batched_matches_reference(models, items, estimator):
+    teacher, student, tok = models
+    settings = Reward(kl_estimator=estimator, batch_size=3, chunk_size=7, student_temperature=0.9)
+    reward = RLTReward(teacher, student, tok, settings)
+    results = reward.score(items)
+    assert_matches_reference(reward, items, results)
+    assert [r["explanation_tokens"] for r in results] == [37, 5, 64, 0, 18]
+    assert results[2]["solution_tokens"] == 1
+    assert [r["penalty"] for r in results] == [0.0, 0.0, -1.0, 0.0, 0.0]
+    assert results[3]["kl_mean"] == results[3]["kl_max"] == 0.0  # empty explanation: no KL term
+    if estimator == "k3":
+        assert all(r["kl_mean"] >= 0 for r in results)
+    if estimator == "full":
+        assert all(r["kl_mean"] > 0 for r in results if r["explanation_tokens"])
+
+
+def test_reward_formula_and_defaults(models, items):
+    teacher, student, tok = models
+    result = RLTReward(teacher, student, tok).score(items[:1])[0]
+    expected = (result["r_ss_mean"] + 0.01 * result["r_ss_min"]) - 3.0 * (result["kl_mean"] + 0.01 * result["kl_max"])
+    assert result["reward"] == pytest.approx(expected, abs=1e-9)
+    assert result["truncated"] is False
+
+
+def test_one_forward_per_model_per_batch_and_bounded_logits(models, items):
+    teacher, student, tok = models
+    calls = {"teacher": 0, "student": 0, "head_rows": 0}
+
+    def count(name):
+        def hook(module, args, kwargs, output):
+            calls[name] += 1
+
+        return hook
+
+    def rows(module, args, output):
+        calls["head_rows"] = max(calls["head_rows"], args[0].shape[0])
+
+    hooks = [
+        teacher.get_decoder().register_forward_hook(count("teacher"), with_kwargs=True),
+        student.get_decoder().register_forward_hook(count("student"), with_kwargs=True),
+        teacher.get_output_embeddings().register_forward_hook(rows),
+        student.get_output_embeddings().register_forward_hook(rows),
+    ]
+    try:
+        RLTReward(teacher, student, tok, Reward(batch_size=2, chunk_size=16)).score(items)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls["teacher"] == calls["student"] == 3  # 5 items in batches of 2
+    assert calls["head_rows"] == 16  # logits never exceed chunk_size rows
+
+
+def test_truncation_keeps_the_solution_and_cuts_the_explanation(models, items):
+    teacher, student, tok = models
+    reward = RLTReward(teacher, student, tok)
+    full = reward.sequences(items[2])
+    head, end = full.student.explanation_span
+    tags_and_solution = len(full.student.input_ids) - end
+    prompt = full.teacher.explanation_span[0]
+    max_length = max(prompt + 10, head + 10 + tags_and_solution)  # room for 10 explanation tokens in both
+    reward.settings = Reward(max_length=max_length, batch_size=4)
+    cut = reward.sequences(items[2])
+    assert cut.truncated
+    assert max(len(cut.student.input_ids), len(cut.teacher.input_ids)) == max_length
+    assert cut.student.input_ids[slice(*cut.student.explanation_span)] == list(items[2].explanation_ids[:10])
+    assert cut.student.input_ids[slice(*cut.student.solution_span)] == full.student.input_ids[slice(*full.student.solution_span)]
+    assert cut.teacher.input_ids == full.teacher.input_ids[: full.teacher.explanation_span[0] + 10]
+    results = reward.score(items)
+    assert results[2]["explanation_tokens"] == 10 and results[2]["truncated"]
+    assert_matches_reference(reward, items, results)
+
+
+def test_question_longer_than_max_length_gives_a_defined_result(models, items):
+    teacher, student, tok = models
+    reward = RLTReward(teacher, student, tok, Reward(max_length=16))
+    result = reward.score(items[2:3])[0]
+    assert result["truncated"] and result["explanation_tokens"] == result["solution_tokens"] == 0
+    assert [result[k] for k in COMPONENTS] == [0.0, 0.0, 0.0, 0.0, -1.0, -1.0]
+    built = reward.sequences(items[2])
+    assert len(built.teacher.input_ids) == len(built.student.input_ids) == 16
+
+
+def test_training_policy_is_scored_in_eval_mode_and_left_training(models, items):
+    teacher, student, tok = models
+    expected = RLTReward(teacher, student, tok).score(items)
+    policy = type(teacher)(teacher.config)
+    policy.load_state_dict(teacher.state_dict())
+    policy.config.attention_dropout = 0.5  # dropout would change the scores if left on
+    for layer in policy.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    policy.train()
+    policy.model.norm.eval()  # a module kept in eval by its owner stays so
+    results = RLTReward(policy, student, tok).score(items)
+    assert policy.training and policy.model.layers[0].training and not policy.model.norm.training
+    assert all(p.grad is None for p in policy.parameters())
+    for got, want in zip(results, expected):
+        assert got["reward"] == pytest.approx(want["reward"], abs=1e-5)
+
+
+def test_teacher_and_student_may_be_one_model(models, items):
+    teacher, _, tok = models
+    reward = RLTReward(teacher, teacher, tok, Reward(batch_size=8))
+    assert_matches_reference(reward, items, reward.score(items))
+
+
+def test_bf16_models_accumulate_in_fp32(models, items):
+    teacher, student, tok = models
+    teacher16, student16 = (type(m)(m.config).to(torch.bfloat16) for m in (teacher, student))
+    teacher16.load_state_dict(teacher.state_dict())
+    student16.load_state_dict(student.state_dict())
+    reward = RLTReward(teacher16.eval(), student16.eval(), tok, Reward(batch_size=8, chunk_size=5))
+    results = reward.score(items)
+    assert_matches_reference(reward, items, results, tolerance=2e-2)
+    fp32 = RLTReward(teacher, student, tok).score(items)
+    assert all(abs(a["r_ss_mean"] - b["r_ss_mean"]) < 0.1 for a, b in zip(results, fp32))
+
+
+def test_models_with_logit_transforms_are_refused(models):
+    teacher, student, tok = models
+    capped = type(teacher)(teacher.config.__class__.from_dict({**teacher.config.to_dict(), "final_logit_softcapping": 30.0}))
+    with pytest.raises(UserError, match="final_logit_softcapping"):
+        RLTReward(capped, student, tok)

@@ -1,0 +1,108 @@
+"""`factory score`: JSON lines, the token dump (recomputed without factory.reward), the summary, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from rich.console import Console
+from rlt_reference import reference_components
+
+from factory.errors import UserError
+from factory.formats import EXPLANATION_CLOSE
+from factory.reward import COMPONENTS
+from factory.score import score, settings_from
+
+ROWS = [
+    {"question": "What is 12 + 7?", "solution": "Units then tens: \\boxed{19}.", "explanation": "2 + 7 = 9 units and one ten: 19."},
+    {"question": "What is 3 + 4?", "solution": "7", "explanation": f"Count on from 3: 4, 5, 6, 7.{EXPLANATION_CLOSE}"},
+    {"question": "A train travels 60 km in 1.5 hours; speed?", "solution": "40 km/h", "explanation": "60 / 1.5 = 40", "closed": False},
+]
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_score_writes_lines_dump_and_summary(tiny_model_dir, tiny_student_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = write_rows(tmp_path / "rows.jsonl", ROWS)
+    console = Console(record=True, width=160)
+    records = score(str(tiny_model_dir), str(tiny_student_dir), str(data), tmp_path / "out.jsonl", True, console=console)
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert lines == records and [line["row"] for line in lines] == [0, 1, 2]
+    assert [line["closed"] for line in lines] == [True, True, False]
+    assert [line["penalty"] for line in lines] == [0.0, 0.0, -1.0]
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    first = lines[0]
+    assert tok.decode(first["teacher_input_ids"][slice(*first["teacher_explanation_span"])]) == ROWS[0]["explanation"]
+    assert tok.decode(first["student_input_ids"][slice(*first["student_solution_span"])]) == ROWS[0]["solution"]
+    assert tok.decode(lines[1]["student_input_ids"][slice(*lines[1]["student_explanation_span"])]) == (
+        "Count on from 3: 4, 5, 6, 7."
+    )
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    student = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
+    for line in lines:  # the dump alone is enough to recompute every component
+        expected = reference_components(
+            teacher, student, line["teacher_input_ids"], line["teacher_explanation_span"],
+            line["student_input_ids"], line["student_explanation_span"], line["student_solution_span"],
+            line["closed"], teacher_temperature=line["teacher_temperature"],
+            student_temperature=line["student_temperature"], kl_coef=line["kl_coef"], alpha=line["alpha"],
+        )  # fmt: skip
+        for key in COMPONENTS:
+            assert line[key] == pytest.approx(expected[key], abs=1e-4), key
+
+    shown = console.export_text()
+    for key in (*COMPONENTS, "explanation_tokens", "3 rows (1 unclosed, 0 truncated)", "out.jsonl"):
+        assert key in shown
+    reward_row = next(line for line in shown.splitlines() if line.startswith("│ reward "))
+    mean = sum(line["reward"] for line in lines) / 3
+    assert f"{mean:.4f}" in reward_row
+
+
+def test_missing_column_names_column_and_file(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "solution": "s", "thought": "t"}])
+    with pytest.raises(UserError, match=r"bad\.jsonl: no column 'explanation'"):
+        score(str(tiny_model_dir), str(tiny_model_dir), str(data))
+    with pytest.raises(UserError, match="data file not found"):
+        score(str(tiny_model_dir), str(tiny_model_dir), str(tmp_path / "absent.parquet"))
+
+
+def test_settings_from_recipe_and_flags(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: r\nmodels:\n  teacher: {source: a/b}\n  student: {source: a/b}\n  distill_base: {source: a/b}\n"
+        "data:\n  train: {source: quickstart, format: quickstart}\nstages:\n  evaluate: {enabled: false}\n"
+        "formats:\n  student_system: Think.\n"
+    )
+    settings, teacher_system, student_system = settings_from(recipe, ["reward.kl_coef=1.5"], kl_estimator="k3")
+    assert (settings.kl_coef, settings.kl_estimator, settings.alpha) == (1.5, "k3", 0.01)
+    assert (teacher_system, student_system) == (None, "Think.")
+    with pytest.raises(UserError, match="kl_estimator"):
+        settings_from(kl_estimator="k9")
+    with pytest.raises(UserError, match="--set needs --recipe"):
+        settings_from(None, ["reward.alpha=0"])
+
+
+def test_cli_score_exit_codes(tiny_model_dir, tiny_student_dir, tmp_path):
+    good = write_rows(tmp_path / "rows.jsonl", ROWS)
+    bad = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "explanation": "e"}])
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+
+    def factory(data, *extra):
+        command = [sys.executable, "-m", "factory.cli", "score", "--teacher", str(tiny_model_dir), "--student",
+                   str(tiny_student_dir), "--data", str(data), *extra]  # fmt: skip
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+
+    result = factory(good, "--kl-estimator", "full", "--limit", "2", "--batch-size", "1")
+    assert result.returncode == 0, result.stderr
+    assert "kl=full" in result.stdout and "2 rows" in result.stdout
+    assert len((tmp_path / "rows.scores.jsonl").read_text().splitlines()) == 2
+    result = factory(bad)
+    assert result.returncode == 2 and "no column 'solution'" in result.stderr and "Traceback" not in result.stderr
