@@ -98,3 +98,15 @@ def hub_env(hub_server, monkeypatch, tmp_path):
     }.items():
         monkeypatch.setattr(datasets.config, name, value)
     return hub_server
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op torch thread for a test module: on a shared, busy CPU, tiny models run many
+    times faster than with threads spin-waiting for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

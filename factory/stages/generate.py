@@ -1,0 +1,432 @@
+"""The generate stage (RLT.md, pipeline step 3): the teacher's explanations for every training question,
+scored with the RLT reward, checked, and written as the traces dataset.
+
+Flow: load the questions (`stages.generate.limit` first rows of `data.train`) and drop those sharing
+an n-gram with an eval set; generate `n` explanations per question with vLLM or transformers
+(factory.engines), prompt = the teacher format with the solution prefilled, stop at the closing
+explanation tag or end of turn; score each with the RLT reward (teacher = the generating model,
+student = `models.student`); check; keep the best-rewarded passing candidate per question.
+
+Scale and resumption: the work is done in chunks written as parquet parts under `work/`
+(see generate_worker). `factory run` does whatever is left (vLLM: one worker process per group of
+`launch.tensor_parallel_size` GPUs; transformers: in process) and then merges; a scheduler can
+spread the work first with `factory generate-shard RECIPE --shard i/n` on many nodes (shard
+count default `stages.generate.shards`), after which `factory run` only merges. Shard count and
+index, batch size, engine memory share are not in the fingerprint: they change how the work is
+spread, not what is sampled (sampling is seeded per question id).
+
+Output (the traces schema, DESIGN.md): `data/train-*.parquet` (config `default`, one row per
+question) and `data/candidates/train-*.parquet` (config `candidates`, every candidate), histograms
+of reward and explanation length (PNG + CSV), and every QA figure in the artifact metrics.
+Columns (`_features` holds the exact types):
+
+    id                   str    stable per question (hash of its text, factory.data)
+    question, solution   str    from the training set
+    explanation          str    the teacher's text before the closing tag (decoded explanation ids)
+    prompt, completion   list of {role, content}: the student format (system + user / assistant),
+                                conversational prompt-completion rows for TRL's SFTTrainer
+    reward, r_ss_mean, r_ss_min, kl_mean, kl_max, penalty   float   the RLT reward and its parts
+    closed               bool   the explanation closed its tag
+    explanation_tokens   int    explanation ids scored; completion_tokens: all generated ids
+    solution_tokens      int    solution ids the student was scored on
+    finish_reason        str    "stop" (tag or end of turn) | "length" (hit max_new_tokens)
+    candidate_index      int    0..n-1
+    teacher              str    repo@revision of a base teacher, stage@fingerprint of an artifact
+    temperature, top_p, seed    the sampling settings (each question samples with a seed derived
+                                from `seed` and its id, engines.base.prompt_seed)
+    answer_leaked        bool   QA flag: the explanation states the answer as a boxed result
+    reward_truncated     bool   QA flag: the reward cut the explanation to fit reward.max_length
+    selected, drop_reason       candidates config only: kept for `default`; why dropped ("" = passed)
+
+- hard checks (rows dropped, counted): question contaminated by an eval set; empty explanation;
+  explanation never closed (`drop_unclosed`); answer stated as a boxed result (`drop_leaked`);
+  a question with no passing candidate is dropped;
+- figures: closed rate, truncation rate (hit `max_new_tokens`), answer leak and mention rates,
+  explanation length distribution, reward statistics of all and of the selected candidates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from factory.errors import UserError
+from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
+
+if TYPE_CHECKING:
+    from factory.pipeline import Plan
+    from factory.recipe import Recipe
+    from factory.stages.base import ResolvedInput
+    from factory.stages.generate_worker import Job, Questions
+
+# What determines the traces; throughput knobs (batch_size, shards, gpu_memory_utilization) are left out.
+CONFIG_PATHS = (
+    "stages.generate.engine",
+    "stages.generate.n",
+    "stages.generate.temperature",
+    "stages.generate.top_p",
+    "stages.generate.max_new_tokens",
+    "stages.generate.seed",
+    "stages.generate.limit",
+    "stages.generate.decontaminate_ngram",
+    "stages.generate.drop_unclosed",
+    "stages.generate.drop_leaked",
+    "formats.teacher_system",
+    "formats.student_system",
+    "reward.kl_coef",
+    "reward.alpha",
+    "reward.kl_estimator",
+    "reward.teacher_temperature",
+    "reward.student_temperature",
+    "reward.missing_tag_penalty",
+    "reward.max_length",
+    "data.eval",
+)
+SPLIT = "train"
+ROWS_PER_FILE = 50_000
+
+
+@register
+class GenerateStage(Stage):
+    name = "generate"
+    consumes = ("teacher", "reward_student", "train_data")
+    version = 1
+
+    def config(self, recipe: "Recipe") -> dict[str, Any]:
+        return recipe_slice(recipe, *CONFIG_PATHS)
+
+    def estimate(self, recipe: "Recipe") -> dict[str, float]:
+        """Upper bound: every candidate runs to max_new_tokens; scoring = one forward of both models."""
+        from factory.models import estimate_parameters
+
+        settings = recipe.stages.generate
+        limits = [x for x in (settings.limit, recipe.data.train.limit) if x is not None]
+        if not limits:
+            return {}
+        tokens = min(limits) * settings.n * settings.max_new_tokens
+        teacher, student = estimate_parameters(recipe.models.teacher), estimate_parameters(recipe.models.student)
+        if teacher is None or student is None:
+            return {"tokens": float(tokens)}
+        return {"tokens": float(tokens), "flops": float(2 * teacher * tokens + 2 * (teacher + student) * tokens)}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from factory.engines.base import gpu_groups, resolve_kind
+        from factory.stages.generate_worker import WorkDir, checked_tokenizers, load_questions, run_job
+
+        recipe = ctx.recipe
+        kind = resolve_kind(recipe.stages.generate.engine, "stages.generate.engine")
+        job = _job_fields(ctx.inputs, ctx.out_dir, kind, recipe)
+        questions = load_questions(recipe, log=ctx.log)
+        groups = gpu_groups(recipe.launch.tensor_parallel_size) if kind == "vllm" else [[]]
+        if len(groups) > 1:
+            checked_tokenizers(ctx.inputs["teacher"].model_source(), ctx.inputs["reward_student"].model_source())
+            _run_groups(groups, job, WorkDir(ctx.out_dir), ctx.log)
+            run_job(_job(job, shards=[], num_shards=len(groups), score_all=True), ctx.log, questions)
+        else:
+            run_job(_job(job, shards=[0], num_shards=1, score_all=True), ctx.log, questions)
+        result = merge(recipe, questions, ctx.out_dir, teacher_label(ctx.inputs["teacher"]))
+        result.metrics["engine"] = kind  # "auto" in the recipe: what this machine resolved it to
+        return result
+
+
+# ------------------------------------------------------------------------------------ workers
+
+
+def _job_fields(inputs: dict[str, "ResolvedInput"], out_dir: Path, kind: str, recipe: "Recipe") -> dict[str, Any]:
+    from factory.stages.generate_worker import source_json
+
+    return {
+        "recipe": recipe.model_dump(mode="json", exclude_unset=True),  # keeps which keys the user set
+        "teacher": source_json(inputs["teacher"].model_source()),
+        "student": source_json(inputs["reward_student"].model_source()),
+        "out_dir": str(out_dir),
+        "engine": kind,
+    }
+
+
+def _job(fields: dict[str, Any], **more: Any) -> "Job":
+    from factory.stages.generate_worker import Job
+
+    return Job(**fields, **more)
+
+
+def _run_groups(groups: list[list[int]], fields: dict[str, Any], work: Any, log: Callable[[str], None]) -> None:
+    """Data parallelism: one worker process (one vLLM engine) per GPU group, shard g of G each."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = visible.split(",") if visible else None
+    processes = []
+    for group, devices in enumerate(groups):
+        job_file = _job(fields, shards=[group], num_shards=len(groups)).save(work.root / "jobs" / f"group{group}.json")
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(names[d] if names else str(d) for d in devices)}
+        log(f"generate: worker {group} on GPUs {env['CUDA_VISIBLE_DEVICES']}")
+        command = [sys.executable, "-m", "factory.stages.generate_worker", str(job_file)]
+        processes.append(subprocess.Popen(command, env=env))
+    codes = [process.wait() for process in processes]
+    failed = {group: code for group, code in enumerate(codes) if code != 0}
+    if failed:
+        raise RuntimeError(
+            f"generate workers failed (group: exit code) {failed}; finished chunks are kept, run again to resume"
+        )
+
+
+def teacher_label(item: "ResolvedInput") -> str:
+    """The `teacher` column: repo@resolved revision of a base model, stage@fingerprint of an artifact."""
+    if item.artifact_dir is not None or item.model is None:
+        return item.describe()
+    return f"{item.model.source}@{item.resolved_revision or item.model.revision or 'unresolved'}"
+
+
+# ------------------------------------------------------------------------------------ shard CLI
+
+
+def run_shard(plan: "Plan", shard: str, log: Callable[[str], None] = print) -> str:
+    """`factory generate-shard`: generate and score one shard into the stage's artifact folder.
+
+    The stage is not completed here; `factory run` completes it (finishing anything left, then
+    merging). `shard` is "i" (of `stages.generate.shards`) or "i/n".
+    """
+    from factory.artifacts import is_complete
+    from factory.engines.base import resolve_kind
+    from factory.stages.generate_worker import run_job
+
+    index, count = _parse_shard(shard, plan.recipe.stages.generate.shards)
+    planned = plan.stage("generate")
+    if planned.status == "cached":
+        return f"generate is complete already ({planned.artifact_dir}); nothing to do"
+    if not planned.will_run:
+        raise UserError(f"generate is {planned.status}: {planned.reason}")
+    for item in planned.inputs.values():
+        if item.artifact_dir is not None and not is_complete(item.artifact_dir):
+            raise UserError(
+                f"generate needs the {item.role!r} artifact {item.artifact_dir.name}, which is not complete; "
+                "run the upstream stages first (factory run RECIPE --only STAGE)"
+            )
+    planned.artifact_dir.mkdir(parents=True, exist_ok=True)
+    kind = resolve_kind(plan.recipe.stages.generate.engine, "stages.generate.engine")
+    fields = _job_fields(planned.inputs, planned.artifact_dir, kind, plan.recipe)
+    run_job(_job(fields, shards=[index], num_shards=count), log=log)
+    return f"generate shard {index}/{count} done in {planned.artifact_dir}; `factory run` merges when all shards are done"
+
+
+def _parse_shard(shard: str, default_count: int) -> tuple[int, int]:
+    text, _, count_text = shard.partition("/")
+    try:
+        index, count = int(text), int(count_text) if count_text else default_count
+    except ValueError:
+        raise UserError(f"--shard {shard!r}: write I or I/N, e.g. --shard 3/8") from None
+    if not 0 <= index < count:
+        raise UserError(f"--shard {shard!r}: the index must be in 0..{count - 1} (stages.generate.shards = {default_count})")
+    return index, count
+
+
+# ------------------------------------------------------------------------------------ merge
+
+
+def _features(candidates: bool):
+    from datasets import Features, List, Value
+
+    message = {"role": Value("string"), "content": Value("string")}
+    columns = {
+        "id": Value("string"),
+        "question": Value("string"),
+        "solution": Value("string"),
+        "explanation": Value("string"),
+        "prompt": List(message),
+        "completion": List(message),
+        **{name: Value("float64") for name in ("reward", "r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty")},
+        "closed": Value("bool"),
+        "explanation_tokens": Value("int64"),
+        "completion_tokens": Value("int64"),
+        "solution_tokens": Value("int64"),
+        "finish_reason": Value("string"),
+        "candidate_index": Value("int64"),
+        "teacher": Value("string"),
+        "temperature": Value("float64"),
+        "top_p": Value("float64"),
+        "seed": Value("int64"),
+        "answer_leaked": Value("bool"),
+        "reward_truncated": Value("bool"),
+    }
+    if candidates:
+        columns.update(selected=Value("bool"), drop_reason=Value("string"))
+    return Features(columns)
+
+
+def _drop_reason(candidate: dict[str, Any], settings: Any) -> str:
+    if not candidate["explanation"].strip():
+        return "empty"
+    if settings.drop_unclosed and not candidate["closed"]:
+        return "unclosed"
+    if settings.drop_leaked and candidate["answer_leaked"]:
+        return "leaked"
+    return ""
+
+
+def _read_candidates(work: Any, kept: set[str]) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Scored rows grouped by question id (only the questions still kept); duplicates removed."""
+    import pyarrow.parquet as pq
+
+    from factory.stages.generate_worker import SCORED
+
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    seen: set[tuple[str, int]] = set()
+    duplicates = 0
+    for part in work.parts(SCORED):
+        for row in pq.read_table(part).to_pylist():
+            key = (row["id"], row["candidate_index"])
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            if row["id"] in kept:
+                grouped.setdefault(row["id"], []).append(row)
+    return grouped, duplicates
+
+
+def merge(recipe: "Recipe", questions: "Questions", out_dir: Path, teacher: str) -> StageResult:
+    """Check every candidate, select one per question, write both configs, plots and figures."""
+    from factory.formats import student_messages
+    from factory.qa import answer_leaked, answer_mentioned, final_answer
+    from factory.stages.generate_worker import WorkDir
+
+    settings = recipe.stages.generate
+    work = WorkDir(out_dir)
+    work.remove_temporaries()
+    kept = questions.kept
+    grouped, duplicates = _read_candidates(work, {row["id"] for row in kept})
+    missing = [row["id"] for row in kept if len(grouped.get(row["id"], [])) < settings.n]
+    if missing:
+        raise RuntimeError(f"{len(missing)} questions lack scored candidates after the workers ran (e.g. {missing[:3]})")
+
+    sampling = {"teacher": teacher, "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed}
+    all_candidates, selected, reasons, mentioned = [], [], Counter(), 0
+    no_passing, gains = 0, []
+    for question in kept:
+        answer = final_answer(question["solution"], question.get("answer"))
+        candidates = sorted(grouped[question["id"]], key=lambda c: c["candidate_index"])
+        for candidate in candidates:
+            messages = student_messages(
+                question["question"], candidate["explanation"], question["solution"], recipe.formats.student_system
+            )
+            candidate.update(
+                question=question["question"], solution=question["solution"], prompt=messages[:2],
+                completion=messages[2:], answer_leaked=answer_leaked(candidate["explanation"], answer), **sampling,
+            )  # fmt: skip
+            candidate["drop_reason"] = _drop_reason(candidate, settings)
+            candidate["selected"] = False
+            reasons[candidate["drop_reason"]] += 1
+            mentioned += answer_mentioned(candidate["explanation"], answer)
+        passing = [c for c in candidates if not c["drop_reason"]]
+        if passing:
+            best = max(passing, key=lambda c: (c["reward"], -c["candidate_index"]))
+            best["selected"] = True
+            selected.append(best)
+            gains.append(best["reward"] - sum(c["reward"] for c in candidates) / len(candidates))
+        else:
+            no_passing += 1
+        all_candidates.extend(candidates)
+
+    if not selected:
+        dropped = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()) if reason)
+        raise UserError(
+            f"generate: no explanation of {len(all_candidates)} candidates passed the checks ({dropped}); "
+            "raise stages.generate.max_new_tokens, or relax stages.generate.drop_unclosed / drop_leaked"
+        )
+    files = _write_configs(out_dir, selected, all_candidates)
+    files.update(_plots(out_dir, all_candidates, selected))
+    metrics = _figures(questions, all_candidates, selected, reasons, mentioned, no_passing, duplicates, gains, settings.n)
+    qa = metrics["qa"]
+    summary = (
+        f"{len(selected)} traces from {len(questions.rows)} questions (n={settings.n}): closed {qa['closed_rate']:.0%}, "
+        f"truncated {qa['truncation_rate']:.0%}, leaked {qa['answer_leak_rate']:.0%}, "
+        f"{qa['contaminated_questions']} contaminated, {no_passing} without a passing candidate; "
+        f"selected reward mean {metrics['reward']['selected']['mean']:.3f}"
+    )
+    return StageResult(metrics=metrics, files=files, summary=summary)
+
+
+def _write_configs(out_dir: Path, selected: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> dict[str, str]:
+    """`data/` (default config) and `data/candidates/`, written aside and swapped in whole."""
+    import shutil
+
+    from datasets import Dataset
+
+    staging = out_dir / "data.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for rows, folder, with_flags in ((selected, staging, False), (candidates, staging / "candidates", True)):
+        features = _features(with_flags)
+        dataset = Dataset.from_list([{name: row[name] for name in features} for row in rows], features=features)
+        shards = max(1, math.ceil(len(dataset) / ROWS_PER_FILE))
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(shards):
+            part = dataset.shard(shards, index, contiguous=True)
+            part.to_parquet(str(folder / f"{SPLIT}-{index:05d}-of-{shards:05d}.parquet"))
+    final = out_dir / "data"
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return {"data": "data", "candidates": "data/candidates"}
+
+
+def _plots(out_dir: Path, candidates: list[dict[str, Any]], selected: list[dict[str, Any]]) -> dict[str, str]:
+    from factory.qa import histogram
+
+    files = {}
+    for key, label in (("reward", "RLT reward"), ("explanation_tokens", "explanation length (tokens)")):
+        name = f"{key}_hist"
+        histogram(
+            out_dir / f"{name}.png", out_dir / f"{name}.csv",
+            {"all candidates": [c[key] for c in candidates], "selected": [c[key] for c in selected]},
+            xlabel=label, title=f"Traces: {label}",
+        )  # fmt: skip
+        files[name] = f"{name}.png"
+        files[f"{name}_csv"] = f"{name}.csv"
+    return files
+
+
+def _rate(count: int, total: int) -> float:
+    return count / total if total else 0.0
+
+
+def _figures(
+    questions: "Questions", candidates: list[dict[str, Any]], selected: list[dict[str, Any]], reasons: Counter,
+    mentioned: int, no_passing: int, duplicates: int, gains: list[float], n: int,
+) -> dict[str, Any]:  # fmt: skip
+    from factory.qa import summary
+
+    total = len(candidates)
+    by_set = Counter(name for names in questions.contaminated.values() for name in names)
+    reward_all, reward_selected = summary([c["reward"] for c in candidates]), summary([c["reward"] for c in selected])
+    return {
+        "rows": len(selected),
+        "questions": len(questions.rows),
+        "candidates_per_question": n,
+        "qa": {
+            "candidates": total,
+            "closed_rate": _rate(sum(c["closed"] for c in candidates), total),
+            "truncation_rate": _rate(sum(c["finish_reason"] == "length" for c in candidates), total),
+            "answer_leak_rate": _rate(sum(c["answer_leaked"] for c in candidates), total),
+            "answer_mention_rate": _rate(mentioned, total),
+            "scoring_cut_rate": _rate(sum(c["reward_truncated"] for c in candidates), total),
+            "contaminated_questions": len(questions.contaminated),
+            "contaminated_by_eval_set": dict(sorted(by_set.items())),
+            "dropped_candidates": {reason: reasons[reason] for reason in ("empty", "unclosed", "leaked")},
+            "questions_without_passing_candidate": no_passing,
+            "duplicates_removed": duplicates,
+            "explanation_tokens": summary([c["explanation_tokens"] for c in candidates]),
+            "selected_explanation_tokens": summary([c["explanation_tokens"] for c in selected]),
+        },
+        "reward": {
+            "candidates": reward_all,
+            "selected": reward_selected,
+            # per question: the kept candidate's reward minus the mean of its n candidates
+            "best_of_n_gain": summary(gains)["mean"],
+            "selected_components": {
+                key: summary([c[key] for c in selected])["mean"] for key in ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty")
+            },
+        },
+    }

@@ -1,0 +1,350 @@
+"""The generate stage: traces schema, best-of-n selection, QA figures and drops, resumption after
+SIGKILL, shards and merge, data-parallel vLLM workers (through the stand-in module), QA helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from factory.artifacts import is_complete, read_meta
+from factory.errors import UserError
+from factory.pipeline import execute, make_plan
+from factory.recipe import load_recipe
+from factory.stages import load_stages
+
+STANDIN = Path(__file__).parent / "vllm_standin"
+TEACHER_SYSTEM = "Teach."
+SHORT = "We add the units."
+LONG = "We add the units, then the tens, and we check the sum twice to be sure of it."
+
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def question(i: int) -> dict[str, str]:
+    a, b = i + 2, 3 * i + 1
+    return {"question": f"What is {a} + {b}?", "solution": f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gen-data")
+    with open(folder / "train.jsonl", "w") as handle:
+        for i in range(40):
+            handle.write(json.dumps(question(i)) + "\n")
+    with open(folder / "eval.jsonl", "w") as handle:  # the first training question leaks into the eval set
+        handle.write(json.dumps({"question": "What is 2 + 1?", "answer": "3"}) + "\n")
+        handle.write(json.dumps({"question": "What is 100 + 1?", "answer": "101"}) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def closing_teacher(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny teacher after 60 steps on teacher-format rows whose explanations are short or long
+    and end with the closing tag: it then closes some explanations and runs out of tokens on others,
+    like a real teacher with a tight max_new_tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factory.formats import EXPLANATION_CLOSE, teacher_prompt_ids
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = []
+    for i in range(12):
+        prompt = teacher_prompt_ids(tokenizer, **question(i), system=TEACHER_SYSTEM)
+        target = tokenizer((SHORT if i % 2 else LONG) + EXPLANATION_CLOSE, add_special_tokens=False)["input_ids"]
+        rows.append((prompt, target))
+    width = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (prompt, target) in enumerate(rows):
+        ids[row, : len(prompt) + len(target)] = torch.tensor(prompt + target)
+        labels[row, len(prompt) : len(prompt) + len(target)] = torch.tensor(target)
+        mask[row, : len(prompt) + len(target)] = 1
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = tmp_path_factory.mktemp("closing-teacher")
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_recipe(folder: Path, teacher: Path, student: Path, data: Path, limit: int, **generate) -> Path:
+    settings = {
+        "engine": "hf", "n": 3, "temperature": 0.9, "max_new_tokens": 16, "batch_size": 4, "seed": 7,
+        "limit": limit, "decontaminate_ngram": 4, **generate,
+    }  # fmt: skip
+    recipe = {
+        "name": "gen-test",
+        "models": {"teacher": {"source": str(teacher)}, "student": {"source": str(student)}, "distill_base": {"source": str(teacher)}},
+        "data": {
+            "train": {"source": str(data / "train.jsonl"), "format": "jsonl"},
+            "eval": [{"name": "held", "source": str(data / "eval.jsonl"), "format": "jsonl"}],
+        },
+        "formats": {"teacher_system": TEACHER_SYSTEM, "student_system": "Think."},
+        "reward": {"max_length": 512, "batch_size": 8},
+        "stages": {
+            "teacher_sft": {"enabled": False}, "teacher_rl": {"enabled": False}, "generate": settings,
+            "distill": {"enabled": False}, "evaluate": {"enabled": False},
+        },
+    }  # fmt: skip
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def plan_for(path: Path, run_dir: Path, overrides: list[str] | None = None):
+    return make_plan(load_recipe(path, overrides), run_dir, load_stages())
+
+
+def run(path: Path, run_dir: Path):
+    plan = plan_for(path, run_dir)
+    report = execute(plan, str(path), log=lambda message: None)
+    return plan.stage("generate").artifact_dir, report
+
+
+def read(folder: Path) -> list[dict]:
+    return [row for part in sorted(folder.glob("train-*.parquet")) for row in pq.read_table(part).to_pylist()]
+
+
+def kept_ids(path: Path) -> list[str]:
+    from factory.stages.generate_worker import load_questions
+
+    return [row["id"] for row in load_questions(load_recipe(path), log=lambda m: None).kept]
+
+
+# ------------------------------------------------------------------------------------ the stage
+
+
+def test_traces_best_of_n_checks_and_figures(tmp_path, closing_teacher, tiny_student_dir, data_dir):
+    from factory.formats import EXPLANATION_CLOSE, student_messages
+    from factory.qa import answer_leaked, final_answer
+
+    recipe = write_recipe(tmp_path, closing_teacher, tiny_student_dir, data_dir, limit=10)
+    artifact, report = run(recipe, tmp_path / "runs")
+    assert report.ran == ["generate"] and is_complete(artifact)
+    selected, candidates = read(artifact / "data"), read(artifact / "data" / "candidates")
+    ids = kept_ids(recipe)
+    assert len(ids) == 9  # 10 questions, the first is in the eval set
+
+    # every kept question has its n candidates, exactly once; the contaminated one has none
+    assert sorted((c["id"], c["candidate_index"]) for c in candidates) == sorted((i, j) for i in ids for j in range(3))
+    by_id: dict[str, list[dict]] = {}
+    for c in candidates:
+        by_id.setdefault(c["id"], []).append(c)
+        assert c["closed"] == (c["drop_reason"] != "unclosed")  # drop_unclosed is on; nothing empty or leaked here
+        assert (c["finish_reason"] == "length") == (c["completion_tokens"] == 16 and not c["closed"])
+        assert c["explanation_tokens"] <= c["completion_tokens"]
+        assert EXPLANATION_CLOSE not in c["explanation"]
+        assert c["penalty"] == (0.0 if c["closed"] else -1.0)
+        assert c["answer_leaked"] == answer_leaked(c["explanation"], final_answer(c["solution"]))
+    assert 0 < sum(c["closed"] for c in candidates) < len(candidates)  # both kinds occur
+
+    # the selected row is the best-rewarded closed candidate; questions with none are dropped
+    expected = {}
+    for qid, group in by_id.items():
+        closed = [c for c in group if c["closed"]]
+        if closed:
+            expected[qid] = max(closed, key=lambda c: c["reward"])["candidate_index"]
+    assert {row["id"]: row["candidate_index"] for row in selected} == expected
+    assert {c["id"]: c["candidate_index"] for c in candidates if c["selected"]} == expected
+    for row in selected:
+        messages = student_messages(row["question"], row["explanation"], row["solution"], "Think.")
+        assert row["prompt"] == messages[:2] and row["completion"] == messages[2:]
+        assert (row["temperature"], row["top_p"], row["seed"]) == (0.9, 1.0, 7)
+        assert row["teacher"].startswith(f"{closing_teacher}@local:")
+
+    meta = read_meta(artifact)
+    qa, reward = meta.metrics["qa"], meta.metrics["reward"]
+    assert meta.metrics["rows"] == len(selected) and meta.metrics["questions"] == 10
+    assert qa["contaminated_questions"] == 1 and qa["contaminated_by_eval_set"] == {"held": 1}
+    assert qa["closed_rate"] == pytest.approx(sum(c["closed"] for c in candidates) / 27)
+    assert qa["truncation_rate"] == pytest.approx(sum(c["finish_reason"] == "length" for c in candidates) / 27)
+    assert qa["dropped_candidates"]["unclosed"] == sum(not c["closed"] for c in candidates)
+    assert qa["questions_without_passing_candidate"] == 9 - len(selected)
+    assert qa["explanation_tokens"]["max"] == max(c["explanation_tokens"] for c in candidates)
+    assert reward["selected"]["mean"] == pytest.approx(sum(r["reward"] for r in selected) / len(selected))
+    assert reward["candidates"]["count"] == 27
+    gains = [
+        max(c["reward"] for c in group if c["closed"]) - sum(c["reward"] for c in group) / 3
+        for group in by_id.values() if any(c["closed"] for c in group)
+    ]  # fmt: skip
+    assert reward["best_of_n_gain"] == pytest.approx(sum(gains) / len(gains))
+    for name in ("reward_hist", "explanation_tokens_hist"):
+        assert (artifact / f"{name}.png").stat().st_size > 1000
+        lines = (artifact / f"{name}.csv").read_text().splitlines()
+        assert sum(int(line.split(",")[2]) for line in lines[1:]) == 27  # all candidates are binned
+    assert meta.files["candidates"] == "data/candidates"
+
+    # a finished stage re-run does nothing
+    stamp = (artifact / "artifact.json").stat().st_mtime_ns
+    parts = sorted(p.name for p in (artifact / "work" / "generated").iterdir())
+    again, report = run(recipe, tmp_path / "runs")
+    assert again == artifact and report.cached == ["generate"] and report.ran == []
+    assert (artifact / "artifact.json").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (artifact / "work" / "generated").iterdir()) == parts
+
+
+def test_sigkill_midway_then_rerun_same_rows(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, repo_root):
+    """A run killed with SIGKILL while generating resumes: same row count and ids, no duplicates,
+    the chunks finished before the kill are kept, not redone."""
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=16, n=2, batch_size=2, drop_unclosed=False,
+    )  # fmt: skip
+    runs = tmp_path / "runs"
+    script = (
+        "import sys; from factory.pipeline import make_plan, execute; from factory.recipe import load_recipe; "
+        "from factory.stages import load_stages; "
+        f"execute(make_plan(load_recipe({str(recipe)!r}), __import__('pathlib').Path({str(runs)!r}), load_stages()), 'r')"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=repo_root, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    artifact = plan_for(recipe, runs).stage("generate").artifact_dir
+    generated = artifact / "work" / "generated"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None and len(list(generated.glob("*.parquet"))) < 2:
+        time.sleep(0.005)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in generated.glob("*.parquet")}
+    assert not is_complete(artifact), "the run finished before it could be killed"
+    assert 2 <= len(before) < 8  # 15 kept questions in chunks of 2: the kill came midway
+
+    resumed, report = run(recipe, runs)
+    assert report.ran == ["generate"] and is_complete(resumed)
+    after = {p.name: p.stat().st_mtime_ns for p in generated.glob("*.parquet")}
+    assert {name: after[name] for name in before} == before  # finished chunks were not regenerated
+    rows, candidates = read(artifact / "data"), read(artifact / "data" / "candidates")
+    ids = kept_ids(recipe)
+    assert len(ids) == 15 and len(rows) == 15
+    assert [row["id"] for row in rows] == ids  # same ids, in data order, each once
+    assert sorted((c["id"], c["candidate_index"]) for c in candidates) == sorted((i, j) for i in ids for j in range(2))
+    assert read_meta(artifact).metrics["qa"]["duplicates_removed"] == 0
+
+
+def test_shards_on_separate_workers_then_merge(tmp_path, closing_teacher, tiny_student_dir, data_dir):
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+    from factory.stages.generate import run_shard
+
+    recipe = write_recipe(tmp_path, closing_teacher, tiny_student_dir, data_dir, limit=8, n=2, drop_unclosed=False)
+    runs = tmp_path / "runs"
+    cli = CliRunner().invoke(app, ["generate-shard", str(recipe), "--shard", "1/2", "--run-dir", str(runs)])
+    assert cli.exit_code == 0, cli.output
+    assert "generate shard 1/2 done" in cli.output
+    assert "generate shard 0/2 done" in run_shard(plan_for(recipe, runs), "0/2", log=lambda m: None)
+    artifact = plan_for(recipe, runs).stage("generate").artifact_dir
+    assert not is_complete(artifact)  # shards alone do not complete the stage
+    names = sorted(p.name for p in (artifact / "work" / "scored").glob("*.parquet"))
+    assert names and all(name.startswith(("s0of2-", "s1of2-")) for name in names)
+    owned = {name[:5] for name in names}
+    assert owned == {"s0of2", "s1of2"}
+
+    # the merge run generates nothing new, and throughput settings keep the fingerprint
+    plan = plan_for(recipe, runs, ["stages.generate.batch_size=2", "stages.generate.shards=5"])
+    assert plan.stage("generate").artifact_dir == artifact and plan.stage("generate").status == "resume"
+    merged, report = run(recipe, runs)
+    assert report.ran == ["generate"] and merged == artifact
+    assert sorted(p.name for p in (artifact / "work" / "generated").glob("*.parquet")) == names
+    assert [row["id"] for row in read(artifact / "data")] == kept_ids(recipe)
+    assert "complete already" in run_shard(plan_for(recipe, runs), "1/2")
+    changed = plan_for(recipe, runs, ["stages.generate.temperature=0.5"]).stage("generate")
+    assert changed.status == "run" and "stages.generate.temperature" in changed.reason
+
+
+@pytest.mark.slow  # two worker processes, each importing torch and loading models: ~20 s on a busy 2-core box
+def test_vllm_data_parallel_one_worker_per_gpu_group(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, monkeypatch):
+    """engine vllm with 2 GPU groups: two worker processes (vLLM = the stand-in), shard g of 2 each."""
+    import factory.engines.base as base
+
+    monkeypatch.syspath_prepend(str(STANDIN))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(base, "gpu_count", lambda: 2)
+    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=6, n=2, engine="vllm", drop_unclosed=False)
+    artifact, report = run(recipe, tmp_path / "runs")
+    assert report.ran == ["generate"] and is_complete(artifact)
+    jobs = [json.loads((artifact / "work" / "jobs" / f"group{g}.json").read_text()) for g in (0, 1)]
+    assert [(job["engine"], job["shards"], job["num_shards"]) for job in jobs] == [("vllm", [0], 2), ("vllm", [1], 2)]
+    scored = sorted(p.name[:5] for p in (artifact / "work" / "scored").glob("*.parquet"))
+    assert set(scored) == {"s0of2", "s1of2"}
+    assert [row["id"] for row in read(artifact / "data")] == kept_ids(recipe)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def test_decontamination_by_word_ngrams():
+    from factory.qa import Decontaminator
+
+    index = Decontaminator(
+        {"aime": ["Find the number of ordered pairs (a, b) of integers such that a + b = 10."], "tiny": ["What is 2 + 1?"]}, 5
+    )
+    assert index.match("count the number of ordered ways") == []  # 4 shared words only
+    assert index.match("Please FIND the number of ordered pairs!") == ["aime"]  # case-insensitive 5-gram
+    assert index.match("What is 2 + 1?") == ["tiny"]  # shorter than n: compared whole
+    assert index.match("What is 2 + 10?") == []
+
+
+def test_answer_leak_and_mention():
+    from factory.qa import answer_leaked, answer_mentioned, final_answer
+
+    answer = final_answer("So 3 + 4 = 7, and \\boxed{\\frac{7}{2}}")
+    assert answer == "\\frac{7}{2}"
+    assert answer_leaked("thus the result is \\boxed{ \\dfrac{7}{2} }", answer)
+    assert not answer_leaked("halve 7 to get \\frac{7}{2}", answer)
+    assert answer_mentioned("halve 7 to get \\frac{7}{2}", answer)
+    assert not answer_mentioned("we get 17 apples", "7") and answer_mentioned("we get 7 apples", "7")
+    assert final_answer("no box here", answer="12") == "12" and final_answer("no box here") is None
+
+
+def test_summary_percentiles():
+    from factory.qa import summary
+
+    figures = summary(list(range(1, 11)))
+    assert (figures["count"], figures["mean"], figures["min"], figures["max"]) == (10, 5.5, 1, 10)
+    assert (figures["p10"], figures["p50"], figures["p90"]) == (1, 5, 9)
+    assert summary([])["count"] == 0
+
+
+def test_parts_are_atomic_and_temporaries_ignored(tmp_path):
+    from factory.stages.generate_worker import GENERATED, WorkDir
+
+    work = WorkDir(tmp_path)
+    work.write(GENERATED, "s0of1-a", [{"id": "a", "candidate_index": 0}, {"id": "b", "candidate_index": 0}])
+    torn = work.folder(GENERATED) / ".s0of1-c.parquet.999.tmp"
+    torn.write_bytes(b"PAR1 half a file")  # what a writer killed mid-write leaves
+    assert work.ids(GENERATED) == {"a", "b"}
+    assert work.remove_temporaries() == 1 and not torn.exists()
+    with work.lock(0, 2):
+        with pytest.raises(UserError, match="shard 0/2 .* is being generated by another process"):
+            with work.lock(0, 2):
+                pass
+        with work.lock(1, 2):
+            pass
+
+
+def test_shard_argument():
+    from factory.stages.generate import _parse_shard
+
+    assert _parse_shard("3", 8) == (3, 8) and _parse_shard("1/2", 8) == (1, 2)
+    for bad in ("8", "2/2", "x/3", "-1"):
+        with pytest.raises(UserError, match="--shard"):
+            _parse_shard(bad, 8)
