@@ -20,7 +20,7 @@ import json
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -206,6 +206,8 @@ def _resolve_inputs(
 ) -> str:
     """Fill `planned.inputs`; return why the stage cannot run, or '' when it can."""
     for role in stage.consumes:
+        if role == "initial_teacher":
+            continue  # derived from the teacher's producer, below
         upstream = produced.get(role)
         if upstream is None:
             planned.inputs[role] = _base_input(role, recipe, revisions)
@@ -216,7 +218,18 @@ def _resolve_inputs(
             planned.inputs[role] = ResolvedInput(
                 role=role, fingerprint=upstream.fingerprint, artifact_dir=upstream.artifact_dir, meta=meta
             )
+    if "initial_teacher" in stage.consumes:
+        planned.inputs["initial_teacher"] = _initial_teacher(planned.inputs["teacher"], produced.get("teacher"))
     return ""
+
+
+def _initial_teacher(teacher: ResolvedInput, producer: PlannedStage | None) -> ResolvedInput:
+    """The teacher before RL: what teacher_rl started from, or the current teacher when RL did not run.
+
+    Generating with both on the same questions is what shows RLT's effect (before/after traces).
+    """
+    start = producer.inputs.get("teacher") if producer is not None and producer.name == "teacher_rl" else None
+    return replace(start or teacher, role="initial_teacher")
 
 
 def _decide(planned: PlannedStage, stage: Stage, last: dict[str, Any] | None, forced: set[str]) -> None:

@@ -194,3 +194,19 @@ def test_manifest_records_lineage_and_metadata(recipe_path, tmp_path):
     traces_ref = next(ref for ref in meta.inputs if ref.role == "traces")
     assert traces_ref.fingerprint == plan.stage("generate").fingerprint
     assert "torch" in meta.versions and meta.config["epochs"] == 3.0
+
+
+def test_initial_teacher_is_what_rl_started_from(recipe_path, tmp_path):
+    registry = toy_registry(Recorder())
+    registry["generate"] = make_stage(
+        "generate", ("teacher", "initial_teacher", "reward_student", "train_data"), "generate", Recorder()
+    )
+    plan = make_plan(load_recipe(recipe_path), tmp_path / "runs", registry)
+    inputs = plan.stage("generate").inputs
+    assert inputs["teacher"].fingerprint == plan.stage("teacher_rl").fingerprint
+    assert inputs["initial_teacher"].fingerprint == plan.stage("teacher_sft").fingerprint
+    assert inputs["initial_teacher"].role == "initial_teacher"
+
+    no_rl = make_plan(load_recipe(recipe_path, ["stages.teacher_rl.enabled=false"]), tmp_path / "runs", registry)
+    inputs = no_rl.stage("generate").inputs
+    assert inputs["initial_teacher"].fingerprint == inputs["teacher"].fingerprint == no_rl.stage("teacher_sft").fingerprint
