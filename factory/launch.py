@@ -42,7 +42,9 @@ def accelerate_command(launch: Launch, module: str, args: list[str], *, cpu: boo
     if launch.main_process_ip:
         command += ["--main_process_ip", launch.main_process_ip]
     if cpu:
-        command += ["--cpu"]
+        # not `--cpu`: without MPI, accelerate's CPU launcher starts one process whatever --num_processes says;
+        # the preset's torchrun launcher starts them all, and ACCELERATE_USE_CPU (run_worker) makes them gloo ranks
+        command += ["--mixed_precision", "no"]
     return command + ["-m", module, *args]
 
 
@@ -56,7 +58,7 @@ def run_worker(launch: Launch, module: str, job_file: Path, *, cpu: bool | None 
 
         cpu = not torch.cuda.is_available()
     command = accelerate_command(launch, module, [str(job_file)], cpu=cpu)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
     completed = subprocess.run(command, env=env)
     if completed.returncode != 0:
         raise RuntimeError(f"{module} failed under accelerate (exit {completed.returncode}): {' '.join(command)}")

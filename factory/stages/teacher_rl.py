@@ -1,0 +1,200 @@
+"""Teacher RL (RLT.md "Training pipeline", step 2): GRPO with the RLT reward, on TRL 1.16.
+
+The teacher prompt is the teacher format with the assistant turn prefilled (solution, then the
+opened explanation tag): GRPO samples the continuation of that turn. TRL 1.16 renders conversational
+prompts with `add_generation_prompt=True`, which would open a new assistant turn, so the prompts are
+given as their token ids (`formats.teacher_prompt_ids`), carried as the decoded text in the dataset's
+`prompt` column and mapped back to the exact ids by the worker's trainer. The completion ids go to
+the reward unchanged, so the scored explanation spans are exact (`formats.split_completion_ids`).
+
+TRL 1.16 no longer truncates prompts: prompts longer than `max_prompt_length` tokens are dropped
+here, with a count. Every paper setting is a recipe key passed explicitly to `GRPOConfig` by the
+worker (`teacher_rl_worker.grpo_config`), because TRL's defaults differ. Rollouts come from vLLM
+when `launch.vllm_mode` is colocate or server (this stage then starts the server on the GPUs after
+the training ones), else from transformers' `generate` (the CPU path); the recipe keys are the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from factory.errors import UserError
+from factory.formats import check_same_vocabulary, teacher_prompt_ids
+from factory.launch import run_worker
+from factory.recipe import Launch, Recipe
+from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
+from factory.training import LOGS, check_report_to, model_entry, read_result, write_job
+
+PROMPTS_FILE = "rl_prompts.jsonl"
+ROLLOUTS_FILE = "rollouts.jsonl"
+VLLM_SERVER_PORT = 8000
+
+
+def teacher_prompts(
+    rows: list[dict[str, str]], tokenizer: Any, system: str | None, max_prompt_length: int
+) -> tuple[list[dict[str, Any]], int]:
+    """GRPO rows (id, question, solution, prompt text, prompt ids) within `max_prompt_length`, and how many were dropped."""
+    prompts, dropped = [], 0
+    for row in rows:
+        ids = teacher_prompt_ids(tokenizer, row["question"], row["solution"], system)
+        if len(ids) > max_prompt_length:
+            dropped += 1
+            continue
+        prompts.append(
+            {
+                "id": row["id"],
+                "question": row["question"],
+                "solution": row["solution"],
+                "prompt": tokenizer.decode(ids),
+                "prompt_ids": ids,
+            }
+        )
+    return prompts, dropped
+
+
+def vllm_server_command(launch: Launch, model_path: str, max_model_length: int, dtype: str) -> list[str]:
+    """TRL's own `vllm serve` command line for server mode (weight sync, processed logprobs)."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    return build_command(
+        ScriptArguments(
+            model=model_path,
+            tensor_parallel_size=launch.tensor_parallel_size,
+            data_parallel_size=launch.vllm_gpus // launch.tensor_parallel_size,
+            host="0.0.0.0",
+            port=VLLM_SERVER_PORT,
+            gpu_memory_utilization=launch.vllm_gpu_memory_utilization,
+            max_model_len=max_model_length,
+            dtype=dtype,
+        )
+    )
+
+
+@contextmanager
+def vllm_server(recipe: Recipe, model_path: str, out_dir: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """In server mode, run a vLLM server on GPUs [num_processes, num_processes + vllm_gpus) of the main
+    machine for the duration; training ranks use GPUs [0, num_processes). No-op in other modes."""
+    launch, rl = recipe.launch, recipe.stages.teacher_rl
+    if launch.vllm_mode != "server" or launch.machine_rank != 0:
+        yield
+        return
+    if launch.vllm_gpus % launch.tensor_parallel_size:
+        raise UserError(f"launch.vllm_gpus={launch.vllm_gpus} must be a multiple of launch.tensor_parallel_size")
+    import torch
+
+    needed = launch.num_processes + launch.vllm_gpus
+    if torch.cuda.device_count() < needed:
+        raise UserError(
+            f"launch: vllm_mode server needs num_processes + vllm_gpus = {needed} GPUs, {torch.cuda.device_count()} visible"
+        )
+    dtype = recipe.models.teacher.dtype
+    command = vllm_server_command(launch, model_path, rl.max_prompt_length + rl.max_completion_length, dtype)
+    gpus = ",".join(str(i) for i in range(launch.num_processes, needed))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus, "VLLM_SERVER_DEV_MODE": "1"}
+    (out_dir / LOGS).mkdir(parents=True, exist_ok=True)
+    with (out_dir / LOGS / "vllm_server.log").open("ab") as server_log:
+        log(f"teacher_rl: vLLM server on GPUs {gpus}, port {VLLM_SERVER_PORT} (log: {server_log.name})")
+        server = subprocess.Popen(command, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)  # the server's own session: it and the workers it spawned
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+@register
+class TeacherRL(Stage):
+    name = "teacher_rl"
+    consumes = ("teacher", "reward_student", "train_data")
+    version = 1
+
+    def config(self, recipe):
+        return recipe_slice(recipe, "stages.teacher_rl", "reward", "formats")
+
+    def estimate(self, recipe):
+        """Upper bound (every prompt and completion at its maximum length): generation, the reference and
+        old-policy forwards, training (x iterations_per_generation), and the reward's two forwards."""
+        from factory.models import estimate_parameters
+
+        rl = recipe.stages.teacher_rl
+        completions = rl.steps * rl.rollouts_per_step * rl.max_completion_length
+        tokens = rl.steps * rl.rollouts_per_step * (rl.max_prompt_length + rl.max_completion_length)
+        teacher, student = estimate_parameters(recipe.models.teacher), estimate_parameters(recipe.models.student)
+        if not teacher or not student:
+            return {"tokens": tokens}
+        passes = 2 + 6 * rl.iterations_per_generation + 2  # reference forward, training, reward forward
+        flops = 2 * teacher * completions + passes * teacher * tokens + 2 * student * tokens
+        return {"tokens": tokens, "flops": flops}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from factory.data import load_rows
+        from factory.models import load_tokenizer, resolve_model_path
+
+        recipe, rl = ctx.recipe, ctx.recipe.stages.teacher_rl
+        check_report_to(rl.report_to, "stages.teacher_rl.report_to")
+        if recipe.reward.teacher_temperature != rl.temperature:
+            raise UserError(
+                f"reward.teacher_temperature={recipe.reward.teacher_temperature} differs from "
+                f"stages.teacher_rl.temperature={rl.temperature}: the RLT reward takes the teacher's log-probabilities "
+                "at the sampling temperature; set both to the same value"
+            )
+        result = read_result(ctx.out_dir)
+        if result is None:
+            teacher, student = ctx.inputs["teacher"], ctx.inputs["reward_student"]
+            tokenizer = load_tokenizer(teacher.model_source())
+            check_same_vocabulary(tokenizer, load_tokenizer(student.model_source()))
+            rows = load_rows(ctx.inputs["train_data"].data, log=ctx.log)
+            prompts, dropped = teacher_prompts(rows, tokenizer, recipe.formats.teacher_system, rl.max_prompt_length)
+            if dropped:
+                ctx.log(
+                    f"teacher_rl: dropped {dropped} of {len(rows)} prompts longer than "
+                    f"stages.teacher_rl.max_prompt_length={rl.max_prompt_length}"
+                )
+            if len(prompts) < rl.prompts_per_step:
+                raise UserError(
+                    f"stages.teacher_rl.max_prompt_length={rl.max_prompt_length}: {len(prompts)} of {len(rows)} "
+                    f"prompts fit, fewer than prompts_per_step={rl.prompts_per_step}"
+                )
+            with (ctx.out_dir / PROMPTS_FILE).open("w") as handle:
+                for prompt in prompts:
+                    handle.write(json.dumps(prompt) + "\n")
+            job = write_job(
+                ctx.out_dir,
+                {
+                    "recipe": recipe.model_dump(mode="json"),
+                    "out_dir": str(ctx.out_dir.resolve()),
+                    "teacher": model_entry(teacher),
+                    "reward_student": model_entry(student),
+                    "prompts": PROMPTS_FILE,
+                    "counts": {"prompts": len(prompts), "prompts_dropped_too_long": dropped},
+                    "run_name": f"{recipe.name}-teacher_rl-{ctx.fingerprint[:8]}",
+                },
+            )
+            with vllm_server(recipe, str(resolve_model_path(teacher.model_source())), ctx.out_dir, ctx.log):
+                run_worker(recipe.launch, "factory.stages.teacher_rl_worker", job)
+            result = read_result(ctx.out_dir)
+            if result is None:
+                raise RuntimeError(f"the teacher_rl worker ended without writing {ctx.out_dir / 'result.json'}")
+        return StageResult(
+            metrics=result,
+            files={
+                "model": "model",
+                "reward_curve_csv": "reward_curve.csv",
+                "reward_curve_png": "reward_curve.png",
+                "rollouts": ROLLOUTS_FILE,
+            },
+            summary=(
+                f"{result['steps']} steps, reward {result['reward_first_third']:.3f} -> {result['reward_last_third']:.3f}, "
+                f"r_SS {result['r_ss_first_third']:.3f} -> {result['r_ss_last_third']:.3f} (first vs last third)"
+            ),
+        )

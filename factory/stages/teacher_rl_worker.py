@@ -1,0 +1,344 @@
+"""Teacher RL worker: TRL 1.16 GRPOTrainer with the RLT reward, one process or one per rank.
+
+Run by `factory.launch.run_worker` (`python -m factory.stages.teacher_rl_worker JOB` under
+`accelerate launch`). Each rank generates and scores its slice of the generation batch; TRL gathers
+the rewards and normalises each group of `generations_per_prompt` over the gathered values, so a
+group may span ranks. The reward function is a plain callable: the reward student is forward-only
+(no gradient; a full copy on each rank's device in its recipe dtype, or sharded like the policy under
+ZeRO-3), the teacher term comes from the live policy at the sampling temperature.
+
+Checkpoints every `save_steps` also hold the soft-synced reference model once it has moved away from
+the initial policy (TRL does not save it), so a killed run resumes with the right reference.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+from trl.distributed import DistributedBackend
+
+from factory.formats import split_completion_ids
+from factory.models import load_causal_lm, load_tokenizer, resolve_model_path
+from factory.recipe import Recipe
+from factory.reward import RLTReward
+from factory.stages.teacher_rl import ROLLOUTS_FILE, VLLM_SERVER_PORT
+from factory.training import (
+    checkpoint_step,
+    common_arguments,
+    finish,
+    history_rows,
+    last_checkpoint,
+    model_spec,
+    read_job,
+    tracking_env,
+    write_curve,
+)
+
+REFERENCE_FILE = "reference.pt"
+REWARD_COLUMNS = {
+    "reward": "rlt/reward",
+    "reward_std": "reward_std",
+    "r_ss": "rlt/r_ss",
+    "r_kl": "rlt/r_kl",
+    "penalty_rate": "rlt/penalty_rate",
+    "explanation_tokens": "rlt/explanation_tokens",
+    "truncated_rate": "rlt/truncated_rate",
+    "kl_to_reference": "kl",
+    "entropy": "entropy",
+    "loss": "loss",
+    "learning_rate": "learning_rate",
+}
+
+
+def grpo_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code: bool) -> GRPOConfig:
+    """Every RLT setting passed explicitly: TRL 1.16's defaults differ (loss dapo, beta 0, temperature 1, ...)."""
+    rl, launch = recipe.stages.teacher_rl, recipe.launch
+    micro_steps = rl.rollouts_per_step // (rl.per_device_batch_size * launch.world_size)
+    use_vllm = launch.vllm_mode != "off"
+    return GRPOConfig(
+        **common_arguments(rl, out_dir, run_name, f"factory-{recipe.name}"),
+        max_steps=rl.steps,
+        logging_steps=rl.logging_steps,
+        max_grad_norm=rl.max_grad_norm,
+        # one generation round = prompts_per_step x generations_per_prompt rollouts = one optimizer step
+        per_device_train_batch_size=rl.per_device_batch_size,
+        gradient_accumulation_steps=micro_steps,
+        steps_per_generation=micro_steps,
+        num_generations=rl.generations_per_prompt,
+        num_iterations=rl.iterations_per_generation,  # 1: strictly on-policy
+        shuffle_dataset=True,
+        remove_unused_columns=False,  # the reward reads question, solution and row_id
+        # sampling; the policy's log-probs in the loss are taken at the same temperature
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        top_k=0,
+        min_p=None,
+        repetition_penalty=1.0,
+        max_completion_length=rl.max_completion_length,
+        # objective: k3 KL to a reference soft-updated as ref <- mix * policy + (1 - mix) * ref every ref_sync_steps
+        beta=rl.beta,
+        sync_ref_model=rl.beta > 0,
+        ref_model_mixup_alpha=rl.ref_sync_mix,
+        ref_model_sync_steps=rl.ref_sync_steps,
+        use_bias_correction_kl=rl.kl_bias_correction,
+        loss_type=rl.loss_type,  # grpo: mean over each sequence's tokens, then over sequences
+        scale_rewards=rl.scale_rewards,  # group: (r - group mean) / (group std + 1e-4)
+        epsilon=rl.clip_epsilon,
+        importance_sampling_level="token",
+        mask_truncated_completions=False,  # an unclosed explanation is scored with its penalty, not dropped
+        multi_objective_aggregation="sum_then_normalize",
+        model_init_kwargs={"dtype": torch.float32, "trust_remote_code": trust_remote_code},  # fp32 master weights
+        trust_remote_code=trust_remote_code,
+        # rollouts: vLLM (colocate on the training GPUs, or the server this stage started) or transformers
+        use_vllm=use_vllm,
+        vllm_mode=launch.vllm_mode if use_vllm else "colocate",
+        vllm_tensor_parallel_size=launch.tensor_parallel_size,
+        vllm_gpu_memory_utilization=launch.vllm_gpu_memory_utilization,
+        vllm_max_model_length=rl.max_prompt_length + rl.max_completion_length,
+        vllm_server_host=launch.main_process_ip or "127.0.0.1",
+        vllm_server_port=VLLM_SERVER_PORT,
+        vllm_server_timeout=1800.0,  # the server loads the teacher while the trainer starts
+    )
+
+
+class RolloutLog(TrainerCallback):
+    """Every scored rollout of a step with its TRL advantage, as JSON lines (main process only).
+
+    The advantages come from the trainer's own record of the last generation batch (gathered, in the
+    same rank-major order as the gathered rewards), so the log shows what the policy was trained on.
+    """
+
+    def __init__(self, path: Path, is_main: bool):
+        self.path, self.is_main = path, is_main
+        self.pending: list[dict[str, Any]] = []
+        self.trainer: GRPOTrainer | None = None
+
+    def keep_until(self, step: int) -> None:
+        """Forget rollouts after `step` (a resumed run trains those steps again)."""
+        if not self.is_main:
+            return
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        self.path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.pending:
+            return
+        advantages = list(self.trainer._logs["advantages"])[-len(self.pending) :]
+        with self.path.open("a") as handle:
+            for record, advantage in zip(self.pending, advantages):
+                handle.write(json.dumps({**record, "advantage": advantage}) + "\n")
+        self.pending = []
+
+
+class RLTRewardFunction:
+    """The RLT reward as a TRL reward function: scores this rank's completions and logs the components.
+
+    Per-step metrics (means over the gathered generation batch): rlt/reward, rlt/r_ss
+    (mean + alpha min of the student's solution log-probs), rlt/r_kl (mean + alpha max of the
+    teacher-student log-ratio), rlt/penalty_rate (unclosed explanations), rlt/explanation_tokens,
+    rlt/truncated_rate (items the reward had to cut to reward.max_length).
+    """
+
+    __name__ = "rlt"
+
+    def __init__(self, recipe: Recipe, tokenizer: Any, student_spec: Any, student_tokenizer: Any, rollouts: RolloutLog):
+        self.recipe, self.tokenizer, self.rollouts = recipe, tokenizer, rollouts
+        self.student_spec, self.student_tokenizer = student_spec, student_tokenizer
+        self.reward: RLTReward | None = None
+        self.trainer: GRPOTrainer | None = None
+
+    def attach(self, trainer: GRPOTrainer) -> None:
+        """Bind the live policy and place the reward student; call once the trainer exists."""
+        self.trainer = trainer
+        self.reward = RLTReward(
+            trainer.model,
+            place_reward_student(self.student_spec, trainer.accelerator),
+            self.tokenizer,
+            self.recipe.reward,
+            self.recipe.formats.teacher_system,
+            self.recipe.formats.student_system,
+            student_tokenizer=self.student_tokenizer,
+        )
+
+    def __call__(self, prompts, completions, completion_ids, question, solution, row_id, trainer_state, log_metric, **_):
+        split = [split_completion_ids(self.tokenizer, ids) for ids in completion_ids]
+        with policy_unsharded(self.trainer.model), self.trainer.accelerator.autocast():  # bf16 like training
+            scored = self.reward.score([(q, s, e, c) for q, s, (e, c) in zip(question, solution, split)])
+        step = trainer_state.global_step + 1
+        rank = self.trainer.accelerator.process_index
+        local = [
+            {"step": step, "rank": rank, "id": identifier, **result, "closed": closed,
+             "explanation": self.tokenizer.decode(explanation)}
+            for identifier, result, (explanation, closed) in zip(row_id, scored, split)
+        ]  # fmt: skip
+        gathered = gather_object(local)
+        alpha = self.recipe.reward.alpha
+        count = len(gathered)
+        metrics = {
+            "rlt/reward": sum(r["reward"] for r in gathered) / count,
+            "rlt/r_ss": sum(r["r_ss_mean"] + alpha * r["r_ss_min"] for r in gathered) / count,
+            "rlt/r_kl": sum(r["kl_mean"] + alpha * r["kl_max"] for r in gathered) / count,
+            "rlt/penalty_rate": sum(not r["closed"] for r in gathered) / count,
+            "rlt/explanation_tokens": sum(r["explanation_tokens"] for r in gathered) / count,
+            "rlt/truncated_rate": sum(r["truncated"] for r in gathered) / count,
+        }
+        for name, value in metrics.items():
+            log_metric(name, value)  # the same value on every rank: TRL's cross-rank mean keeps it
+        if self.rollouts.is_main:
+            self.rollouts.pending.extend(gathered)
+        return [result["reward"] for result in scored]
+
+
+def place_reward_student(spec: Any, accelerator: Any) -> Any:
+    """The reward student, forward-only: sharded like the policy under ZeRO-3 (every rank scores the same
+    number of batches, as the gathers need), otherwise a full copy on this rank's device."""
+    if DistributedBackend(accelerator).is_zero3:
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(load_causal_lm(spec), accelerator).module  # loaded partitioned by zero.Init
+    model = load_causal_lm(spec, device=str(accelerator.device))
+    return model.requires_grad_(False)
+
+
+@contextmanager
+def policy_unsharded(model: Any) -> Iterator[None]:
+    """FSDP2 keeps the root's own parameters (embeddings, final norm, head) sharded outside its forward;
+    the reward calls the decoder and the head directly, so unshard them for the scoring."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
+class RLTGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer for the prefilled teacher prompt; checkpoints carry the soft-synced reference.
+
+    TRL 1.16 tokenizes a plain-text prompt with the tokenizer's special tokens added; the teacher prompt
+    text is already templated, so its exact ids (formats.teacher_prompt_ids) are looked up instead.
+    """
+
+    def __init__(self, *args: Any, prompt_ids: dict[str, list[int]], **kwargs: Any):
+        self.prompt_token_ids = prompt_ids
+        super().__init__(*args, **kwargs)
+
+    def _tokenize_prompts(self, prompts: list):
+        return [self.prompt_token_ids[prompt] for prompt in prompts], None, {}
+
+    def _reference_moved(self) -> bool:
+        synced = self.args.sync_ref_model and self.state.global_step >= self.args.ref_model_sync_steps
+        return self.ref_model is not None and synced
+
+    def _save_checkpoint(self, model, trial):
+        if self._reference_moved():  # written before the trainer state, which marks a checkpoint complete
+            state = self.accelerator.get_state_dict(self.ref_model)
+            if self.accelerator.is_main_process:
+                folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+                folder.mkdir(parents=True, exist_ok=True)
+                torch.save(state, folder / REFERENCE_FILE)
+        super()._save_checkpoint(model, trial)
+
+    def restore_reference(self, checkpoint: Path) -> bool:
+        """Load the reference saved with `checkpoint`, if any (every rank calls this)."""
+        path = checkpoint / REFERENCE_FILE
+        if self.ref_model is None or not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        reference = self.accelerator.unwrap_model(self.ref_model)
+        backend = DistributedBackend(self.accelerator)
+        if backend.is_zero3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(reference.parameters()), modifier_rank=0):
+                if self.accelerator.is_main_process:
+                    reference.load_state_dict(state)
+        elif backend.is_fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self.ref_model, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            reference.load_state_dict(state)
+        return True
+
+
+def build_trainer(job: dict[str, Any]) -> tuple[RLTGRPOTrainer, Any, RolloutLog]:
+    """The trainer of a job (reward attached), the teacher tokenizer and the rollout log."""
+    recipe = Recipe.model_validate(job["recipe"])
+    out_dir = Path(job["out_dir"])
+    teacher, student = model_spec(job["teacher"]), model_spec(job["reward_student"])
+    tokenizer = load_tokenizer(teacher)
+    with (out_dir / job["prompts"]).open() as handle:
+        rows = [json.loads(line) for line in handle]
+    args = grpo_config(recipe, out_dir, job["run_name"], teacher.trust_remote_code)
+    rollouts = RolloutLog(out_dir / ROLLOUTS_FILE, args.process_index == 0)
+    reward = RLTRewardFunction(recipe, tokenizer, student, load_tokenizer(student), rollouts)
+    trainer = RLTGRPOTrainer(
+        model=str(resolve_model_path(teacher)),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=Dataset.from_list(
+            [{"row_id": r["id"], "question": r["question"], "solution": r["solution"], "prompt": r["prompt"]} for r in rows]
+        ),
+        processing_class=tokenizer,
+        callbacks=[rollouts],
+        prompt_ids={row["prompt"]: row["prompt_ids"] for row in rows},
+    )
+    rollouts.trainer = trainer
+    reward.attach(trainer)
+    return trainer, tokenizer, rollouts
+
+
+def thirds(values: list[float]) -> tuple[float, float]:
+    """Means of the first and the last third of a series (at least one value each)."""
+    size = max(1, len(values) // 3)
+    return sum(values[:size]) / size, sum(values[-size:]) / size
+
+
+def main(job_file: str | Path) -> None:
+    job = read_job(job_file)
+    out_dir = Path(job["out_dir"])
+    with tracking_env(out_dir):
+        trainer, tokenizer, rollouts = build_trainer(job)
+        resume = last_checkpoint(out_dir)
+        rollouts.keep_until(checkpoint_step(resume) if resume else 0)
+        if resume and trainer.restore_reference(resume) and trainer.accelerator.is_main_process:
+            print(f"teacher_rl: reference model restored from {resume.name}", flush=True)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    rows = history_rows(trainer.state.log_history, REWARD_COLUMNS)
+    rewards = [row["reward"] for row in rows if row["reward"] is not None]
+    r_ss = [row["r_ss"] for row in rows if row["r_ss"] is not None]
+    penalties = [row["penalty_rate"] for row in rows if row["penalty_rate"] is not None]
+    result = {
+        **job["counts"],
+        "steps": trainer.state.global_step,
+        "rollouts_per_step": trainer.args.generation_batch_size,
+        "reward_first_third": thirds(rewards)[0],
+        "reward_last_third": thirds(rewards)[1],
+        "r_ss_first_third": thirds(r_ss)[0],
+        "r_ss_last_third": thirds(r_ss)[1],
+        "penalty_rate_first_third": thirds(penalties)[0],
+        "penalty_rate_last_third": thirds(penalties)[1],
+        "resumed_from_step": checkpoint_step(resume) if resume else 0,
+    }
+    if trainer.accelerator.is_main_process:
+        panels = [["reward"], ["r_ss", "r_kl"], ["penalty_rate"], ["explanation_tokens"]]
+        write_curve(rows, out_dir, "reward_curve", panels, "teacher RL: RLT reward per step")
+    finish(trainer, tokenizer, out_dir, result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

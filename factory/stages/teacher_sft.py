@@ -1,0 +1,142 @@
+"""Teacher warm-up SFT (RLT.md "Training pipeline", step 1): the teacher format, loss on the explanation only.
+
+Each row with a reference `thought` becomes one sequence: the teacher prompt exactly as teacher RL
+will generate from it (`formats.teacher_prompt_ids`: system, question, assistant turn prefilled with
+the solution and the opened explanation tag), followed by the target `thought + <|end_of_explanation|>
++ eos`. Labels are -100 over the prompt (question and prefilled solution) and the token ids over the
+target, so the teacher learns to write, close and end its explanation and nothing else. Rows without a
+thought are skipped with a count; so are rows whose prompt alone fills `max_length` (nothing left to
+supervise). Longer targets are cut at `max_length`. The worker (`teacher_sft_worker`) trains with
+TRL's SFTTrainer on these pre-tokenized rows and refuses any batch without a supervised token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from factory.errors import UserError
+from factory.formats import EXPLANATION_CLOSE, teacher_prompt_ids
+from factory.launch import run_worker
+from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
+from factory.training import check_divides, check_report_to, model_entry, read_result, write_job
+
+DATA_FILE = "sft_rows.jsonl"
+IGNORE = -100
+
+
+def sft_example(tokenizer: Any, row: dict[str, str], system: str | None, max_length: int) -> dict[str, Any] | None:
+    """{'id', 'input_ids', 'labels', 'truncated'} of one row, or None when truncation leaves no supervised token."""
+    prompt = teacher_prompt_ids(tokenizer, row["question"], row["solution"], system)
+    full = tokenizer(row["thought"] + EXPLANATION_CLOSE, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    target = full[: max(0, max_length - len(prompt))]
+    if not target:
+        return None
+    return {
+        "id": row["id"],
+        "input_ids": prompt + target,
+        "labels": [IGNORE] * len(prompt) + target,
+        "truncated": len(target) < len(full),
+    }
+
+
+def sft_examples(
+    rows: list[dict[str, str]], tokenizer: Any, system: str | None, max_length: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Examples of the rows that have a thought, and the counts of what was skipped and why."""
+    examples, counts = [], {"rows": len(rows), "skipped_no_thought": 0, "skipped_prompt_too_long": 0, "truncated": 0}
+    for row in rows:
+        if not row.get("thought"):
+            counts["skipped_no_thought"] += 1
+            continue
+        example = sft_example(tokenizer, row, system, max_length)
+        if example is None:
+            counts["skipped_prompt_too_long"] += 1
+            continue
+        counts["truncated"] += example["truncated"]
+        examples.append(example)
+    counts["examples"] = len(examples)
+    counts["supervised_tokens"] = sum(sum(label != IGNORE for label in e["labels"]) for e in examples)
+    return examples, counts
+
+
+@register
+class TeacherSFT(Stage):
+    name = "teacher_sft"
+    consumes = ("teacher", "train_data")
+    version = 1
+
+    def config(self, recipe):
+        return recipe_slice(recipe, "stages.teacher_sft", "formats.teacher_system")
+
+    def estimate(self, recipe):
+        """Upper bound from max_length: every sequence counted full; unknown without max_steps or a row limit."""
+        from factory.models import estimate_parameters
+
+        sft = recipe.stages.teacher_sft
+        if sft.max_steps:
+            tokens = sft.max_steps * sft.global_batch_size * sft.max_length
+        elif recipe.data.train.limit:
+            tokens = recipe.data.train.limit * sft.epochs * sft.max_length
+        else:
+            return {}
+        params = estimate_parameters(recipe.models.teacher)
+        return {"tokens": tokens, "flops": 6 * params * tokens} if params else {"tokens": tokens}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from factory.data import load_rows
+        from factory.models import load_tokenizer
+
+        recipe, sft = ctx.recipe, ctx.recipe.stages.teacher_sft
+        check_report_to(sft.report_to, "stages.teacher_sft.report_to")
+        check_divides(
+            sft.global_batch_size,
+            sft.per_device_batch_size * recipe.launch.world_size,
+            "stages.teacher_sft.global_batch_size",
+            "the global batch must split into per_device_batch_size x processes",
+        )
+        result = read_result(ctx.out_dir)
+        if result is None:
+            teacher = ctx.inputs["teacher"]
+            rows = load_rows(ctx.inputs["train_data"].data, log=ctx.log)
+            tokenizer = load_tokenizer(teacher.model_source())
+            examples, counts = sft_examples(rows, tokenizer, recipe.formats.teacher_system, sft.max_length)
+            if not examples:
+                raise UserError(
+                    f"data.train: none of the {len(rows)} rows can be used for teacher SFT ({counts['skipped_no_thought']} "
+                    f"have no thought (data.train.thought_column), {counts['skipped_prompt_too_long']} have a prompt "
+                    f"longer than stages.teacher_sft.max_length={sft.max_length}); disable stages.teacher_sft "
+                    "or fix the data"
+                )
+            ctx.log(
+                f"teacher_sft: {counts['examples']} of {counts['rows']} rows, {counts['supervised_tokens']} supervised "
+                f"tokens; skipped {counts['skipped_no_thought']} without a thought, "
+                f"{counts['skipped_prompt_too_long']} with a prompt over max_length; {counts['truncated']} truncated"
+            )
+            with (ctx.out_dir / DATA_FILE).open("w") as handle:
+                for example in examples:
+                    handle.write(json.dumps(example) + "\n")
+            job = write_job(
+                ctx.out_dir,
+                {
+                    "recipe": recipe.model_dump(mode="json"),
+                    "out_dir": str(ctx.out_dir.resolve()),
+                    "teacher": model_entry(teacher),
+                    "data": DATA_FILE,
+                    "counts": counts,
+                    "run_name": f"{recipe.name}-teacher_sft-{ctx.fingerprint[:8]}",
+                },
+            )
+            run_worker(recipe.launch, "factory.stages.teacher_sft_worker", job)
+            result = read_result(ctx.out_dir)
+            if result is None:
+                raise RuntimeError(f"the teacher_sft worker ended without writing {Path(ctx.out_dir) / 'result.json'}")
+        return StageResult(
+            metrics=result,
+            files={"model": "model", "loss_curve_csv": "loss_curve.csv", "loss_curve_png": "loss_curve.png"},
+            summary=(
+                f"{result['examples']} examples, {result['steps']} steps, loss {result['first_loss']:.3f} -> "
+                f"{result['last_loss']:.3f}"
+            ),
+        )

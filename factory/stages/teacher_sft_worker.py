@@ -1,0 +1,118 @@
+"""Teacher SFT worker: TRL SFTTrainer on the pre-tokenized teacher rows written by the teacher_sft stage.
+
+Run by `factory.launch.run_worker` in-process or once per rank under `accelerate launch`
+(`python -m factory.stages.teacher_sft_worker JOB`). Resumes from the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from factory.models import load_tokenizer, resolve_model_path
+from factory.recipe import Recipe
+from factory.stages.teacher_sft import IGNORE
+from factory.training import (
+    checkpoint_step,
+    common_arguments,
+    finish,
+    history_rows,
+    last_checkpoint,
+    model_spec,
+    read_job,
+    tracking_env,
+    write_curve,
+)
+
+LOSS_COLUMNS = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+
+
+class SupervisedTokenGuard:
+    """Wraps a collator and refuses a batch in which no label is supervised.
+
+    Such a batch trains on nothing while the loss still looks fine (TRL clamps the token count to
+    1, so the loss is a silent 0): the classic all-masked bug of reasoning SFT.
+    """
+
+    def __init__(self, collator: Any):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        if not bool((batch["labels"] != IGNORE).any()):
+            lengths = [len(example["input_ids"]) for example in examples]
+            raise RuntimeError(
+                f"refusing to train on a batch of {len(examples)} sequences (lengths {lengths}) in which every label "
+                "is masked: no explanation token is supervised"
+            )
+        return batch
+
+
+def sft_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code: bool) -> SFTConfig:
+    sft = recipe.stages.teacher_sft
+    return SFTConfig(
+        **common_arguments(sft, out_dir, run_name, f"factory-{recipe.name}"),
+        per_device_train_batch_size=sft.per_device_batch_size,
+        gradient_accumulation_steps=sft.global_batch_size // (sft.per_device_batch_size * recipe.launch.world_size),
+        num_train_epochs=sft.epochs,
+        max_steps=sft.max_steps or -1,
+        weight_decay=sft.weight_decay,
+        logging_steps=1,
+        max_length=None,  # rows arrive truncated by the stage, which counts what it cut
+        packing=False,
+        model_init_kwargs={"dtype": torch.float32, "trust_remote_code": trust_remote_code},  # fp32 master weights
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def build_trainer(job: dict[str, Any]) -> tuple[SFTTrainer, Any]:
+    """The SFTTrainer of a job, and the teacher tokenizer."""
+    recipe = Recipe.model_validate(job["recipe"])
+    out_dir = Path(job["out_dir"])
+    spec = model_spec(job["teacher"])
+    tokenizer = load_tokenizer(spec)
+    with (out_dir / job["data"]).open() as handle:
+        rows = [json.loads(line) for line in handle]
+    dataset = Dataset.from_list([{"input_ids": row["input_ids"], "labels": row["labels"]} for row in rows])
+    args = sft_config(recipe, out_dir, job["run_name"], spec.trust_remote_code)
+    trainer = SFTTrainer(
+        model=str(resolve_model_path(spec)),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=SupervisedTokenGuard(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)),
+    )
+    return trainer, tokenizer
+
+
+def main(job_file: str | Path) -> None:
+    job = read_job(job_file)
+    out_dir = Path(job["out_dir"])
+    with tracking_env(out_dir):
+        trainer, tokenizer = build_trainer(job)
+        resume = last_checkpoint(out_dir)
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    rows = history_rows(trainer.state.log_history, LOSS_COLUMNS)
+    losses = [row["loss"] for row in rows if row["loss"] is not None]
+    result = {
+        **job["counts"],
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "train_loss": output.training_loss,
+        "resumed_from_step": checkpoint_step(resume) if resume else 0,
+    }
+    if trainer.accelerator.is_main_process:
+        write_curve(rows, out_dir, "loss_curve", [["loss"], ["learning_rate"]], "teacher SFT loss (explanation tokens)")
+    finish(trainer, tokenizer, out_dir, result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,206 @@
+"""What the two TRL training stages share: the job file, tracking, checkpoints, curves, the end of a run.
+
+A training stage prepares its data in the pipeline process (so user errors surface before any model
+loads), writes a job file into its artifact folder and hands it to a worker module through
+`factory.launch.run_worker` (in-process for one process, `accelerate launch` for many). The worker
+trains with checkpoints under `checkpoints/`, resumes from the last complete one, and finishes by
+saving `model/`, the curve (CSV + PNG) and `result.json`, written last: a stage that finds
+`result.json` has nothing left to train.
+
+torch, transformers and matplotlib are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from factory.artifacts import write_json_atomic
+from factory.errors import UserError
+from factory.recipe import ModelSpec
+
+if TYPE_CHECKING:
+    from factory.stages.base import ResolvedInput
+
+JOB_FILE = "job.json"
+RESULT_FILE = "result.json"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+# A backend of `report_to` and the module whose presence makes transformers' integration work.
+TRACKING_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",)}
+
+
+# ------------------------------------------------------------------------------------------- job
+
+
+def model_entry(item: "ResolvedInput") -> dict[str, Any]:
+    """A consumed model as JSON: an upstream artifact's absolute `model/` path, or the base ModelSpec."""
+    source = item.model_source()
+    if isinstance(source, ModelSpec):
+        return source.model_dump(mode="json")
+    return {"source": str(Path(source).resolve())}
+
+
+def model_spec(entry: dict[str, Any]) -> ModelSpec:
+    """The ModelSpec of a `model_entry` (an absolute path is never split at '@')."""
+    return ModelSpec.model_validate(entry)
+
+
+def write_job(out_dir: Path, job: dict[str, Any]) -> Path:
+    path = out_dir / JOB_FILE
+    write_json_atomic(path, job)
+    return path
+
+
+def read_job(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def read_result(out_dir: Path) -> dict[str, Any] | None:
+    """The finished worker's metrics, or None when training has not completed in this folder."""
+    path = out_dir / RESULT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_divides(total: int, part: int, key: str, what: str) -> int:
+    """total / part as an int, or a UserError naming the recipe key."""
+    if total % part:
+        raise UserError(f"{key}: {what}: {total} is not a multiple of {part}")
+    return total // part
+
+
+# -------------------------------------------------------------------------------------- tracking
+
+
+def check_report_to(report_to: list[str], key: str) -> list[str]:
+    """The backends to report to (none dropped); a UserError when one's package is not installed."""
+    backends = [name for name in report_to if name != "none"]
+    for name in backends:
+        if not any(importlib.util.find_spec(module) for module in TRACKING_MODULES[name]):
+            raise UserError(f"{key}: {name} is not installed in this environment: pip install {TRACKING_MODULES[name][0]}")
+    return backends
+
+
+@contextmanager
+def tracking_env(out_dir: Path) -> Iterator[None]:
+    """While training: every tracking backend keeps its local files in the artifact's `logs/` folder."""
+    logs = out_dir / LOGS
+    logs.mkdir(parents=True, exist_ok=True)
+    wanted = {
+        "TENSORBOARD_LOGGING_DIR": str(logs / "tensorboard"),
+        "WANDB_DIR": str(logs),
+        "TRACKIO_DIR": str(logs / "trackio"),
+    }
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def common_arguments(section: Any, out_dir: Path, run_name: str, project: str) -> dict[str, Any]:
+    """TrainingArguments keys both trainers take from a stage section, always passed explicitly."""
+    import torch
+
+    return {
+        "output_dir": str(out_dir / CHECKPOINTS),
+        "learning_rate": section.learning_rate,
+        "lr_scheduler_type": section.lr_scheduler,
+        "warmup_steps": section.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
+        "gradient_checkpointing": section.gradient_checkpointing,
+        "bf16": section.bf16,
+        "save_strategy": "steps",
+        "save_steps": section.save_steps,
+        "seed": section.seed,
+        "report_to": [name for name in section.report_to if name != "none"] or "none",
+        "run_name": run_name,
+        "project": project,  # trackio's project
+        "use_cpu": not torch.cuda.is_available(),
+    }
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+
+def last_checkpoint(out_dir: Path) -> Path | None:
+    """The highest-step complete checkpoint (its trainer_state.json, written last, exists), or None."""
+    folder = out_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    complete = []
+    for path in folder.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and (path / "trainer_state.json").is_file():
+            complete.append((int(match.group(1)), path))
+    return max(complete)[1] if complete else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def finish(trainer: Any, tokenizer: Any, out_dir: Path, result: dict[str, Any]) -> None:
+    """Save the final model and tokenizer, then `result.json` (the completion mark), then drop checkpoints.
+
+    Every rank calls this (saving a sharded model is collective); only the main process writes files.
+    """
+    trainer.save_model(str(out_dir / "model"))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(str(out_dir / "model"))
+        write_json_atomic(out_dir / RESULT_FILE, result)
+        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------- curves
+
+
+def history_rows(log_history: Iterable[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per logged training step: `columns` maps a CSV column to its key in the trainer's logs."""
+    rows = []
+    for entry in log_history:
+        if "step" not in entry or not any(key in entry for key in columns.values()):
+            continue
+        rows.append({"step": entry["step"], **{name: entry.get(key) for name, key in columns.items()}})
+    return rows
+
+
+def write_curve(rows: list[dict[str, Any]], out_dir: Path, stem: str, panels: list[list[str]], title: str) -> dict[str, str]:
+    """`<stem>.csv` with every column and `<stem>.png` with one panel per list of columns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["step"] + [name for name in rows[0] if name != "step"] if rows else ["step"]
+    with (out_dir / f"{stem}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    figure, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True, squeeze=False)
+    for axis, panel in zip(axes[:, 0], panels):
+        for name in panel:
+            points = [(row["step"], row[name]) for row in rows if row.get(name) is not None]
+            if points:
+                axis.plot(*zip(*points), marker="o", markersize=2, label=name)
+        axis.legend(loc="best", fontsize=8)
+        axis.grid(alpha=0.3)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel("step")
+    figure.tight_layout()
+    figure.savefig(out_dir / f"{stem}.png", dpi=110)
+    plt.close(figure)
+    return {f"{stem}_csv": f"{stem}.csv", f"{stem}_png": f"{stem}.png"}

@@ -1,0 +1,400 @@
+"""Teacher RL: GRPO with the RLT reward on tiny models, on one and on two processes; resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from factory.artifacts import is_complete, read_meta
+from factory.errors import UserError
+from factory.formats import teacher_prompt_ids
+from factory.pipeline import execute, make_plan
+from factory.recipe import load_recipe
+from factory.stages import load_stages
+
+RECIPE = """\
+name: rl
+models:
+  teacher: {{source: {teacher}}}
+  student: {{source: {student}}}
+  distill_base: {{source: {teacher}}}
+data:
+  train: {{source: quickstart, format: quickstart, limit: 8}}
+reward: {{max_length: 2048, batch_size: 4}}
+stages:
+  teacher_sft: {{enabled: false}}
+  teacher_rl:
+    steps: 2
+    prompts_per_step: 2
+    generations_per_prompt: 4
+    per_device_batch_size: 4
+    learning_rate: 1.0e-3
+    beta: 0.04
+    ref_sync_steps: 1
+    max_prompt_length: 2048
+    max_completion_length: 12
+    gradient_checkpointing: false
+    bf16: false
+    save_steps: 1
+  generate: {{enabled: false}}
+  distill: {{enabled: false}}
+  evaluate: {{enabled: false}}
+launch: {{main_process_port: {port}}}
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU they oversubscribe it (10x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_recipe(folder: Path, teacher: Path, student: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "rl.yaml"
+    path.write_text(RECIPE.format(teacher=teacher, student=student, port=free_port()))
+    return path
+
+
+def run_rl(recipe_path: Path, run_dir: Path, overrides: list[str] = ()):
+    recipe = load_recipe(recipe_path, list(overrides))
+    plan = make_plan(recipe, run_dir, load_stages())
+    execute(plan, str(recipe_path), log=print)
+    return plan.stage("teacher_rl")
+
+
+def rollouts(artifact: Path) -> list[dict]:
+    return [json.loads(line) for line in (artifact / "rollouts.jsonl").read_text().splitlines()]
+
+
+def check_advantages(records: list[dict]) -> None:
+    """TRL's advantages are (r - group mean) / (group std + 1e-4), a group being one prompt's
+    generations of one step, whichever rank scored them (std with Bessel's correction)."""
+    groups = defaultdict(list)
+    for record in records:
+        groups[record["step"], record["id"]].append(record)
+    for group in groups.values():
+        rewards = [r["reward"] for r in group]
+        mean = sum(rewards) / len(rewards)
+        std = math.sqrt(sum((x - mean) ** 2 for x in rewards) / (len(rewards) - 1))
+        for record in group:
+            assert record["advantage"] == pytest.approx((record["reward"] - mean) / (std + 1e-4), rel=1e-4, abs=1e-5)
+
+
+def check_reward_components(records: list[dict], alpha: float = 0.01, kl_coef: float = 3.0) -> None:
+    for r in records:
+        expected = (r["r_ss_mean"] + alpha * r["r_ss_min"]) - kl_coef * (r["kl_mean"] + alpha * r["kl_max"]) + r["penalty"]
+        assert r["reward"] == pytest.approx(expected, rel=1e-5)
+        assert r["penalty"] == (0.0 if r["closed"] else -1.0)
+        assert 0 <= r["explanation_tokens"] <= 12
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_model_dir, tiny_student_dir):
+    tmp = tmp_path_factory.mktemp("rl1")
+    return run_rl(write_recipe(tmp, tiny_model_dir, tiny_student_dir), tmp / "runs")
+
+
+def test_grpo_with_rlt_reward_runs_two_steps_on_one_process(one_process):
+    artifact = one_process.artifact_dir
+    assert is_complete(artifact)
+    meta = read_meta(artifact)
+    assert meta.metrics["steps"] == 2 and meta.metrics["rollouts_per_step"] == 8
+    assert meta.metrics["prompts"] == 8 and meta.metrics["prompts_dropped_too_long"] == 0
+    records = rollouts(artifact)
+    assert [r["step"] for r in records] == [1] * 8 + [2] * 8
+    groups = defaultdict(int)
+    for record in records:
+        groups[record["step"], record["id"]] += 1
+    assert sorted(groups.values()) == [4, 4, 4, 4]  # 2 prompts x 4 generations per step
+    check_reward_components(records)
+    check_advantages(records)
+    with (artifact / "reward_curve.csv").open() as handle:
+        curve = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in curve] == [1, 2]
+    for row in curve:  # the logged per-step figures are the means over that step's rollouts
+        step = [r for r in records if r["step"] == int(row["step"])]
+        assert float(row["reward"]) == pytest.approx(sum(r["reward"] for r in step) / 8, rel=1e-5)
+        assert float(row["r_ss"]) == pytest.approx(sum(r["r_ss_mean"] + 0.01 * r["r_ss_min"] for r in step) / 8, rel=1e-5)
+        assert float(row["penalty_rate"]) == sum(not r["closed"] for r in step) / 8
+        assert float(row["explanation_tokens"]) == sum(r["explanation_tokens"] for r in step) / 8
+    assert float(curve[0]["kl_to_reference"]) == 0.0 < float(curve[1]["kl_to_reference"])  # the policy moved
+    assert (artifact / "reward_curve.png").stat().st_size > 1000
+    assert (artifact / "model" / "model.safetensors").is_file() and not list(artifact.glob("checkpoints/checkpoint-*"))
+
+
+def trainer_job(artifact: Path, out_dir: Path, steps: int) -> dict:
+    """The job of a finished run, pointed at a fresh folder, for building trainers in the test process."""
+    from factory.training import read_job
+
+    job = read_job(artifact / "job.json")
+    job["out_dir"] = str(out_dir)
+    job["recipe"]["stages"]["teacher_rl"]["steps"] = steps
+    (out_dir / job["prompts"]).write_text((artifact / job["prompts"]).read_text())
+    return job
+
+
+def test_grpo_generates_from_the_exact_prefilled_teacher_prompt(one_process, tmp_path):
+    """What TRL's generation feeds the policy is formats.teacher_prompt_ids (left-padded), not a re-tokenised text."""
+    from factory.stages.teacher_rl_worker import build_trainer
+
+    trainer, tokenizer, _ = build_trainer(trainer_job(one_process.artifact_dir, tmp_path, steps=1))
+    rows = [json.loads(line) for line in (tmp_path / "rl_prompts.jsonl").read_text().splitlines()][:3]
+    seen = []
+    generate = trainer.model.generate
+
+    def recording_generate(**kwargs):
+        seen.extend(ids[mask.bool()].tolist() for ids, mask in zip(kwargs["input_ids"], kwargs["attention_mask"]))
+        return generate(**kwargs)
+
+    trainer.model.generate = recording_generate
+    trainer.model.train()
+    trainer._generate([row["prompt"] for row in rows])
+    assert len(seen) == 3
+    for row, ids in zip(rows, seen):
+        assert ids == teacher_prompt_ids(tokenizer, row["question"], row["solution"])
+        assert tokenizer.decode(ids).endswith("<|begin_of_explanation|>\n\n")
+        assert tokenizer.decode(ids).count("<|im_start|>assistant") == 1  # the prefilled turn, not a new one
+
+
+def test_grpo_runs_two_steps_on_two_processes(tmp_path, tiny_model_dir, tiny_student_dir):
+    """accelerate launch, 2 gloo ranks: each scores its half of every group; advantages use the whole group."""
+    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir)
+    overrides = [
+        "launch.preset=ddp",
+        "launch.num_processes=2",
+        "stages.teacher_rl.prompts_per_step=1",
+        "stages.teacher_rl.per_device_batch_size=2",
+        "stages.teacher_rl.save_steps=10",
+    ]
+    planned = run_rl(recipe, tmp_path / "runs", overrides)
+    records = rollouts(planned.artifact_dir)
+    assert [r["step"] for r in records] == [1] * 4 + [2] * 4
+    for step in (1, 2):
+        group = [r for r in records if r["step"] == step]
+        assert len({r["id"] for r in group}) == 1  # one prompt, its 4 generations split 2 + 2 over the ranks
+        assert sorted(r["rank"] for r in group) == [0, 0, 1, 1]
+    check_reward_components(records)
+    check_advantages(records)
+    assert read_meta(planned.artifact_dir).metrics["steps"] == 2
+
+
+KILLER = """\
+import os, signal, sys
+from pathlib import Path
+import transformers
+original = transformers.Trainer._save_checkpoint
+def save_then_die(self, model, trial):
+    original(self, model, trial)
+    if self.state.global_step == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # killed right after checkpoint-2 is complete
+transformers.Trainer._save_checkpoint = save_then_die
+from factory.pipeline import execute, make_plan
+from factory.recipe import load_recipe
+from factory.stages import load_stages
+recipe = load_recipe(sys.argv[1], ["stages.teacher_rl.steps=3"])
+execute(make_plan(recipe, Path(sys.argv[2]), load_stages()), sys.argv[1])
+"""
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, tiny_student_dir, capsys):
+    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir)
+    run_dir = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(recipe), str(run_dir)], capture_output=True, text=True, env=env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    plan = make_plan(load_recipe(recipe, ["stages.teacher_rl.steps=3"]), run_dir, load_stages())
+    planned = plan.stage("teacher_rl")
+    assert planned.status == "resume"
+    checkpoints = sorted(p.name for p in (planned.artifact_dir / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]
+    assert (planned.artifact_dir / "checkpoints" / "checkpoint-2" / "reference.pt").is_file()
+    before = rollouts(planned.artifact_dir)
+    assert sorted({r["step"] for r in before}) == [1, 2]
+    execute(plan, str(recipe), log=print)
+    assert "reference model restored from checkpoint-2" in capsys.readouterr().out
+    metrics = read_meta(planned.artifact_dir).metrics
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 3
+    after = rollouts(planned.artifact_dir)
+    assert after[:16] == before[:16]  # steps 1-2 kept from the killed run, step 3 trained once
+    assert [r["step"] for r in after] == [1] * 8 + [2] * 8 + [3] * 8
+    with (planned.artifact_dir / "reward_curve.csv").open() as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3]
+
+
+def test_reference_model_round_trips_through_a_checkpoint(one_process, tmp_path):
+    """The soft-synced reference saved with a checkpoint is what a new trainer restores (TRL saves no reference)."""
+    import torch
+
+    from factory.stages.teacher_rl_worker import build_trainer
+
+    job = trainer_job(one_process.artifact_dir, tmp_path, steps=1)
+    first, _, _ = build_trainer(job)
+    initial = {k: v.clone() for k, v in first.ref_model.state_dict().items()}
+    first.train()
+    saved = torch.load(tmp_path / "checkpoints" / "checkpoint-1" / "reference.pt", weights_only=True)
+    moved = max((saved[k] - initial[k]).abs().max().item() for k in initial)
+    assert moved > 0  # ref <- 0.9 policy + 0.1 ref after step 1
+    for key, value in first.ref_model.state_dict().items():
+        assert torch.equal(saved[key], value)
+    second, _, _ = build_trainer(job)
+    assert second.restore_reference(tmp_path / "checkpoints" / "checkpoint-1")
+    for key, value in second.ref_model.state_dict().items():
+        assert torch.equal(saved[key], value)
+
+
+def test_prompts_over_max_prompt_length_are_dropped_with_a_count(tiny_model_dir):
+    from factory.models import load_tokenizer
+    from factory.stages.teacher_rl import teacher_prompts
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    rows = [
+        {"id": "a", "question": "What is 1 + 1?", "solution": "\\boxed{2}"},
+        {"id": "b", "question": "What is 1 + 1? " * 20, "solution": "\\boxed{2}"},
+    ]
+    lengths = [len(teacher_prompt_ids(tokenizer, r["question"], r["solution"])) for r in rows]
+    prompts, dropped = teacher_prompts(rows, tokenizer, None, max_prompt_length=lengths[0])
+    assert dropped == 1 and [p["id"] for p in prompts] == ["a"] and len(prompts[0]["prompt_ids"]) == lengths[0]
+    assert teacher_prompts(rows, tokenizer, None, max_prompt_length=lengths[1])[1] == 0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("reward.teacher_temperature=0.9", "reward.teacher_temperature=0.9 differs from stages.teacher_rl.temperature=0.7"),
+        ("stages.teacher_rl.report_to=[wandb]", "stages.teacher_rl.report_to: wandb is not installed"),
+        ("stages.teacher_rl.max_prompt_length=16", "max_prompt_length=16: 0 of 8 prompts fit"),
+    ],
+)
+def test_user_errors_come_before_training(tmp_path, tiny_model_dir, tiny_student_dir, override, message):
+    if "wandb" in override and __import__("importlib").util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        run_rl(write_recipe(tmp_path, tiny_model_dir, tiny_student_dir), tmp_path / "runs", [override])
+    assert not list(tmp_path.glob("runs/rl/artifacts/*/checkpoints"))
+
+
+def test_every_paper_setting_is_passed_explicitly_to_trl(repo_root):
+    """recipes/aime.yaml -> GRPOConfig / SFTConfig: the RLT.md values, where TRL 1.16's defaults differ."""
+    from trl import GRPOConfig
+
+    from factory.stages.teacher_rl_worker import grpo_config
+    from factory.stages.teacher_sft_worker import sft_config
+
+    recipe = load_recipe(repo_root / "recipes" / "aime.yaml")
+    config = grpo_config(recipe, Path("/tmp/unused"), "aime", False)
+    paper = {
+        "max_steps": 125,
+        "num_generations": 64,
+        "gradient_accumulation_steps": 16,  # 1024 rollouts / (8 per device x 8 GPUs): one update per round
+        "steps_per_generation": 16,
+        "num_iterations": 1,
+        "temperature": 0.7,
+        "learning_rate": 1e-6,
+        "lr_scheduler_type": "constant",
+        "beta": 0.04,
+        "sync_ref_model": True,
+        "ref_model_mixup_alpha": 0.9,  # TRL: ref <- alpha * policy + (1 - alpha) * ref
+        "ref_model_sync_steps": 32,
+        "loss_type": "grpo",
+        "scale_rewards": "group",
+        "use_bias_correction_kl": False,
+        "max_completion_length": 16384,
+        "use_vllm": True,
+        "vllm_mode": "colocate",
+    }
+    for key, value in paper.items():
+        assert getattr(config, key) == value, key
+    defaults = GRPOConfig(output_dir="/tmp/unused", use_cpu=True)
+    overridden = ("loss_type", "beta", "temperature", "sync_ref_model", "ref_model_mixup_alpha",
+                  "ref_model_sync_steps", "use_bias_correction_kl", "num_generations")  # fmt: skip
+    assert [k for k in overridden if getattr(defaults, k) == paper[k]] == []  # each one differs from TRL's default
+    sft = sft_config(recipe, Path("/tmp/unused"), "aime", False)
+    assert (sft.learning_rate, sft.lr_scheduler_type, sft.warmup_steps, sft.gradient_accumulation_steps) == (
+        1e-5, "cosine", 0.05, 2,  # global batch 16 = 1 per device x 8 GPUs x 2
+    )  # fmt: skip
+
+
+def test_plan_shows_both_teacher_stages_with_paper_settings(repo_root):
+    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "plan", "recipes/aime.yaml", "--run-dir", "/nonexistent-plan-dir"],
+        cwd=repo_root, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    sft = result.stdout.split("teacher_sft", 1)[1].split("teacher_rl", 1)[0]
+    rl = result.stdout.split("teacher_rl", 1)[1].split("generate", 1)[0]
+    for setting in ("learning_rate=1e-05", "lr_scheduler=cosine", "warmup_ratio=0.05", "global_batch_size=16",
+                    "max_length=16384"):  # fmt: skip
+        assert setting in sft, setting
+    for setting in ("steps=125", "prompts_per_step=16", "generations_per_prompt=64", "iterations_per_generation=1",
+                    "temperature=0.7", "learning_rate=1e-06", "lr_scheduler=constant", "beta=0.04", "ref_sync_steps=32",
+                    "ref_sync_mix=0.9", "loss_type=grpo", "scale_rewards=group", "kl_bias_correction=False",
+                    "max_completion_length=16384"):  # fmt: skip
+        assert setting in rl, setting
+    assert "H100-hours" in rl
+
+
+
+def test_report_to_reaches_both_trainers_and_logs_land_in_the_artifact(repo_root, tmp_path):
+    from factory.stages.teacher_rl_worker import grpo_config
+    from factory.stages.teacher_sft_worker import sft_config
+    from factory.training import tracking_env
+
+    recipe = load_recipe(
+        repo_root / "recipes" / "quickstart.yaml",
+        ["stages.teacher_sft.report_to=[tensorboard, trackio]", "stages.teacher_rl.report_to=[wandb]"],
+    )
+    sft = sft_config(recipe, tmp_path, "quickstart-teacher_sft", False)
+    rl = grpo_config(recipe, tmp_path, "quickstart-teacher_rl", False)
+    assert (sft.report_to, rl.report_to) == (["tensorboard", "trackio"], ["wandb"])
+    assert sft.project == rl.project == "factory-quickstart" and rl.run_name == "quickstart-teacher_rl"
+    assert grpo_config(load_recipe(repo_root / "recipes" / "quickstart.yaml"), tmp_path, "x", False).report_to == []
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    with tracking_env(tmp_path):
+        for name in ("TENSORBOARD_LOGGING_DIR", "WANDB_DIR", "TRACKIO_DIR"):
+            assert Path(os.environ[name]).is_relative_to(tmp_path / "logs"), name
+    assert os.environ.get("TENSORBOARD_LOGGING_DIR") == before
+
+
+def test_vllm_server_mode_maps_the_launch_section(repo_root, tmp_path):
+    """Server mode (the paper's 4 generating + 4 training GPUs): TRL's server command and client settings.
+    vLLM itself cannot run here; what is checked is what factory hands to it."""
+    from factory.stages.teacher_rl import VLLM_SERVER_PORT, vllm_server, vllm_server_command
+    from factory.stages.teacher_rl_worker import grpo_config
+
+    server = ["launch.num_processes=4", "launch.vllm_mode=server", "launch.vllm_gpus=4", "launch.tensor_parallel_size=2"]
+    recipe = load_recipe(repo_root / "recipes" / "aime.yaml", server)
+    command = vllm_server_command(recipe.launch, "/models/teacher", 20480, "bfloat16")
+    flags = dict(zip(command[5::2], command[6::2]))  # after: python -m vllm.entrypoints.cli.main serve MODEL
+    assert command[3:5] == ["serve", "/models/teacher"]
+    assert (flags["--tensor-parallel-size"], flags["--data-parallel-size"]) == ("2", "2")
+    assert (flags["--port"], flags["--max-model-len"], flags["--dtype"]) == (str(VLLM_SERVER_PORT), "20480", "bfloat16")
+    assert flags["--gpu-memory-utilization"] == "0.3"
+    config = grpo_config(recipe, tmp_path, "aime", False)
+    assert (config.use_vllm, config.vllm_mode, config.vllm_server_port) == (True, "server", VLLM_SERVER_PORT)
+    assert config.gradient_accumulation_steps == 32  # 1024 rollouts / (8 per device x 4 training GPUs)
+    with pytest.raises(UserError, match="needs num_processes \\+ vllm_gpus = 8 GPUs"):
+        with vllm_server(recipe, "/models/teacher", tmp_path, print):
+            pass
