@@ -1,0 +1,192 @@
+"""Student distillation (RLT.md "Training pipeline", step 4): SFT of the distillation base on traces.
+
+The traces are the generate stage's artifact (one selected explanation per question) or, with
+generate disabled, the recipe's train set with its reference `thought` as the explanation (the
+Bespoke-Stratos baseline). Either way each row becomes a conversational prompt/completion pair in
+the student format (`formats.student_messages`): system + question as the prompt, thought and
+solution as the completion, so the loss covers the completion only. Packing is best-fit
+decreasing (TRL `bfd`, padding-free): whole sequences share a row without attending to each other
+(a sequence over `max_length` is cut there, as without packing), and with packing one row of a
+batch holds up to `max_length` tokens of several examples, so `global_batch_size` counts rows.
+
+Training runs in `factory.stages.distill_worker` through `factory.launch.run_worker` (one process
+here, `accelerate launch` with the recipe's preset otherwise), with the folder layout and resume of
+factory.training (shared with teacher SFT/RL). Output: `model/` (weights + tokenizer),
+`loss_curve.png` + `loss_curve.csv`, the rows trained on (`sft_rows.jsonl`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from factory.errors import UserError
+from factory.stages.base import ResolvedInput, Stage, StageContext, StageResult, recipe_slice, register
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe
+
+WORKER = "factory.stages.distill_worker"
+ROWS_FILE = "sft_rows.jsonl"
+TRACE_COLUMNS = ("id", "question", "solution", "explanation")
+
+
+def trace_rows(traces: ResolvedInput, log: Callable[[str], None]) -> list[dict[str, str]]:
+    """(id, question, solution, explanation) of the traces: a generate artifact's default config, or
+    the train DataSource's reference thoughts."""
+    if traces.is_artifact:
+        return _artifact_rows(traces.artifact_dir)
+    from factory.data import load_rows
+
+    rows = load_rows(traces.data, log=log)
+    if not rows:
+        raise UserError(f"data.train ({traces.describe()}) has no rows to distill on")
+    missing = [row["id"] for row in rows if not row.get("thought")]
+    if missing:
+        raise UserError(
+            f"data.train: {len(missing)} of {len(rows)} rows have no reference thought (first: row {missing[0]}); "
+            "with stages.generate disabled the student is distilled on the reference thoughts: set "
+            "data.train.thought_column (or format: stratos), or enable stages.generate"
+        )
+    return [{"id": r["id"], "question": r["question"], "solution": r["solution"], "explanation": r["thought"]} for r in rows]
+
+
+def _artifact_rows(folder: Path) -> list[dict[str, str]]:
+    import pyarrow.parquet as pq
+
+    files = sorted((folder / "data").glob("*.parquet"))  # the default config; candidates/ is a subfolder
+    if not files:
+        raise UserError(f"traces artifact {folder} has no data/*.parquet; re-run the generate stage (--force generate)")
+    rows: list[dict[str, str]] = []
+    for file in files:
+        table = pq.read_table(file)
+        absent = [c for c in TRACE_COLUMNS if c not in table.column_names]
+        if absent:
+            raise UserError(f"traces file {file} lacks the columns {absent} of the traces schema")
+        rows += table.select(list(TRACE_COLUMNS)).to_pylist()
+    return rows
+
+
+def student_rows(rows: list[dict[str, str]], system: str | None) -> list[dict[str, Any]]:
+    """Conversational prompt/completion rows of the student format, as SFTTrainer takes them."""
+    from factory.formats import student_messages
+
+    out = []
+    for row in rows:
+        messages = student_messages(row["question"], row["explanation"], row["solution"], system)
+        out.append({"prompt": messages[:2], "completion": messages[2:]})
+    return out
+
+
+def check_settings(recipe: "Recipe") -> None:
+    """User errors of the distill settings, raised before any data or model is loaded."""
+    from factory.training import check_divides, check_report_to
+
+    distill = recipe.stages.distill
+    check_report_to(distill.report_to, "stages.distill.report_to")
+    check_divides(
+        distill.global_batch_size,
+        distill.per_device_batch_size * recipe.launch.world_size,
+        "stages.distill.global_batch_size",
+        "the global batch must split into per_device_batch_size x processes",
+    )
+
+
+def distill_model(
+    *,
+    rows: list[dict[str, str]],
+    base: ResolvedInput,
+    recipe: "Recipe",
+    out_dir: Path,
+    log: Callable[[str], None],
+    run_name: str,
+    title: str = "student distillation loss (completion tokens)",
+) -> dict[str, Any]:
+    """SFT `base` on trace rows with `stages.distill` into `out_dir/model` (+ loss curve); resumes.
+
+    The folder follows factory.training's layout (job.json, checkpoints/, result.json last); a
+    folder whose result.json exists has nothing left to train and returns its metrics.
+    """
+    from factory.launch import run_worker
+    from factory.training import last_checkpoint, model_entry, read_result, write_job
+
+    check_settings(recipe)
+    result = read_result(out_dir)
+    if result is not None:
+        return result
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / ROWS_FILE).open("w", encoding="utf-8") as handle:
+        for row in student_rows(rows, recipe.formats.student_system):
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    job = write_job(
+        out_dir,
+        {
+            "recipe": recipe.model_dump(mode="json"),
+            "out_dir": str(out_dir.resolve()),
+            "base": model_entry(base),
+            "rows": ROWS_FILE,
+            "counts": {"rows": len(rows)},
+            "run_name": run_name,
+            "title": title,
+        },
+    )
+    resume = last_checkpoint(out_dir)
+    log(
+        f"distill: {len(rows)} rows, {'resuming from ' + resume.name if resume else 'starting'} "
+        f"({recipe.launch.preset}, {recipe.launch.world_size} process(es), packing "
+        f"{'bfd' if recipe.stages.distill.packing else 'off'})"
+    )
+    run_worker(recipe.launch, WORKER, job)
+    result = read_result(out_dir)
+    if result is None:
+        raise RuntimeError(f"the distill worker ended without writing {out_dir / 'result.json'}")
+    return result
+
+
+@register
+class DistillStage(Stage):
+    name = "distill"
+    consumes = ("traces", "distill_base")
+    version = 1
+
+    def config(self, recipe: "Recipe") -> dict[str, Any]:
+        return recipe_slice(recipe, "stages.distill", "formats.student_system")
+
+    def estimate(self, recipe: "Recipe") -> dict[str, float]:
+        """Upper bound: every row a full `max_length` sequence, 6 FLOPs per parameter per token."""
+        from factory.models import estimate_parameters
+
+        settings = recipe.stages.distill
+        rows = recipe.stages.generate.limit if recipe.stages.generate.enabled else None
+        rows = rows or recipe.data.train.limit
+        if settings.max_steps:
+            tokens = settings.max_steps * settings.global_batch_size * settings.max_length
+        elif rows:
+            tokens = rows * settings.epochs * settings.max_length
+        else:
+            return {}
+        params = estimate_parameters(recipe.models.distill_base)
+        return {"tokens": tokens, "flops": 6 * params * tokens} if params else {"tokens": tokens}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        check_settings(ctx.recipe)
+        traces = ctx.inputs["traces"]
+        metrics = distill_model(
+            rows=trace_rows(traces, ctx.log),
+            base=ctx.inputs["distill_base"],
+            recipe=ctx.recipe,
+            out_dir=ctx.out_dir,
+            log=ctx.log,
+            run_name=f"{ctx.recipe.name}-distill-{ctx.fingerprint[:8]}",
+        )
+        metrics["traces"] = traces.describe()
+        files = {"model": "model", "loss_curve_csv": "loss_curve.csv", "loss_curve_png": "loss_curve.png"}
+        loss = ""
+        if metrics["last_loss"] is not None:
+            loss = f", loss {metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}"
+        summary = (
+            f"{metrics['rows']} rows ({metrics['supervised_tokens']:,} supervised tokens) from {traces.describe()}, "
+            f"{metrics['steps']} steps{loss}"
+        )
+        return StageResult(metrics=metrics, files=files, summary=summary)

@@ -1,0 +1,333 @@
+"""Evaluation (RLT.md "Training pipeline", step 5): the student, and baselines, on the recipe's eval sets.
+
+Each model answers every question of every `data.eval` set in the student format (system + question,
+generation continues the assistant turn: thought, then solution), greedy by default, stopping at
+the closing solution tag or end of turn. The answer is the last `\\boxed{}` of the completion,
+checked with math_verify for math sets and by exact letter for multiple choice
+(factory.data.answers). A question's score is the mean over its `n` samples; a set's score is the
+percentage over its questions; "overall" is the plain mean over sets (as the paper reports).
+
+Baselines (`stages.evaluate.baselines`) are evaluated the same way in the same stage:
+`distill_base` (the untouched distillation base) and `reference_traces` (a student distilled with
+the distill stage's settings on the train set's reference thoughts, the Bespoke-Stratos baseline).
+A baseline identical to the student (distill disabled; or generate disabled, so the student already
+learned from the reference thoughts) is not run twice and is marked skipped.
+
+Artifact: `report.json` (scores, sampling settings, n, precision, engine, eval-set revisions,
+library versions), `outputs/<model>/<set>.parquet` (per question and sample: id, completion,
+extracted answer, correct), `scores.png` + `scores.csv`. A (model, set) whose outputs exist is not
+generated again when an interrupted run resumes. Metrics follow the card contract
+(factory.hub.cards): `metrics[set] = {"accuracy": ...}` for the student, then `overall` and
+`baselines`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from factory.errors import UserError
+from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe
+
+STUDENT = "student"
+METRIC = "accuracy"
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+def score_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Scores of one (model, set): per question, the mean of its samples; the set, the mean in %."""
+    by_question: dict[str, list[bool]] = {}
+    for record in records:
+        by_question.setdefault(record["id"], []).append(bool(record["correct"]))
+    if not by_question:
+        raise ValueError("no outputs to score")
+    per_question = [sum(samples) / len(samples) for samples in by_question.values()]
+    return {
+        METRIC: 100.0 * sum(per_question) / len(per_question),
+        "questions": len(by_question),
+        "samples": len(records),
+        "no_answer": sum(r["extracted"] is None for r in records) / len(records),
+        "truncated": sum(r["finish_reason"] == "length" for r in records) / len(records),
+        "mean_completion_tokens": sum(r["completion_tokens"] for r in records) / len(records),
+    }
+
+
+def overall(set_scores: dict[str, dict[str, Any]]) -> float:
+    """The plain (unweighted) mean of the sets' scores."""
+    return sum(s[METRIC] for s in set_scores.values()) / len(set_scores)
+
+
+def score_table(scores: dict[str, dict[str, Any]], sets: list[str]) -> str:
+    """The per-set table (rich), models as columns, as plain text for the log."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"evaluation ({METRIC}, %)")
+    table.add_column("eval set")
+    for model in scores:
+        table.add_column(model, justify="right")
+    for name in sets:
+        table.add_row(name, *(f"{scores[m]['sets'][name][METRIC]:.1f}" for m in scores))
+    table.add_row("overall", *(f"{scores[m]['overall']:.1f}" for m in scores), style="bold")
+    buffer = io.StringIO()
+    Console(file=buffer, width=120, force_terminal=False, color_system=None).print(table)
+    return buffer.getvalue()
+
+
+def write_score_plot(scores: dict[str, dict[str, Any]], sets: list[str], folder: Path) -> None:
+    """`scores.csv` and a grouped bar chart `scores.png` (sets + overall, one bar per model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [*sets, "overall"]
+    value = lambda m, c: scores[m]["overall"] if c == "overall" else scores[m]["sets"][c][METRIC]  # noqa: E731
+    with (folder / "scores.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", *columns])
+        for model in scores:
+            writer.writerow([model, *(f"{value(model, c):.4f}" for c in columns)])
+    figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(columns)), 3.5), dpi=120)
+    width = 0.8 / len(scores)
+    for index, model in enumerate(scores):
+        xs = [c + index * width for c in range(len(columns))]
+        axis.bar(xs, [value(model, c) for c in columns], width, label=model)
+    axis.set_xticks([c + 0.4 - width / 2 for c in range(len(columns))], columns)
+    axis.set_ylabel(f"{METRIC} (%)")
+    axis.set_ylim(0, 100)
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(folder / "scores.png")
+    plt.close(figure)
+
+
+# ------------------------------------------------------------------------------------ generation
+
+
+def student_prompt_ids(tokenizer: Any, question: str, system: str | None) -> list[int]:
+    """System + question of the student format, with the assistant turn opened for generation."""
+    from factory.formats import student_messages
+
+    messages = student_messages(question, "", "", system)[:2]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def load_eval_sets(recipe: "Recipe", log: Callable[[str], None]) -> dict[str, list[dict[str, str]]]:
+    """Rows of every eval set, checked for reference answers before any model is loaded."""
+    from factory.data import load_rows
+    from factory.data.answers import gold_answer
+
+    sets = {}
+    for index, source in enumerate(recipe.data.eval):
+        rows = load_rows(source, log=log)
+        key = f"data.eval.{index} ({source.name})"
+        if not rows:
+            raise UserError(f"{key}: the eval set has no rows")
+        for row in rows:
+            if not row.get("answer"):
+                raise UserError(f"{key}: row {row['id']} has no reference answer; set answer_column")
+            try:
+                gold_answer(row["answer"], source.kind)
+            except ValueError as exc:
+                raise UserError(f"{key}: row {row['id']}: {exc}; is kind: {source.kind} right?") from None
+        sets[source.name] = rows
+    return sets
+
+
+def evaluate_model(
+    *,
+    label: str,
+    source: Any,
+    dtype: str,
+    recipe: "Recipe",
+    sets: dict[str, list[dict[str, str]]],
+    out_dir: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Generate, extract and check every eval set with one model; per-set outputs are saved (resume)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from factory.data.answers import check_answer
+    from factory.engines import Sampling, open_engine, prompt_seed
+    from factory.formats import SOLUTION_CLOSE
+
+    settings = recipe.stages.evaluate
+    kinds = {s.name: s.kind for s in recipe.data.eval}
+    folder = out_dir / "outputs" / label
+    folder.mkdir(parents=True, exist_ok=True)
+    pending = [name for name in sets if not (folder / f"{name}.parquet").is_file()]
+    engine_info: dict[str, Any] = {}
+    info_file = folder / "engine.json"
+    if pending:
+        sampling = Sampling(
+            n=settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+            stop=(SOLUTION_CLOSE,),
+        )
+        engine = open_engine(
+            settings.engine, source, recipe.launch, dtype, batch_size=settings.batch_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization, key="stages.evaluate.engine",
+        )  # fmt: skip
+        model = getattr(engine, "model", None)
+        engine_info = {"engine": engine.kind, "dtype": dtype, "loaded_dtype": str(getattr(model, "dtype", "")) or None}
+        info_file.write_text(json.dumps(engine_info))
+        with engine:
+            for name in pending:
+                rows = sets[name]
+                log(f"evaluate {label} on {name}: {len(rows)} questions x {settings.n}")
+                prompts = [student_prompt_ids(engine.tokenizer, r["question"], recipe.formats.student_system) for r in rows]
+                seeds = [prompt_seed(settings.seed, r["id"]) for r in rows]
+                outputs = engine.generate(prompts, sampling, seeds=seeds)
+                records = []
+                for row, completions in zip(rows, outputs):
+                    for sample, completion in enumerate(completions):
+                        check = check_answer(completion.text, row["answer"], kinds[name])
+                        records.append({
+                            "id": row["id"], "sample": sample, "question": row["question"], "answer": row["answer"],
+                            "completion": completion.text, "extracted": check.extracted, "correct": check.correct,
+                            "finish_reason": completion.finish_reason, "completion_tokens": len(completion.token_ids),
+                        })  # fmt: skip
+                pq.write_table(pa.Table.from_pylist(records), folder / f".{name}.parquet.tmp")
+                (folder / f".{name}.parquet.tmp").rename(folder / f"{name}.parquet")
+    elif info_file.is_file():
+        engine_info = json.loads(info_file.read_text())
+    set_scores = {name: score_records(pq.read_table(folder / f"{name}.parquet").to_pylist()) for name in sets}
+    return {"sets": set_scores, "overall": overall(set_scores), **engine_info}
+
+
+# ------------------------------------------------------------------------------------ the stage
+
+
+def _baselines(ctx: StageContext) -> tuple[list[tuple[str, Any, str]], dict[str, str]]:
+    """(label, model source, dtype) of each baseline to run, and why any asked-for one is skipped."""
+    recipe = ctx.recipe
+    base_dtype = recipe.models.distill_base.dtype
+    run: list[tuple[str, Any, str]] = []
+    skipped: dict[str, str] = {}
+    for name in recipe.stages.evaluate.baselines:
+        if name == "distill_base":
+            if not ctx.inputs[STUDENT].is_artifact:
+                skipped[name] = "the student is the distillation base (stages.distill is disabled)"
+                continue
+            run.append((name, ctx.inputs["distill_base"].model_source(), base_dtype))
+        elif name == "reference_traces":
+            if recipe.stages.distill.enabled and not recipe.stages.generate.enabled:
+                skipped[name] = "the student itself was distilled on the reference traces (stages.generate is disabled)"
+                continue
+            from factory.stages.distill import distill_model, trace_rows
+
+            folder = ctx.out_dir / "baselines" / name
+            distill_model(
+                rows=trace_rows(ctx.inputs["train_data"], ctx.log),
+                base=ctx.inputs["distill_base"],
+                recipe=recipe,
+                out_dir=folder,
+                log=ctx.log,
+                run_name=f"{recipe.name}-reference-traces-{ctx.fingerprint[:8]}",
+                title="reference-traces baseline: distillation loss (completion tokens)",
+            )
+            run.append((name, str(folder / "model"), base_dtype))
+    return run, skipped
+
+
+@register
+class EvaluateStage(Stage):
+    name = "evaluate"
+    # distill_base: the `distill_base` baseline; train_data: the `reference_traces` baseline's traces
+    consumes = ("student", "distill_base", "train_data")
+    version = 1
+
+    def config(self, recipe: "Recipe") -> dict[str, Any]:
+        paths = ["stages.evaluate", "data.eval", "formats.student_system", "models.distill_base.dtype"]
+        if "reference_traces" in recipe.stages.evaluate.baselines:
+            paths.append("stages.distill")
+        return recipe_slice(recipe, *paths)
+
+    def estimate(self, recipe: "Recipe") -> dict[str, float]:
+        """Upper bound: every sample runs to max_new_tokens; 2 FLOPs per parameter per token."""
+        from factory.models import estimate_parameters
+
+        settings = recipe.stages.evaluate
+        questions = [s.limit for s in recipe.data.eval]
+        if not questions or None in questions:
+            return {}
+        models = 1 + len(settings.baselines)
+        tokens = sum(questions) * settings.n * settings.max_new_tokens * models
+        params = estimate_parameters(recipe.models.distill_base)
+        return {"tokens": tokens, "flops": 2 * params * tokens} if params else {"tokens": tokens}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from rich.markup import escape
+
+        from factory.artifacts import library_versions, write_json_atomic
+        from factory.data import resolve_revision
+        from factory.formats import SOLUTION_CLOSE
+        from factory.models import describe
+
+        recipe, settings = ctx.recipe, ctx.recipe.stages.evaluate
+        sets = load_eval_sets(recipe, ctx.log)
+        if settings.n > 1 and settings.temperature == 0:
+            ctx.log("stages.evaluate: n > 1 with temperature 0 repeats one greedy completion per question")
+        student = ctx.inputs[STUDENT]
+        student_dtype = recipe.models.distill_base.dtype if student.is_artifact else student.model.dtype
+        models = [(STUDENT, student.model_source(), student_dtype)]
+        baselines, skipped = _baselines(ctx)
+        models += baselines
+        for name, why in skipped.items():
+            ctx.log(f"baseline {name} not run: {why}")
+        scores = {}
+        for label, source, dtype in models:
+            scores[label] = evaluate_model(
+                label=label, source=source, dtype=dtype, recipe=recipe, sets=sets, out_dir=ctx.out_dir, log=ctx.log
+            )
+        names = list(sets)
+        table = score_table(scores, names)
+        ctx.log(escape(table))
+        write_score_plot(scores, names, ctx.out_dir)
+        report = {
+            "metric": f"{METRIC} (%), mean over questions of the mean over samples; overall = plain mean over sets",
+            "scores": scores,
+            "skipped_baselines": skipped,
+            "models": {label: describe(source) for label, source, _ in models},
+            "eval_sets": [
+                {**s.model_dump(mode="json"), "questions": len(sets[s.name]), "resolved_revision": resolve_revision(s)}
+                for s in recipe.data.eval
+            ],
+            "sampling": {
+                "temperature": settings.temperature,
+                "top_p": settings.top_p,
+                "n": settings.n,
+                "max_new_tokens": settings.max_new_tokens,
+                "seed": settings.seed,
+                "stop": ["end of turn (eos)", SOLUTION_CLOSE],
+            },
+            "prompt": {"format": "student", "system": recipe.formats.student_system or "factory default"},
+            "versions": library_versions(),
+        }
+        write_json_atomic(ctx.out_dir / "report.json", report)
+        metrics: dict[str, Any] = {name: {METRIC: scores[STUDENT]["sets"][name][METRIC]} for name in names}
+        metrics["overall"] = scores[STUDENT]["overall"]
+        if len(scores) > 1:
+            metrics["baselines"] = {
+                label: {**{n: s["sets"][n][METRIC] for n in names}, "overall": s["overall"]}
+                for label, s in scores.items()
+                if label != STUDENT
+            }
+        summary = "; ".join(f"{label} overall {s['overall']:.1f}%" for label, s in scores.items())
+        files = {"report": "report.json", "outputs": "outputs", "scores_plot": "scores.png", "scores_csv": "scores.csv"}
+        return StageResult(metrics=metrics, files=files, summary=f"{summary} ({', '.join(names)})")

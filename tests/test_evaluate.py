@@ -1,0 +1,201 @@
+"""Evaluation: scoring arithmetic, prompts, baselines, the stage through the pipeline, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from factory.recipe import Recipe
+from factory.stages.base import ResolvedInput, StageContext
+from factory.stages.distill import DistillStage
+from factory.stages.evaluate import EvaluateStage, _baselines, overall, score_records, student_prompt_ids
+
+
+def record(qid, correct, extracted="1", finish="stop", tokens=10):
+    return {"id": qid, "correct": correct, "extracted": extracted, "finish_reason": finish, "completion_tokens": tokens}
+
+
+def test_score_is_mean_over_questions_of_mean_over_samples():
+    records = [
+        record("a", True), record("a", False),  # question a: 0.5
+        record("b", True), record("b", True),  # b: 1.0
+        record("c", False, extracted=None, finish="length", tokens=30), record("c", False),  # c: 0.0
+        record("d", False), record("d", False),  # d: 0.0
+    ]
+    scores = score_records(records)
+    assert scores["accuracy"] == pytest.approx(100 * 1.5 / 4)
+    assert (scores["questions"], scores["samples"]) == (4, 8)
+    assert scores["no_answer"] == pytest.approx(1 / 8) and scores["truncated"] == pytest.approx(1 / 8)
+    assert scores["mean_completion_tokens"] == pytest.approx((7 * 10 + 30) / 8)
+
+
+def test_overall_is_the_plain_mean_of_sets():
+    small = score_records([record("x", True)])  # 100 on 1 question
+    large = score_records([record(str(i), i < 10) for i in range(100)])  # 10 on 100 questions
+    assert overall({"aime": small, "math": large}) == pytest.approx(55.0)  # not 110/101 weighted
+
+
+def test_prompt_is_the_training_prompt(tiny_model_dir):
+    """The eval prompt is exactly the prefix the student saw before its completion in training."""
+    from factory.formats import DEFAULT_STUDENT_SYSTEM, student_messages
+    from factory.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    ids = student_prompt_ids(tokenizer, "What is 2 + 3?", None)
+    full = tokenizer.apply_chat_template(student_messages("What is 2 + 3?", "think", "\\boxed{5}"), tokenize=False)
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert full_ids[: len(ids)] == ids
+    text = tokenizer.decode(ids)
+    assert text.endswith("<|im_start|>assistant\n") and DEFAULT_STUDENT_SYSTEM in text and "2 + 3" in text
+    assert "SYS" in tokenizer.decode(student_prompt_ids(tokenizer, "q", "SYS"))
+
+
+def make_recipe(model: Path, tmp_path: Path, *, distill: bool = True, generate: bool = False, baselines=("distill_base",)):
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps({"q": f"Pick one of A-D ({i})", "a": "ABCD"[i]}) + "\n" for i in range(2)))
+    off = {"enabled": False}
+    return Recipe.model_validate({
+        "name": "eval-test",
+        "models": {k: {"source": str(model)} for k in ("teacher", "student", "distill_base")},
+        "data": {
+            "train": {"source": "quickstart", "format": "quickstart", "limit": 8},
+            "eval": [
+                {"name": "arith", "source": "quickstart", "format": "quickstart", "split": "eval", "limit": 3},
+                {"name": "mc", "source": str(mc), "format": "jsonl", "question_column": "q", "answer_column": "a",
+                 "kind": "multiple_choice"},
+            ],
+        },
+        "stages": {
+            "teacher_sft": off, "teacher_rl": off, "generate": {"enabled": generate},
+            "distill": {"enabled": distill, "learning_rate": 1e-3, "epochs": 1, "global_batch_size": 4,
+                        "per_device_batch_size": 4, "max_length": 256, "bf16": False},
+            "evaluate": {"engine": "hf", "max_new_tokens": 5, "batch_size": 4, "baselines": list(baselines)},
+        },
+    })  # fmt: skip
+
+
+def test_evaluate_stage_student_and_base_through_the_pipeline(tmp_path, tiny_student_dir, monkeypatch):
+    from factory.artifacts import read_meta
+    from factory.pipeline import execute, make_plan
+
+    recipe = make_recipe(tiny_student_dir, tmp_path)
+    registry = {"distill": DistillStage(), "evaluate": EvaluateStage()}
+    plan = make_plan(recipe, tmp_path / "runs", registry)
+    evaluate = plan.stage("evaluate")
+    assert evaluate.inputs["student"].artifact_dir == plan.stage("distill").artifact_dir
+    logged: list[str] = []
+    execute(plan, "test.yaml", log=lambda line: logged.append(str(line)))
+    folder = evaluate.artifact_dir
+    report = json.loads((folder / "report.json").read_text())
+    assert set(report["scores"]) == {"student", "distill_base"}
+    for label in ("student", "distill_base"):
+        scores = report["scores"][label]
+        assert scores["engine"] == "hf" and scores["loaded_dtype"] == "torch.float32"
+        for name, questions in (("arith", 3), ("mc", 2)):
+            rows = pq.read_table(folder / "outputs" / label / f"{name}.parquet").to_pylist()
+            assert len(rows) == questions and {r["sample"] for r in rows} == {0}
+            assert all(r["completion_tokens"] <= 5 for r in rows)
+            assert scores["sets"][name]["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in rows) / questions)
+        by_set = scores["sets"]
+        assert scores["overall"] == pytest.approx((by_set["arith"]["accuracy"] + by_set["mc"]["accuracy"]) / 2)
+    assert report["sampling"] == {**report["sampling"], "temperature": 0.0, "n": 1, "max_new_tokens": 5}
+    assert report["versions"]["transformers"] and report["versions"]["trl"]
+    assert [s["resolved_revision"] for s in report["eval_sets"]][0] == "quickstart-v1"
+    assert [s["questions"] for s in report["eval_sets"]] == [3, 2]
+    # the printed per-set table
+    table = next(line for line in logged if "overall" in line and "distill_base" in line)
+    assert "arith" in table and "mc" in table and "student" in table
+    # metrics in the card contract: per-set for the student; baselines and overall apart
+    meta = read_meta(folder)
+    assert meta.kind == "report"
+    assert meta.metrics["arith"] == {"accuracy": report["scores"]["student"]["sets"]["arith"]["accuracy"]}
+    assert meta.metrics["baselines"]["distill_base"]["overall"] == report["scores"]["distill_base"]["overall"]
+    assert (folder / "scores.png").stat().st_size > 1000
+    assert (folder / "scores.csv").read_text().splitlines()[0] == "model,arith,mc,overall"
+
+    # resume: outputs that exist are not generated again (no engine may be opened)
+    shutil.rmtree(folder / "outputs" / "distill_base")
+    (folder / "artifact.json").unlink()
+    opened: list[str] = []
+    import factory.engines
+    from factory.models import describe
+
+    def recording_open(kind, source, *args, **kwargs):
+        opened.append(describe(source))
+        return real_open(kind, source, *args, **kwargs)
+
+    real_open = factory.engines.open_engine
+    monkeypatch.setattr(factory.engines, "open_engine", recording_open)
+    execute(make_plan(recipe, tmp_path / "runs", registry), "test.yaml", log=lambda line: None)
+    assert opened == [str(tiny_student_dir)]  # only the deleted model's sets ran again
+    assert json.loads((folder / "report.json").read_text())["scores"]["student"] == report["scores"]["student"]
+
+
+def ctx_for(recipe: Recipe, tmp_path: Path, student_is_artifact: bool) -> StageContext:
+    student = (
+        ResolvedInput(role="student", fingerprint="s", artifact_dir=tmp_path / "distill-x")
+        if student_is_artifact
+        else ResolvedInput(role="student", fingerprint="b", model=recipe.models.distill_base)
+    )
+    base = ResolvedInput(role="distill_base", fingerprint="b", model=recipe.models.distill_base)
+    inputs = {"student": student, "distill_base": base}
+    return StageContext(recipe, tmp_path, tmp_path / "out", "f", inputs=inputs)
+
+
+def test_baselines_identical_to_the_student_are_skipped(tmp_path, tiny_model_dir):
+    recipe = make_recipe(tiny_model_dir, tmp_path, distill=False, baselines=("distill_base",))
+    run, skipped = _baselines(ctx_for(recipe, tmp_path, student_is_artifact=False))
+    assert run == [] and "stages.distill is disabled" in skipped["distill_base"]
+    recipe = make_recipe(tiny_model_dir, tmp_path, distill=True, generate=False, baselines=("reference_traces",))
+    run, skipped = _baselines(ctx_for(recipe, tmp_path, student_is_artifact=True))
+    assert run == [] and "reference traces" in skipped["reference_traces"]
+    recipe = make_recipe(tiny_model_dir, tmp_path, baselines=("distill_base",))
+    run, skipped = _baselines(ctx_for(recipe, tmp_path, student_is_artifact=True))
+    assert [label for label, _, _ in run] == ["distill_base"] and skipped == {}
+
+
+def test_reference_traces_baseline_distills_on_reference_thoughts(tmp_path, tiny_model_dir):
+    """With generate on, the baseline is a student SFT'd on data.train's thoughts, inside evaluate."""
+    recipe = make_recipe(tiny_model_dir, tmp_path, distill=True, generate=True, baselines=("reference_traces",))
+    ctx = ctx_for(recipe, tmp_path, student_is_artifact=True)
+    ctx.inputs["train_data"] = ResolvedInput(role="train_data", fingerprint="t", data=recipe.data.train)
+    run, skipped = _baselines(ctx)
+    assert [label for label, _, _ in run] == ["reference_traces"] and skipped == {}
+    folder = tmp_path / "out" / "baselines" / "reference_traces"
+    assert run[0][1] == str(folder / "model") and (folder / "model" / "config.json").is_file()
+    assert json.loads((folder / "result.json").read_text())["rows"] == 8
+    assert EvaluateStage().config(recipe)["stages"]["distill"] == recipe.stages.distill.model_dump(mode="json")
+    plain = make_recipe(tiny_model_dir, tmp_path, baselines=("distill_base",))
+    assert "distill" not in EvaluateStage().config(plain)["stages"]  # distill settings matter only for that baseline
+
+
+def test_multiple_choice_gold_is_checked_before_loading(tmp_path, tiny_model_dir):
+    from factory.errors import UserError
+    from factory.stages.evaluate import load_eval_sets
+
+    recipe = make_recipe(tiny_model_dir, tmp_path)
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"q": "Which?", "a": "forty-two"}) + "\n")
+    with pytest.raises(UserError, match=r"data.eval.1 \(mc\).*not a choice letter"):
+        load_eval_sets(recipe, print)
+
+
+@pytest.mark.slow
+def test_smollm2_quickstart_eval_prints_the_table(repo_root, tmp_path):
+    """The real small model on the bundled eval split, through the CLI (minutes on a CPU)."""
+    import subprocess
+    import sys
+
+    off = [f"--set=stages.{s}.enabled=false" for s in ("teacher_sft", "teacher_rl", "generate", "distill")]
+    result = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "run", str(repo_root / "recipes" / "quickstart.yaml"), *off,
+         "--run-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "evaluation (accuracy, %)" in result.stdout and "overall" in result.stdout
+    report = json.loads(next((tmp_path / "quickstart" / "artifacts").glob("evaluate-*/report.json")).read_text())
+    assert report["scores"]["student"]["sets"]["quickstart"]["questions"] == 32
