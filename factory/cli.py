@@ -93,14 +93,17 @@ def run(
     push: bool = typer.Option(False, "--push", help="Publish artifacts to the Hub (HF_ENDPOINT, HF_TOKEN)."),
 ) -> None:
     """Run the recipe: every stage not already cached, then publish its artifacts."""
-    from factory.pipeline import execute
+    from factory.pipeline import execute, load_manifest
     from factory.plan_view import render_plan, render_run_end
+    from factory.summary import run_summary
 
     planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or ())
     publisher = _publisher(planned, run_dir, push)
     render_plan(planned, console, compact=True)
     report = execute(planned, str(recipe), publisher=publisher, log=console.print)
     render_run_end(planned, report, console)
+    for line in run_summary(planned, load_manifest(planned.recipe_dir)):
+        console.print(escape(line), soft_wrap=True)
 
 
 @app.command()
@@ -134,7 +137,7 @@ def score(
 
 @app.command()
 def compare(
-    sources: list[str] = typer.Argument(..., help="Two or more trace datasets, each owner/name@rev, an artifact folder or a .parquet/.jsonl file, optionally as LABEL=SOURCE."),
+    sources: list[str] = typer.Argument(..., help="Two or more trace datasets, each owner/name@rev, an artifact folder or a .parquet/.jsonl file, optionally as LABEL=SOURCE; SOURCE#CONFIG picks a dataset config (e.g. #before_rl)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port to serve on; by default the first free one from 7860."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 to share on the network)."),
     votes: Path = typer.Option(Path("compare-votes.jsonl"), "--votes", help="JSONL file the votes are appended to."),

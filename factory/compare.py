@@ -70,7 +70,7 @@ def write_space(dest: str | Path, sources: list[str], title: str | None = None, 
             shutil.copyfile(SPACE_DIR / name, dest / name)
     repos = []
     for spec in sources:
-        location = data.split_spec(spec)[1].partition("@")[0]
+        location = data.split_config(data.split_spec(spec)[1])[0].partition("@")[0]
         if data.HUB_ID.match(location) and location not in repos:
             repos.append(location)
     settings = {"sources": list(sources), "title": title, "votes_repo": votes_repo}

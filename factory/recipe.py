@@ -201,6 +201,10 @@ class Generate(Stage):
     decontaminate_ngram: int = Field(default=13, ge=4)
     drop_unclosed: bool = True
     drop_leaked: bool = False
+    before_rl: bool = Field(
+        default=False,
+        description="also generate with the teacher RL started from (dataset config before_rl): RLT's effect, shown",
+    )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM's GPU memory share")
 
 

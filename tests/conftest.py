@@ -110,3 +110,25 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+VLLM_STANDIN = Path(__file__).parent / "vllm_standin"
+
+
+@pytest.fixture
+def vllm_standin(monkeypatch):
+    """Make the stand-in `vllm` importable for one test, and forget it afterwards.
+
+    Without the clean-up, a later `import trl` would find the stand-in (no package metadata) and
+    fail its vLLM version check.
+    """
+    monkeypatch.syspath_prepend(str(VLLM_STANDIN))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(VLLM_STANDIN), os.environ.get("PYTHONPATH", "")]))
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield VLLM_STANDIN
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+    import importlib
+
+    importlib.invalidate_caches()

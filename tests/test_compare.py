@@ -335,3 +335,52 @@ def test_loads_source_from_hub_by_revision_and_publishes(hub_env, traces, tmp_pa
         shown = client.predict("q017", 0, 1, api_name="/go_to")
         assert "q017" in shown[2] and shown[5] == shown[6] == explanation("rlt", 17).strip()
         assert f"**{base_reward(17) + 3.0:.4f}**" in shown[3] and "**9.0000**" in shown[4]  # v1 left, v2 right
+
+
+# ------------------------------------------------------------------------------- dataset configs
+
+
+def test_source_selects_a_config_of_an_artifact_folder(tmp_path):
+    """`FOLDER#before_rl` reads data/before_rl/*.parquet; the default label says which config it is."""
+    artifact = tmp_path / "generate-0123456789ab"
+    (artifact / "data" / "before_rl").mkdir(parents=True)
+    pd.DataFrame(trace_rows("rlt", list(range(N)))).to_parquet(artifact / "data" / "train-00000-of-00001.parquet")
+    pd.DataFrame(trace_rows("base", list(range(N)))).to_parquet(artifact / "data" / "before_rl" / "train-00000-of-00001.parquet")
+    comparison = cd.load_comparison([str(artifact), f"{artifact}#before_rl"])
+    assert comparison.labels == ["generate-0123456789ab", "generate-0123456789ab#before_rl"]
+    assert [s.ref for s in comparison.sources] == [str(artifact), f"{artifact}#before_rl"]
+    assert len(comparison) == N and comparison.difference(1, 0)[comparison.position("q017")] == pytest.approx(3.0)
+    assert set(comparison.frames[1]["teacher"]) == {"org/base-teacher@v1"}
+
+    with pytest.raises(cd.SourceError, match="no config 'candidates' .*configs: default, before_rl"):
+        cd.load_source(f"{artifact}#candidates")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in trace_rows("rlt", [1, 2])))
+    with pytest.raises(cd.SourceError, match="applies to an artifact folder or a Hub dataset, not a file"):
+        cd.load_source(f"{rows}#before_rl")
+    hashed = tmp_path / "run#2.jsonl"  # an existing path is taken whole, '#' and all
+    hashed.write_text(rows.read_text())
+    assert cd.load_source(str(hashed)).label == "run#2"
+    assert cd.split_config("org/x-traces@v2#before_rl") == ("org/x-traces@v2", "before_rl")
+    assert cd.split_config("org/x-traces@v2") == ("org/x-traces@v2", None)
+
+
+def test_source_selects_a_config_of_a_hub_dataset(hub_env, tmp_path):
+    """`owner/name@rev#before_rl` passes name=before_rl to load_dataset, at that revision."""
+    import datasets
+    from huggingface_hub import HfApi
+
+    repo = "factory-org/cfg-traces"
+    datasets.Dataset.from_list(trace_rows("rlt", list(range(N)))).push_to_hub(repo)
+    datasets.Dataset.from_list(trace_rows("base", list(range(N)))).push_to_hub(repo, config_name="before_rl")
+    HfApi().create_tag(repo, tag="v1", repo_type="dataset")
+    comparison = cd.load_comparison([f"{repo}@v1", f"{repo}@v1#before_rl"])
+    assert comparison.labels == ["cfg-traces@v1", "cfg-traces@v1#before_rl"]
+    assert [s.ref for s in comparison.sources] == [f"{repo}@v1", f"{repo}@v1#before_rl"]
+    assert comparison.difference(1, 0)[comparison.position("q017")] == pytest.approx(3.0)
+    assert comparison.rewards[1, comparison.position("q005")] == pytest.approx(base_reward(5))
+    with pytest.raises(cd.SourceError, match="@v1#nope: could not load"):
+        cd.load_source(f"{repo}@v1#nope")
+
+    dest = fc.write_space(tmp_path / "space", [f"{repo}@v1", f"{repo}@v1#before_rl"])
+    assert yaml.safe_load((dest / "README.md").read_text().split("---\n")[1])["datasets"] == [repo]

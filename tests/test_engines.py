@@ -4,7 +4,6 @@ stand-in module in tests/vllm_standin (vLLM itself cannot run here: no GPU, no C
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from factory.engines.base import gpu_groups, resolve_kind
 from factory.errors import UserError
 from factory.recipe import Launch
 
-STANDIN = Path(__file__).parent / "vllm_standin"
 QUESTIONS = ["What is 12 + 7? Add the units first", "x y", "0 1 2 3 4 5 6 7 8 9 10 11 12", "A train travels 60 km"]
 
 
@@ -108,13 +106,10 @@ def test_engine_choice_and_gpu_groups(monkeypatch):
 
 
 @pytest.fixture
-def standin(monkeypatch):
+def standin(vllm_standin, monkeypatch):
     """vllm importable from the stand-in, and one 'GPU' visible to the engine choice."""
     import factory.engines.base as base
 
-    monkeypatch.syspath_prepend(str(STANDIN))
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(base, "gpu_count", lambda: 1)
     return importlib.import_module("vllm")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from factory.pipeline import execute, make_plan
 from factory.recipe import load_recipe
 from factory.stages import load_stages
 
-STANDIN = Path(__file__).parent / "vllm_standin"
 TEACHER_SYSTEM = "Teach."
 SHORT = "We add the units."
 LONG = "We add the units, then the tens, and we check the sum twice to be sure of it."
@@ -270,12 +270,12 @@ def test_shards_on_separate_workers_then_merge(tmp_path, closing_teacher, tiny_s
 
 
 @pytest.mark.slow  # two worker processes, each importing torch and loading models: ~20 s on a busy 2-core box
-def test_vllm_data_parallel_one_worker_per_gpu_group(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, monkeypatch):
+def test_vllm_data_parallel_one_worker_per_gpu_group(
+    tmp_path, tiny_model_dir, tiny_student_dir, data_dir, monkeypatch, vllm_standin
+):
     """engine vllm with 2 GPU groups: two worker processes (vLLM = the stand-in), shard g of 2 each."""
     import factory.engines.base as base
 
-    monkeypatch.syspath_prepend(str(STANDIN))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(base, "gpu_count", lambda: 2)
     recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=6, n=2, engine="vllm", drop_unclosed=False)
@@ -348,3 +348,101 @@ def test_shard_argument():
     for bad in ("8", "2/2", "x/3", "-1"):
         with pytest.raises(UserError, match="--shard"):
             _parse_shard(bad, 8)
+
+
+# ------------------------------------------------------------------------------ before vs after RL
+
+
+def rl_registry(rl_teacher: Path) -> dict:
+    """The real stages, with teacher_rl replaced by a copy of `rl_teacher` (RL itself is not under test
+    here: what matters is that its artifact differs from the teacher it started from)."""
+    from factory.stages.base import Stage, StageResult
+
+    class CopiedTeacher(Stage):
+        name, consumes = "teacher_rl", ("teacher",)
+
+        def config(self, recipe):
+            return {"copied_from": str(rl_teacher)}
+
+        def run(self, ctx):
+            shutil.copytree(rl_teacher, ctx.out_dir / "model", dirs_exist_ok=True)
+            return StageResult(summary="copied")
+
+    return {**load_stages(), "teacher_rl": CopiedTeacher()}
+
+
+def test_before_rl_config_has_the_initial_teachers_traces_on_the_same_questions(
+    tmp_path, tiny_model_dir, closing_teacher, tiny_student_dir, data_dir
+):  # fmt: skip
+    """RL (here: teacher tiny -> closing teacher) then generate with before_rl: config before_rl holds
+    exactly what generating with the initial teacher alone gives, on the same ids with the same seeds."""
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=6, n=2, drop_unclosed=False, before_rl=True
+    )  # fmt: skip
+    runs, with_rl = tmp_path / "runs", ["stages.teacher_rl.enabled=true"]
+    plan = make_plan(load_recipe(recipe, with_rl), runs, rl_registry(closing_teacher))
+    generate = plan.stage("generate")
+    assert generate.inputs["initial_teacher"].model.source == str(tiny_model_dir)
+    report = execute(plan, str(recipe), log=lambda message: None)
+    assert report.ran == ["teacher_rl", "generate"]
+    artifact = generate.artifact_dir
+    after, before = read(artifact / "data"), read(artifact / "data" / "before_rl")
+    ids = kept_ids(recipe)
+    assert len(ids) == 5 and [r["id"] for r in after] == ids and [r["id"] for r in before] == ids
+    rl_fingerprint = plan.stage("teacher_rl").fingerprint
+    assert {r["teacher"] for r in after} == {f"teacher_rl@{rl_fingerprint[:12]}"}
+    assert {r["teacher"].split("@local:")[0] for r in before} == {str(tiny_model_dir)}
+    assert {(r["temperature"], r["top_p"], r["seed"]) for r in before + after} == {(0.9, 1.0, 7)}
+    assert set(before[0]) == set(after[0])  # the default config's schema
+    assert sum(a["explanation"] != b["explanation"] for a, b in zip(after, before)) >= 3  # two different teachers
+
+    meta = read_meta(artifact)
+    figures, mean = meta.metrics["before_rl"], lambda rows: sum(r["reward"] for r in rows) / len(rows)  # noqa: E731
+    assert figures["rows"] == 5 and figures["qa"]["candidates"] == 10 and "questions" not in figures
+    assert figures["reward"]["selected"]["mean"] == pytest.approx(mean(before))
+    assert meta.metrics["reward_gain_vs_before_rl"] == pytest.approx(mean(after) - mean(before))
+    assert meta.files["before_rl"] == "data/before_rl"
+    lines = (artifact / "reward_before_after_rl.csv").read_text().splitlines()
+    assert lines[0] == "bin_low,bin_high,before RL,after RL"
+    assert [sum(int(line.split(",")[k]) for line in lines[1:]) for k in (2, 3)] == [10, 10]  # every candidate
+    assert (artifact / "reward_before_after_rl.png").stat().st_size > 1000
+
+    # the same recipe without RL: the initial teacher is the teacher; its traces are config before_rl above
+    alone = make_plan(load_recipe(recipe), tmp_path / "runs-alone", load_stages())
+    inputs = alone.stage("generate").inputs
+    assert inputs["initial_teacher"].fingerprint == inputs["teacher"].fingerprint
+    execute(alone, str(recipe), log=lambda message: None)
+    plain = alone.stage("generate").artifact_dir
+    assert not (plain / "data" / "before_rl").exists() and not (plain / "work" / "before_rl").exists()
+    assert "before_rl" not in read_meta(plain).metrics and "reward_gain_vs_before_rl" not in read_meta(plain).metrics
+    same = read(plain / "data")
+    assert [(r["id"], r["candidate_index"], r["explanation"], r["teacher"]) for r in same] == [
+        (r["id"], r["candidate_index"], r["explanation"], r["teacher"]) for r in before
+    ]
+    assert [r["reward"] for r in same] == pytest.approx([r["reward"] for r in before], abs=1e-5)
+
+    # interrupted after both passes were scored: the re-run regenerates nothing and writes the same rows
+    parts = {p: p.stat().st_mtime_ns for p in (artifact / "work" / "before_rl").rglob("*.parquet")}
+    assert len(parts) == 4  # 5 questions in chunks of 4, generated and scored
+    (artifact / "artifact.json").unlink()
+    shutil.rmtree(artifact / "data")
+    resumed = execute(make_plan(load_recipe(recipe, with_rl), runs, rl_registry(closing_teacher)), str(recipe), log=lambda m: None)
+    assert resumed.ran == ["generate"]
+    assert {p: p.stat().st_mtime_ns for p in (artifact / "work" / "before_rl").rglob("*.parquet")} == parts
+    assert read(artifact / "data" / "before_rl") == before
+
+
+def test_generate_shard_runs_both_passes(tmp_path, tiny_model_dir, closing_teacher, tiny_student_dir, data_dir):
+    from factory.stages.generate import run_shard
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=5, n=1, before_rl=True)
+    overrides, runs = ["stages.teacher_rl.enabled=true"], tmp_path / "runs"
+    first = make_plan(load_recipe(recipe, overrides), runs, rl_registry(closing_teacher), only=("teacher_rl",))
+    execute(first, str(recipe), log=lambda message: None)  # the teacher only: generate-shard needs it complete
+    plan = make_plan(load_recipe(recipe, overrides), runs, rl_registry(closing_teacher))
+    assert "generate shard 1/2 done" in run_shard(plan, "1/2", log=lambda message: None)
+    artifact = plan.stage("generate").artifact_dir
+    for work in (artifact / "work", artifact / "work" / "before_rl"):
+        names = [p.name for p in (work / "scored").glob("*.parquet")]
+        assert names and all(name.startswith("s1of2-") for name in names), work
+    assert not is_complete(artifact)

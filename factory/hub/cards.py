@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from factory.hub.content import PLOTS_DIR, Target, data_layout
+from factory.hub.content import BEFORE_RL, PLOTS_DIR, Target, data_layout
 from factory.recipe import Recipe, recipe_to_dict
 
 HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -203,8 +203,12 @@ def _settings_line(config: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------- dataset
 
 
-def dataset_card(record: dict[str, Any], recipe: Recipe, target: Target, plots: list[str], files: dict[str, Path]) -> str:
-    """The card of a traces version: configs, features, sampling, QA figures, reward statistics, loading."""
+def dataset_card(
+    record: dict[str, Any], recipe: Recipe, target: Target, plots: list[str], files: dict[str, Path],
+    comparison: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
+    """The card of a traces version: configs, features, sampling, QA figures, reward statistics, loading;
+    with `comparison` (Store._comparison: sources, Space), how to see it before vs after RL."""
     from datasets import DatasetInfo, Features, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
@@ -259,6 +263,7 @@ def dataset_card(record: dict[str, Any], recipe: Recipe, target: Target, plots: 
         _table(feature_rows, ("config", "feature", "type")),
         "## Sampling settings\n",
         _table(sorted(_flat(record["config"]).items()), ("setting", "value")),
+        *_before_after(record["metrics"], comparison),
         "## Reward statistics\n",
         _table(rewards, ("statistic", "value")),
         "## Quality checks\n",
@@ -270,6 +275,37 @@ def dataset_card(record: dict[str, Any], recipe: Recipe, target: Target, plots: 
     ]
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
     return str(card)
+
+
+def _before_after(metrics: dict[str, Any], comparison: dict[str, Any] | None) -> list[str]:
+    """The "before vs after RL" section: mean rewards of both teachers, and where to compare them."""
+    before = metrics.get(BEFORE_RL)
+    if not before:
+        return []
+    lines = [
+        "## Before vs after RL\n",
+        f"Config `{BEFORE_RL}` holds the explanations of the teacher before RL (the one RL started from) on the "
+        "same questions, with the same sampling settings and seeds, scored by the same reward student.\n",
+    ]
+    after_all, before_all = metrics["reward"]["candidates"]["mean"], before["reward"]["candidates"]["mean"]
+    if "reward_gain_vs_before_rl" in metrics:
+        after_sel, before_sel = metrics["reward"]["selected"]["mean"], before["reward"]["selected"]["mean"]
+        lines.append(
+            f"Mean RLT reward of the traces: before RL **{before_sel:.4g}** → after RL **{after_sel:.4g}** "
+            f"({metrics['reward_gain_vs_before_rl']:+.4g}; {before['rows']} vs {metrics['rows']} traces); "
+            f"all candidates: {before_all:.4g} → {after_all:.4g}.\n"
+        )
+    else:
+        lines.append(
+            f"No explanation of the teacher before RL passed the checks; mean RLT reward of all candidates: "
+            f"before RL {before_all:.4g} → after RL {after_all:.4g}.\n"
+        )
+    if comparison:
+        if comparison["space"]:
+            space = comparison["space"]
+            lines.append(f"Side by side, per question: the Space [{space['repo']}]({space['url']}).\n")
+        lines.append(f"Locally: `factory compare {' '.join(comparison['sources'])}`\n")
+    return lines
 
 
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B")

@@ -9,6 +9,9 @@ artifact root are plots and go under `plots/`. A report goes into the student re
 `factory.json` is the record of one published version: fingerprint, stage, config, metrics, base
 inputs, and the lineage (upstream repos at their tags). Stores find an existing publish by reading
 it at each tag, so the repo itself, not local state, says what was published.
+
+A traces version with the `before_rl` config (the teacher before RL, same questions) is also shown
+in the recipe's compare Space, `{namespace}/{recipe}-compare`, on stores that hold Spaces.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ REPO_TYPES = {"teacher": "model", "traces": "dataset", "student": "model"}  # ro
 PLOT_SUFFIXES = (".png", ".csv")
 EVAL_DIR = "eval/"
 PLOTS_DIR = "plots/"
+BEFORE_RL = "before_rl"  # the traces config of the teacher before RL (factory.stages.generate)
+SPACE_SUFFIX = "compare"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,11 @@ class Target:
 
 def target_for(namespace: str, recipe_name: str, role: str) -> Target:
     return Target(f"{namespace}/{recipe_name}-{role}", REPO_TYPES[role])
+
+
+def space_repo(namespace: str, recipe_name: str) -> str:
+    """The recipe's compare Space: its traces after RL next to its `before_rl` config."""
+    return f"{namespace}/{recipe_name}-{SPACE_SUFFIX}"
 
 
 def artifact_files(meta: ArtifactMeta, artifact_dir: Path) -> dict[str, Path]:

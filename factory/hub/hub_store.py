@@ -6,6 +6,11 @@ names where the token came from, never the token. Every publish runs as one idem
 (see factory.hub.store), retried with exponential backoff when the Hub answers 408/429/5xx or the
 connection fails, a bounded number of times; a retry re-reads the repo first, so a commit whose
 answer was lost is tagged, not committed twice.
+
+With `hub.space` on, publishing a traces version that has the `before_rl` config also deploys the
+compare Space `{namespace}/{recipe}-compare` (factory.compare.deploy_space) showing `traces@vN`
+and `traces@vN#before_rl`; the client skips files the Space already holds, so deploying the same
+sources again makes no commit.
 """
 
 from __future__ import annotations
@@ -182,3 +187,15 @@ class HubStore(Store):
     def url(self, target: Target, tag: str) -> str:
         prefix = "datasets/" if target.repo_type == "dataset" else ""
         return f"{self.api.endpoint}/{prefix}{target.repo}/tree/{tag}"
+
+    def source(self, target: Target, tag: str) -> str:
+        return f"{target.repo}@{tag}"
+
+    def space_url(self, repo: str) -> str | None:
+        return f"{self.api.endpoint}/spaces/{repo}"
+
+    def _deploy_space(self, repo: str, sources: list[str]) -> None:
+        from factory.compare import deploy_space
+
+        title = f"{self.recipe.name}: teacher before vs after RL"
+        deploy_space(repo, sources, title=title, private=self.recipe.hub.private)

@@ -15,6 +15,10 @@ fingerprint, so the card links the versions this store actually holds, whichever
 A report (the evaluate stage) is not its own repo: it becomes a version of the student repo whose
 commit adds `eval/` and re-renders the card with the `model-index`, on top of the student version it
 evaluated (so the newest student tag carries both the weights and their evaluation).
+
+A traces version with a `before_rl` config is comparable before vs after RL: its card says how
+(`factory compare` on the version, and the compare Space's link where the store holds Spaces), and
+the Hub store, with `hub.space` on, deploys that Space after the version is tagged (see hub_store).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
@@ -33,14 +37,17 @@ from factory.artifacts import ArtifactMeta, is_complete, read_meta
 from factory.errors import UserError
 from factory.hub.cards import dataset_card, model_card, plot_paths
 from factory.hub.content import (
+    BEFORE_RL,
     CARD_FILE,
     EVAL_DIR,
     RECORD_FILE,
     REPO_TYPES,
     Target,
     artifact_files,
+    data_layout,
     make_record,
     owned,
+    space_repo,
     target_for,
 )
 from factory.recipe import Recipe
@@ -62,10 +69,11 @@ class PublishedRef:
     created: bool
     repo_type: str = "model"
     store: str = "hub"
+    space: str | None = None  # URL of the compare Space showing this version (traces before vs after RL)
 
     def to_manifest(self) -> dict[str, str]:
         """The run manifest's `published` entry."""
-        return {
+        entry = {
             "repo": self.repo,
             "revision": self.revision,
             "commit": self.commit,
@@ -73,6 +81,7 @@ class PublishedRef:
             "repo_type": self.repo_type,
             "store": self.store,
         }
+        return entry | ({"space": self.space} if self.space else {})
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,18 @@ class Store:
     def url(self, target: Target, tag: str) -> str:
         raise NotImplementedError
 
+    def source(self, target: Target, tag: str) -> str:
+        """How `factory compare` (and `load_dataset`) names this version of a dataset repo."""
+        raise NotImplementedError
+
+    def space_url(self, repo: str) -> str | None:
+        """The page of a Space repo; None for a store that holds no Spaces."""
+        return None
+
+    def _deploy_space(self, repo: str, sources: list[str]) -> None:
+        """Create or update the compare Space `repo` showing `sources` (stores that hold Spaces)."""
+        raise NotImplementedError
+
     def _run(self, operation: Callable[[], T]) -> T:
         """Run one idempotent operation; the Hub store retries it on transient errors."""
         return operation()
@@ -144,10 +165,30 @@ class Store:
         meta = read_meta(artifact_dir)
         attempted: set[str] = set()
         ref = self._run(lambda: self._publish_once(meta, artifact_dir, attempted))
-        if ref is not None:
-            state = "published" if ref.created else "already published"
-            self.log(f"{meta.stage}: {state} {ref.repo}@{ref.revision} ({ref.url})")
-        return ref
+        if ref is None:
+            return None
+        state = "published" if ref.created else "already published"
+        self.log(f"{meta.stage}: {state} {ref.repo}@{ref.revision} ({ref.url})")
+        if meta.kind != "dataset":
+            return ref
+        comparison = self._comparison(self.target(meta.role), ref.revision, artifact_files(meta, artifact_dir))
+        if comparison is None or comparison["space"] is None:
+            return ref
+        space, sources = comparison["space"], comparison["sources"]
+        self._run(lambda: self._deploy_space(space["repo"], sources))  # the same sources again: no new commit
+        self.log(f"compare Space {space['repo']}: {' vs '.join(sources)} ({space['url']})")
+        return replace(ref, space=space["url"])
+
+    def _comparison(self, target: Target, tag: str, files: dict[str, Any]) -> dict[str, Any] | None:
+        """For a traces version with the `before_rl` config: the two sources that compare it (after RL
+        first) and the compare Space showing them ({repo, url}, None when the store holds no Spaces or
+        `hub.space` is off); None for a version without it."""
+        if BEFORE_RL not in data_layout(files):
+            return None
+        version = self.source(target, tag)
+        repo = space_repo(self.namespace, self.recipe.name)
+        url = self.space_url(repo) if self.recipe.hub.space else None
+        return {"sources": [version, f"{version}#{BEFORE_RL}"], "space": {"repo": repo, "url": url} if url else None}
 
     def _publish_once(self, meta: ArtifactMeta, artifact_dir: Path, attempted: set[str]) -> PublishedRef | None:
         lineage, upstream = self._lineage(meta)
@@ -243,7 +284,8 @@ class Store:
             if meta.kind == "model":
                 card = model_card(record, self.recipe, target, plot_paths(files))
             else:
-                card = dataset_card(record, self.recipe, target, plot_paths(files), files)
+                comparison = self._comparison(target, tag, files)
+                card = dataset_card(record, self.recipe, target, plot_paths(files), files, comparison)
         files[RECORD_FILE] = json.dumps(record, indent=2, sort_keys=True, default=str).encode() + b"\n"
         files[CARD_FILE] = card.encode()
         return files
@@ -321,6 +363,9 @@ class LocalStore(Store):
 
     def url(self, target: Target, tag: str) -> str:
         return str(self._dir(target) / tag)
+
+    def source(self, target: Target, tag: str) -> str:
+        return self.url(target, tag)  # the version's folder: `load_dataset(folder)` and `factory compare` read it
 
 
 def _link(source: Path, destination: Path) -> None:

@@ -18,6 +18,7 @@ spread, not what is sampled (sampling is seeded per question id).
 Output (the traces schema, DESIGN.md): `data/train-*.parquet` (config `default`, one row per
 question) and `data/candidates/train-*.parquet` (config `candidates`, every candidate), histograms
 of reward and explanation length (PNG + CSV), and every QA figure in the artifact metrics.
+
 Columns (`_features` holds the exact types):
 
     id                   str    stable per question (hash of its text, factory.data)
@@ -43,6 +44,16 @@ Columns (`_features` holds the exact types):
   a question with no passing candidate is dropped;
 - figures: closed rate, truncation rate (hit `max_new_tokens`), answer leak and mention rates,
   explanation length distribution, reward statistics of all and of the selected candidates.
+
+Before vs after RL (`stages.generate.before_rl`): when the teacher was trained by RL in this recipe
+(the `initial_teacher` input, what teacher_rl started from, differs from `teacher`), a second pass
+generates with the initial teacher on the same questions with the same settings and per-question
+seeds, scored with the same reward student and checked the same way, in its own work folder
+(`work/before_rl/`, resumable likewise), and writes config `before_rl` (`data/before_rl/`, the
+`default` schema; its `teacher` column names the initial teacher). Its figures go under the
+`before_rl` metrics key (same structure as the main pass's `qa` and `reward`), with
+`reward_gain_vs_before_rl` = selected reward mean after RL minus before, and
+`reward_before_after_rl.png` (+ CSV) overlays the two passes' reward histograms.
 """
 
 from __future__ import annotations
@@ -52,10 +63,12 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from factory.errors import UserError
+from factory.hub.content import BEFORE_RL
 from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
 
 if TYPE_CHECKING:
@@ -76,6 +89,7 @@ CONFIG_PATHS = (
     "stages.generate.decontaminate_ngram",
     "stages.generate.drop_unclosed",
     "stages.generate.drop_leaked",
+    "stages.generate.before_rl",
     "formats.teacher_system",
     "formats.student_system",
     "reward.kl_coef",
@@ -89,26 +103,29 @@ CONFIG_PATHS = (
 )
 SPLIT = "train"
 ROWS_PER_FILE = 50_000
+MAIN_WORK = "work"  # the main pass's work folder; the initial teacher's is work/before_rl/
 
 
 @register
 class GenerateStage(Stage):
     name = "generate"
-    consumes = ("teacher", "reward_student", "train_data")
+    consumes = ("teacher", "initial_teacher", "reward_student", "train_data")
     version = 1
 
     def config(self, recipe: "Recipe") -> dict[str, Any]:
         return recipe_slice(recipe, *CONFIG_PATHS)
 
     def estimate(self, recipe: "Recipe") -> dict[str, float]:
-        """Upper bound: every candidate runs to max_new_tokens; scoring = one forward of both models."""
+        """Upper bound: every candidate runs to max_new_tokens; scoring = one forward of both models;
+        twice with the before-RL pass."""
         from factory.models import estimate_parameters
 
         settings = recipe.stages.generate
         limits = [x for x in (settings.limit, recipe.data.train.limit) if x is not None]
         if not limits:
             return {}
-        tokens = min(limits) * settings.n * settings.max_new_tokens
+        passes = 2 if settings.before_rl and recipe.stages.teacher_rl.enabled else 1
+        tokens = passes * min(limits) * settings.n * settings.max_new_tokens
         teacher, student = estimate_parameters(recipe.models.teacher), estimate_parameters(recipe.models.student)
         if teacher is None or student is None:
             return {"tokens": float(tokens)}
@@ -120,32 +137,55 @@ class GenerateStage(Stage):
 
         recipe = ctx.recipe
         kind = resolve_kind(recipe.stages.generate.engine, "stages.generate.engine")
-        job = _job_fields(ctx.inputs, ctx.out_dir, kind, recipe)
         questions = load_questions(recipe, log=ctx.log)
         groups = gpu_groups(recipe.launch.tensor_parallel_size) if kind == "vllm" else [[]]
-        if len(groups) > 1:
-            checked_tokenizers(ctx.inputs["teacher"].model_source(), ctx.inputs["reward_student"].model_source())
-            _run_groups(groups, job, WorkDir(ctx.out_dir), ctx.log)
-            run_job(_job(job, shards=[], num_shards=len(groups), score_all=True), ctx.log, questions)
-        else:
-            run_job(_job(job, shards=[0], num_shards=1, score_all=True), ctx.log, questions)
-        result = merge(recipe, questions, ctx.out_dir, teacher_label(ctx.inputs["teacher"]))
+        student = ctx.inputs["reward_student"]
+        passes = teacher_passes(ctx.inputs, recipe, ctx.log)
+        for teacher, work in passes:
+            job = _job_fields(teacher, student, ctx.out_dir, kind, recipe, work)
+            if len(groups) > 1:
+                checked_tokenizers(teacher.model_source(), student.model_source())
+                _run_groups(groups, job, WorkDir(ctx.out_dir, work), ctx.log)
+                run_job(_job(job, shards=[], num_shards=len(groups), score_all=True), ctx.log, questions)
+            else:
+                run_job(_job(job, shards=[0], num_shards=1, score_all=True), ctx.log, questions)
+        result, after = merge(recipe, questions, ctx.out_dir, teacher_label(ctx.inputs["teacher"]))
+        if len(passes) > 1:
+            merge_before_rl(recipe, questions, ctx.out_dir, teacher_label(passes[1][0]), after, result, ctx.log)
         result.metrics["engine"] = kind  # "auto" in the recipe: what this machine resolved it to
         return result
+
+
+def teacher_passes(
+    inputs: dict[str, "ResolvedInput"], recipe: "Recipe", log: Callable[[str], None]
+) -> list[tuple["ResolvedInput", str]]:
+    """(teacher, work folder) of each generation pass: the teacher's, then the initial teacher's when
+    `before_rl` is on and RL changed the teacher in this recipe."""
+    teacher, passes = inputs["teacher"], [(inputs["teacher"], MAIN_WORK)]
+    if recipe.stages.generate.before_rl:
+        initial = inputs["initial_teacher"]
+        if initial.fingerprint == teacher.fingerprint:
+            log("generate: stages.generate.before_rl: no teacher_rl stage changed the teacher here; no before_rl config")
+        else:
+            passes.append((initial, f"{MAIN_WORK}/{BEFORE_RL}"))
+    return passes
 
 
 # ------------------------------------------------------------------------------------ workers
 
 
-def _job_fields(inputs: dict[str, "ResolvedInput"], out_dir: Path, kind: str, recipe: "Recipe") -> dict[str, Any]:
+def _job_fields(
+    teacher: "ResolvedInput", student: "ResolvedInput", out_dir: Path, kind: str, recipe: "Recipe", work: str
+) -> dict[str, Any]:
     from factory.stages.generate_worker import source_json
 
     return {
         "recipe": recipe.model_dump(mode="json", exclude_unset=True),  # keeps which keys the user set
-        "teacher": source_json(inputs["teacher"].model_source()),
-        "student": source_json(inputs["reward_student"].model_source()),
+        "teacher": source_json(teacher.model_source()),
+        "student": source_json(student.model_source()),
         "out_dir": str(out_dir),
         "engine": kind,
+        "work": work,
     }
 
 
@@ -185,14 +225,14 @@ def teacher_label(item: "ResolvedInput") -> str:
 
 
 def run_shard(plan: "Plan", shard: str, log: Callable[[str], None] = print) -> str:
-    """`factory generate-shard`: generate and score one shard into the stage's artifact folder.
+    """`factory generate-shard`: generate and score one shard (of each pass) into the stage's artifact folder.
 
     The stage is not completed here; `factory run` completes it (finishing anything left, then
     merging). `shard` is "i" (of `stages.generate.shards`) or "i/n".
     """
     from factory.artifacts import is_complete
     from factory.engines.base import resolve_kind
-    from factory.stages.generate_worker import run_job
+    from factory.stages.generate_worker import load_questions, run_job
 
     index, count = _parse_shard(shard, plan.recipe.stages.generate.shards)
     planned = plan.stage("generate")
@@ -208,8 +248,10 @@ def run_shard(plan: "Plan", shard: str, log: Callable[[str], None] = print) -> s
             )
     planned.artifact_dir.mkdir(parents=True, exist_ok=True)
     kind = resolve_kind(plan.recipe.stages.generate.engine, "stages.generate.engine")
-    fields = _job_fields(planned.inputs, planned.artifact_dir, kind, plan.recipe)
-    run_job(_job(fields, shards=[index], num_shards=count), log=log)
+    questions = load_questions(plan.recipe, log=log)
+    for teacher, work in teacher_passes(planned.inputs, plan.recipe, log):
+        fields = _job_fields(teacher, planned.inputs["reward_student"], planned.artifact_dir, kind, plan.recipe, work)
+        run_job(_job(fields, shards=[index], num_shards=count), log=log, questions=questions)
     return f"generate shard {index}/{count} done in {planned.artifact_dir}; `factory run` merges when all shards are done"
 
 
@@ -288,24 +330,36 @@ def _read_candidates(work: Any, kept: set[str]) -> tuple[dict[str, list[dict[str
     return grouped, duplicates
 
 
-def merge(recipe: "Recipe", questions: "Questions", out_dir: Path, teacher: str) -> StageResult:
-    """Check every candidate, select one per question, write both configs, plots and figures."""
+@dataclass
+class Selection:
+    """One pass's candidates after the checks, and the one kept per question."""
+
+    candidates: list[dict[str, Any]]
+    selected: list[dict[str, Any]]
+    reasons: Counter  # drop reason ("" = passed) -> candidates
+    mentioned: int  # candidates that mention the final answer
+    no_passing: int  # questions without a passing candidate
+    duplicates: int
+    gains: list[float]  # per selected question: its reward minus the mean of its n candidates
+
+
+def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str) -> Selection:
+    """Check every scored candidate of one pass (its `WorkDir`) and keep the best passing one per question."""
     from factory.formats import student_messages
     from factory.qa import answer_leaked, answer_mentioned, final_answer
-    from factory.stages.generate_worker import WorkDir
 
     settings = recipe.stages.generate
-    work = WorkDir(out_dir)
     work.remove_temporaries()
     kept = questions.kept
     grouped, duplicates = _read_candidates(work, {row["id"] for row in kept})
     missing = [row["id"] for row in kept if len(grouped.get(row["id"], [])) < settings.n]
     if missing:
-        raise RuntimeError(f"{len(missing)} questions lack scored candidates after the workers ran (e.g. {missing[:3]})")
+        raise RuntimeError(
+            f"{len(missing)} questions lack scored candidates in {work.root} after the workers ran (e.g. {missing[:3]})"
+        )
 
     sampling = {"teacher": teacher, "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed}
-    all_candidates, selected, reasons, mentioned = [], [], Counter(), 0
-    no_passing, gains = 0, []
+    chosen = Selection([], [], Counter(), 0, 0, duplicates, [])
     for question in kept:
         answer = final_answer(question["solution"], question.get("answer"))
         candidates = sorted(grouped[question["id"]], key=lambda c: c["candidate_index"])
@@ -319,46 +373,81 @@ def merge(recipe: "Recipe", questions: "Questions", out_dir: Path, teacher: str)
             )  # fmt: skip
             candidate["drop_reason"] = _drop_reason(candidate, settings)
             candidate["selected"] = False
-            reasons[candidate["drop_reason"]] += 1
-            mentioned += answer_mentioned(candidate["explanation"], answer)
+            chosen.reasons[candidate["drop_reason"]] += 1
+            chosen.mentioned += answer_mentioned(candidate["explanation"], answer)
         passing = [c for c in candidates if not c["drop_reason"]]
         if passing:
             best = max(passing, key=lambda c: (c["reward"], -c["candidate_index"]))
             best["selected"] = True
-            selected.append(best)
-            gains.append(best["reward"] - sum(c["reward"] for c in candidates) / len(candidates))
+            chosen.selected.append(best)
+            chosen.gains.append(best["reward"] - sum(c["reward"] for c in candidates) / len(candidates))
         else:
-            no_passing += 1
-        all_candidates.extend(candidates)
+            chosen.no_passing += 1
+        chosen.candidates.extend(candidates)
+    return chosen
 
-    if not selected:
-        dropped = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()) if reason)
+
+def merge(recipe: "Recipe", questions: "Questions", out_dir: Path, teacher: str) -> tuple[StageResult, Selection]:
+    """The main pass: check, select one per question, write both configs, plots and figures."""
+    from factory.stages.generate_worker import WorkDir
+
+    settings = recipe.stages.generate
+    chosen = select(recipe, questions, WorkDir(out_dir, MAIN_WORK), teacher)
+    if not chosen.selected:
+        dropped = ", ".join(f"{count} {reason}" for reason, count in sorted(chosen.reasons.items()) if reason)
         raise UserError(
-            f"generate: no explanation of {len(all_candidates)} candidates passed the checks ({dropped}); "
+            f"generate: no explanation of {len(chosen.candidates)} candidates passed the checks ({dropped}); "
             "raise stages.generate.max_new_tokens, or relax stages.generate.drop_unclosed / drop_leaked"
         )
-    files = _write_configs(out_dir, selected, all_candidates)
-    files.update(_plots(out_dir, all_candidates, selected))
-    metrics = _figures(questions, all_candidates, selected, reasons, mentioned, no_passing, duplicates, gains, settings.n)
+    _write_configs(out_dir, "data", {"": (chosen.selected, False), "candidates": (chosen.candidates, True)})
+    files = {"data": "data", "candidates": "data/candidates", **_plots(out_dir, chosen.candidates, chosen.selected)}
+    metrics = _figures(questions, chosen, settings.n)
     qa = metrics["qa"]
     summary = (
-        f"{len(selected)} traces from {len(questions.rows)} questions (n={settings.n}): closed {qa['closed_rate']:.0%}, "
+        f"{len(chosen.selected)} traces from {len(questions.rows)} questions (n={settings.n}): closed {qa['closed_rate']:.0%}, "
         f"truncated {qa['truncation_rate']:.0%}, leaked {qa['answer_leak_rate']:.0%}, "
-        f"{qa['contaminated_questions']} contaminated, {no_passing} without a passing candidate; "
+        f"{qa['contaminated_questions']} contaminated, {chosen.no_passing} without a passing candidate; "
         f"selected reward mean {metrics['reward']['selected']['mean']:.3f}"
     )
-    return StageResult(metrics=metrics, files=files, summary=summary)
+    return StageResult(metrics=metrics, files=files, summary=summary), chosen
 
 
-def _write_configs(out_dir: Path, selected: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> dict[str, str]:
-    """`data/` (default config) and `data/candidates/`, written aside and swapped in whole."""
+def merge_before_rl(
+    recipe: "Recipe", questions: "Questions", out_dir: Path, teacher: str, after: Selection, result: StageResult,
+    log: Callable[[str], None],
+) -> None:  # fmt: skip
+    """The initial teacher's pass: config `before_rl`, its figures and the before/after comparison, into `result`."""
+    from factory.stages.generate_worker import WorkDir
+
+    before = select(recipe, questions, WorkDir(out_dir, f"{MAIN_WORK}/{BEFORE_RL}"), teacher)
+    figures = _figures(questions, before, recipe.stages.generate.n)
+    for shared in ("questions", "candidates_per_question"):  # properties of the questions, not of the teacher
+        figures.pop(shared)
+    for shared in ("contaminated_questions", "contaminated_by_eval_set"):
+        figures["qa"].pop(shared)
+    result.metrics[BEFORE_RL] = figures
+    result.files.update(_comparison_plot(out_dir, before.candidates, after.candidates))
+    if not before.selected:
+        log(f"generate: before_rl: no explanation of the initial teacher ({teacher}) passed the checks; no before_rl config")
+        result.summary += f"; before RL: no passing explanation of {len(before.candidates)}"
+        return
+    _write_configs(out_dir, f"data/{BEFORE_RL}", {"": (before.selected, False)})
+    result.files[BEFORE_RL] = f"data/{BEFORE_RL}"
+    mean_after, mean_before = result.metrics["reward"]["selected"]["mean"], figures["reward"]["selected"]["mean"]
+    result.metrics["reward_gain_vs_before_rl"] = mean_after - mean_before
+    result.summary += f"; before RL ({teacher}) {mean_before:.3f} -> after {mean_after:.3f}"
+
+
+def _write_configs(out_dir: Path, dest: str, configs: dict[str, tuple[list[dict[str, Any]], bool]]) -> None:
+    """Write each config (sub-folder of `dest` -> rows, with the candidate flags) aside, then swap `dest` in whole."""
     import shutil
 
     from datasets import Dataset
 
-    staging = out_dir / "data.partial"
+    staging = out_dir / f"{Path(dest).name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    for rows, folder, with_flags in ((selected, staging, False), (candidates, staging / "candidates", True)):
+    for sub, (rows, with_flags) in configs.items():
+        folder = staging / sub
         features = _features(with_flags)
         dataset = Dataset.from_list([{name: row[name] for name in features} for row in rows], features=features)
         shards = max(1, math.ceil(len(dataset) / ROWS_PER_FILE))
@@ -366,10 +455,10 @@ def _write_configs(out_dir: Path, selected: list[dict[str, Any]], candidates: li
         for index in range(shards):
             part = dataset.shard(shards, index, contiguous=True)
             part.to_parquet(str(folder / f"{SPLIT}-{index:05d}-of-{shards:05d}.parquet"))
-    final = out_dir / "data"
+    final = out_dir / dest
     shutil.rmtree(final, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(final)
-    return {"data": "data", "candidates": "data/candidates"}
 
 
 def _plots(out_dir: Path, candidates: list[dict[str, Any]], selected: list[dict[str, Any]]) -> dict[str, str]:
@@ -388,16 +477,27 @@ def _plots(out_dir: Path, candidates: list[dict[str, Any]], selected: list[dict[
     return files
 
 
+def _comparison_plot(out_dir: Path, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, str]:
+    """Reward histograms of every candidate of both passes: same questions, same seeds, teacher before vs after RL."""
+    from factory.qa import histogram
+
+    name = "reward_before_after_rl"
+    histogram(
+        out_dir / f"{name}.png", out_dir / f"{name}.csv",
+        {"before RL": [c["reward"] for c in before], "after RL": [c["reward"] for c in after]},
+        xlabel="RLT reward (all candidates)", title="Teacher before vs after RL, same questions",
+    )  # fmt: skip
+    return {name: f"{name}.png", f"{name}_csv": f"{name}.csv"}
+
+
 def _rate(count: int, total: int) -> float:
     return count / total if total else 0.0
 
 
-def _figures(
-    questions: "Questions", candidates: list[dict[str, Any]], selected: list[dict[str, Any]], reasons: Counter,
-    mentioned: int, no_passing: int, duplicates: int, gains: list[float], n: int,
-) -> dict[str, Any]:  # fmt: skip
+def _figures(questions: "Questions", chosen: Selection, n: int) -> dict[str, Any]:
     from factory.qa import summary
 
+    candidates, selected, reasons = chosen.candidates, chosen.selected, chosen.reasons
     total = len(candidates)
     by_set = Counter(name for names in questions.contaminated.values() for name in names)
     reward_all, reward_selected = summary([c["reward"] for c in candidates]), summary([c["reward"] for c in selected])
@@ -410,13 +510,13 @@ def _figures(
             "closed_rate": _rate(sum(c["closed"] for c in candidates), total),
             "truncation_rate": _rate(sum(c["finish_reason"] == "length" for c in candidates), total),
             "answer_leak_rate": _rate(sum(c["answer_leaked"] for c in candidates), total),
-            "answer_mention_rate": _rate(mentioned, total),
+            "answer_mention_rate": _rate(chosen.mentioned, total),
             "scoring_cut_rate": _rate(sum(c["reward_truncated"] for c in candidates), total),
             "contaminated_questions": len(questions.contaminated),
             "contaminated_by_eval_set": dict(sorted(by_set.items())),
             "dropped_candidates": {reason: reasons[reason] for reason in ("empty", "unclosed", "leaked")},
-            "questions_without_passing_candidate": no_passing,
-            "duplicates_removed": duplicates,
+            "questions_without_passing_candidate": chosen.no_passing,
+            "duplicates_removed": chosen.duplicates,
             "explanation_tokens": summary([c["explanation_tokens"] for c in candidates]),
             "selected_explanation_tokens": summary([c["explanation_tokens"] for c in selected]),
         },
@@ -424,7 +524,7 @@ def _figures(
             "candidates": reward_all,
             "selected": reward_selected,
             # per question: the kept candidate's reward minus the mean of its n candidates
-            "best_of_n_gain": summary(gains)["mean"],
+            "best_of_n_gain": summary(chosen.gains)["mean"],
             "selected_components": {
                 key: summary([c[key] for c in selected])["mean"] for key in ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty")
             },

@@ -1,8 +1,9 @@
 """The generate stage's worker: generate and score the explanations of some shards of the questions.
 
-Work is kept under the artifact's `work/` folder, one parquet part per finished chunk of questions,
-written to a temporary name and renamed (atomic), so a worker killed at any moment (SIGKILL
-included) loses at most the chunk in flight, and a part is never half there:
+Work is kept under the artifact's `work/` folder (the before-RL pass: `work/before_rl/`, same
+layout), one parquet part per finished chunk of questions, written to a temporary name and renamed
+(atomic), so a worker killed at any moment (SIGKILL included) loses at most the chunk in flight,
+and a part is never half there:
 
     work/generated/s{i}of{n}-{first id}.parquet   candidates of one chunk: ids, token ids, finish reason
     work/scored/<same name>.parquet               the same rows with the explanation text and the reward
@@ -84,10 +85,11 @@ def part_name(shard: int, num_shards: int, first_id: str) -> str:
 
 
 class WorkDir:
-    """The parts of an interrupted or running generate stage, under `<artifact>/work/`."""
+    """The parts of an interrupted or running generate pass, under `<artifact>/<sub>/` (`work/` for the
+    main pass; the initial teacher's before-RL pass has its own, see factory.stages.generate)."""
 
-    def __init__(self, out_dir: Path):
-        self.root = Path(out_dir) / "work"
+    def __init__(self, out_dir: Path, sub: str = "work"):
+        self.root = Path(out_dir) / sub
 
     def folder(self, kind: str) -> Path:
         path = self.root / kind
@@ -156,6 +158,7 @@ class Job:
     shards: list[int]
     num_shards: int
     score_all: bool = False
+    work: str = "work"  # the pass's work folder, relative to out_dir
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +200,7 @@ def run_job(job: Job, log: Callable[[str], None] = print, questions: Questions |
     teacher, student = as_source(job.teacher), as_source(job.student)
     tokenizers = checked_tokenizers(teacher, student)
     questions = questions or load_questions(recipe, log=log)
-    work = WorkDir(Path(job.out_dir))
+    work = WorkDir(Path(job.out_dir), job.work)
     teacher_model = None
     if any(_todo(questions, work, shard, job.num_shards) for shard in job.shards):
         from factory.engines.base import load_engine

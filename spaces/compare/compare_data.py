@@ -5,14 +5,17 @@ This module lives beside app.py so that the Space folder deploys unchanged (it m
 so it is tested without a browser. Nothing here sends a whole dataset anywhere: the app asks for
 one question or one overview page at a time.
 
-A source is written `[label=]LOCATION`, where LOCATION is a local artifact folder (its
+A source is written `[label=]LOCATION[#config]`, where LOCATION is a local artifact folder (its
 `data/*.parquet`, the `default` config of a traces artifact), a local `.parquet` / `.jsonl` /
 `.json` file, or a Hub dataset `owner/name@revision` (the revision is optional, `main` otherwise).
+`#config` picks another dataset config: an artifact folder's `data/<config>/*.parquet`, a Hub
+dataset's config `name=config`; e.g. `org/name-traces@v1#before_rl` is the teacher before RL.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ SORTS = {
 VOTES = ("left", "right", "tie")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 LABEL = re.compile(r"^[\w .()+-]+$")
+CONFIG = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 
 
 class SourceError(ValueError):
@@ -72,6 +76,14 @@ def split_spec(spec: str) -> tuple[str | None, str]:
     return None, spec.strip()
 
 
+def split_config(location: str) -> tuple[str, str | None]:
+    """`location#config` -> (location, config); a location without a config suffix -> (location, None)."""
+    head, sep, tail = location.rpartition("#")
+    if sep and head and CONFIG.match(tail):
+        return head, tail
+    return location, None
+
+
 def _read_parquet(files: list[Path]) -> pd.DataFrame:
     """Only the shown columns: prompt/completion repeat the text and would double the memory."""
     import pyarrow as pa
@@ -84,13 +96,21 @@ def _read_parquet(files: list[Path]) -> pd.DataFrame:
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
-def _read_local(path: Path) -> tuple[str, pd.DataFrame]:
+def _read_local(path: Path, config: str | None = None) -> tuple[str, pd.DataFrame]:
     if path.is_dir():
         data = path / "data"
+        if config is not None:
+            files = sorted((data / config).glob("*.parquet"))
+            if not files:
+                found = ["default", *sorted(p.name for p in data.glob("*/") if any(p.glob("*.parquet")))]
+                raise SourceError(f"{path}: no config {config!r} (no parquet under {data / config}); configs: {', '.join(found)}")
+            return "artifact", _read_parquet(files)
         files = sorted(data.glob("*.parquet")) if data.is_dir() else sorted(path.glob("*.parquet"))
         if not files:
             raise SourceError(f"{path}: no parquet files under {data} (is it a traces artifact folder?)")
         return "artifact", _read_parquet(files)
+    if config is not None:
+        raise SourceError(f"{path}#{config}: a #config applies to an artifact folder or a Hub dataset, not a file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return "file", _read_parquet([path])
@@ -99,34 +119,45 @@ def _read_local(path: Path) -> tuple[str, pd.DataFrame]:
     raise SourceError(f"{path}: a local source is an artifact folder, a .parquet, a .jsonl or a .json file")
 
 
-def _read_hub(repo: str, revision: str) -> pd.DataFrame:
+def _read_hub(repo: str, revision: str, config: str | None = None) -> pd.DataFrame:
     import datasets
 
     try:
-        loaded = datasets.load_dataset(repo, revision=revision)
-    except Exception as exc:  # the client's errors vary by cause (missing repo, revision, offline)
-        raise SourceError(f"{repo}@{revision}: could not load the dataset from the Hub: {exc}") from exc
+        loaded = datasets.load_dataset(repo, name=config, revision=revision)
+    except Exception as exc:  # the client's errors vary by cause (missing repo, revision, config, offline)
+        where = f"{repo}@{revision}" + (f"#{config}" if config else "")
+        raise SourceError(f"{where}: could not load the dataset from the Hub: {exc}") from exc
     split = loaded["train"] if "train" in loaded else loaded[next(iter(loaded))]
     keep = [c for c in (*REQUIRED, *OPTIONAL) if c in split.column_names]
     return split.select_columns(keep).to_pandas()
 
 
+def _folder_label(path: Path) -> str:
+    """An artifact folder's name; `repo@vN` for a version folder of factory's local store (`<repo>/vN`)."""
+    folder = Path(os.path.abspath(path))  # not resolved: a local-store tag is a link to a snapshot id
+    return f"{folder.parent.name}@{folder.name}" if re.fullmatch(r"v\d+", folder.name) else folder.name
+
+
 def load_source(spec: str) -> Source:
     """Read one source (local first, then the Hub) and check it has the columns the app shows."""
     label, location = split_spec(spec)
+    config = None
+    if not Path(location).expanduser().exists():  # a path that exists is taken whole, even with a '#' in it
+        location, config = split_config(location)
+    suffix = f"#{config}" if config else ""
     path = Path(location).expanduser()
     if path.exists():
-        kind, frame = _read_local(path)
-        ref = str(path.resolve())
-        default_label = path.stem if path.is_file() else path.resolve().name
+        kind, frame = _read_local(path, config)
+        ref = str(path.resolve()) + suffix
+        default_label = (path.stem if path.is_file() else _folder_label(path)) + suffix
     else:
         repo, _, revision = location.partition("@")
         if not HUB_ID.match(repo):
             raise SourceError(f"{spec}: no such file or folder, and not a Hub dataset id (owner/name@revision)")
         revision = revision or "main"
-        kind, frame = "hub", _read_hub(repo, revision)
-        ref = f"{repo}@{revision}"
-        default_label = f"{repo.split('/')[-1]}@{revision}"
+        kind, frame = "hub", _read_hub(repo, revision, config)
+        ref = f"{repo}@{revision}{suffix}"
+        default_label = f"{repo.split('/')[-1]}@{revision}{suffix}"
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise SourceError(f"{spec}: missing column(s) {missing}; a traces dataset has {list(REQUIRED)}")

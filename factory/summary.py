@@ -1,0 +1,99 @@
+"""What `factory run` prints last: how to load and compare the traces, the RLT reward of the teacher
+before vs after RL, and the student's evaluation next to its baselines.
+
+Read from the run manifest (where each artifact was published) and the artifacts themselves
+(generate's metrics, evaluate's report.json); a stage that is disabled, did not complete in this
+run's plan, or left no report adds no line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from factory.artifacts import is_complete, read_meta
+from factory.hub.content import BEFORE_RL
+
+if TYPE_CHECKING:
+    from factory.pipeline import Plan
+
+
+def run_summary(plan: "Plan", manifest: dict[str, Any]) -> list[str]:
+    """Plain-text lines (no markup) for the end of `factory run`."""
+    lines: list[str] = []
+    traces = _artifact(plan, manifest, "generate")
+    if traces is not None:
+        lines += _traces(*traces)
+    report = _artifact(plan, manifest, "evaluate")
+    if report is not None:
+        lines += _evaluation(report[1])
+    return lines
+
+
+def _artifact(plan: "Plan", manifest: dict[str, Any], stage: str) -> tuple[dict[str, Any], Path] | None:
+    """The manifest entry and folder of `stage`'s artifact, when it is the complete one this plan names."""
+    planned = next((s for s in plan.stages if s.name == stage), None)
+    entry = manifest.get("stages", {}).get(stage)
+    if planned is None or planned.fingerprint is None or not entry or entry.get("fingerprint") != planned.fingerprint:
+        return None
+    folder = plan.recipe_dir / entry["artifact_dir"]
+    return (entry, folder) if is_complete(folder) else None
+
+
+def _traces(entry: dict[str, Any], folder: Path) -> list[str]:
+    published = entry.get("published") or {}
+    before = any((folder / "data" / BEFORE_RL).glob("*.parquet"))
+    if published.get("store") == "hub":
+        repo, revision = published["repo"], published["revision"]
+        load = f'load_dataset("{repo}", revision="{revision}")'
+        load_before = f'load_dataset("{repo}", "{BEFORE_RL}", revision="{revision}")'
+        source = f"{repo}@{revision}"
+    elif published.get("store") == "local":  # the version's folder in the local store (README lists the configs)
+        load, load_before = f'load_dataset("{published["url"]}")', f'load_dataset("{published["url"]}", "{BEFORE_RL}")'
+        source = str(folder)
+    else:
+        load = f'load_dataset("parquet", data_files="{folder / "data" / "*.parquet"}")'
+        load_before = f'load_dataset("parquet", data_files="{folder / "data" / BEFORE_RL / "*.parquet"}")'
+        source = str(folder)
+    lines = [f"traces: {load}"]
+    if before:
+        lines += [
+            f"traces of the teacher before RL: {load_before}",
+            f"compare after vs before RL: factory compare {source} {source}#{BEFORE_RL}",
+        ]
+        if published.get("space"):
+            lines.append(f"compare Space: {published['space']}")
+    metrics = read_meta(folder).metrics
+    if BEFORE_RL in metrics:
+        prior, after = metrics[BEFORE_RL]["reward"], metrics["reward"]
+        if "reward_gain_vs_before_rl" in metrics:
+            lines.append(
+                f"mean reward before RL {prior['selected']['mean']:.4f} -> after RL {after['selected']['mean']:.4f} "
+                f"({metrics['reward_gain_vs_before_rl']:+.4f}; {metrics[BEFORE_RL]['rows']} vs {metrics['rows']} traces; "
+                f"all candidates {prior['candidates']['mean']:.4f} -> {after['candidates']['mean']:.4f})"
+            )
+        else:
+            lines.append(
+                f"before RL no explanation passed the checks; mean reward of all candidates "
+                f"{prior['candidates']['mean']:.4f} -> after RL {after['candidates']['mean']:.4f}"
+            )
+    return lines
+
+
+def _evaluation(folder: Path) -> list[str]:
+    """One line per eval set and overall: accuracy of the student, then of each baseline (report.json)."""
+    path = folder / "report.json"
+    scores = json.loads(path.read_text()).get("scores") if path.is_file() else None
+    if not scores:
+        return []
+    models = list(scores)
+    sets = list(next(iter(scores.values()))["sets"])
+    lines = []
+    for name in [*sets, "overall"]:
+        cells = []
+        for model in models:
+            value = scores[model]["overall"] if name == "overall" else scores[model]["sets"].get(name, {}).get("accuracy")
+            cells.append(f"{model} {value:.1f}" if value is not None else f"{model} -")
+        lines.append(f"eval {name} (accuracy %): " + " | ".join(cells))
+    return lines
