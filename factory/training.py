@@ -160,6 +160,8 @@ def finish(trainer: Any, tokenizer: Any, out_dir: Path, result: dict[str, Any]) 
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(out_dir / "model"))
+        # Trainer.save_model adds the pickled TrainingArguments: no pickle goes into published repos.
+        (out_dir / "model" / "training_args.bin").unlink(missing_ok=True)
         write_json_atomic(out_dir / RESULT_FILE, result)
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()

@@ -255,6 +255,7 @@ def test_distill_stage_end_to_end(tmp_path, tiny_student_dir):
     assert meta.kind == "model" and meta.role == "student"
     assert meta.files["model"] == "model" and (folder / "model" / "model.safetensors").is_file()
     assert (folder / "model" / "tokenizer_config.json").is_file()
+    assert not (folder / "model" / "training_args.bin").exists()  # no pickle is published
     assert (folder / "loss_curve.png").stat().st_size > 1000
     with (folder / "loss_curve.csv").open() as handle:
         losses = [float(r["loss"]) for r in csv.DictReader(handle)]

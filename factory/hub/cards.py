@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from factory.hub.content import BEFORE_RL, PLOTS_DIR, Target, data_layout
+from factory.pipeline import flatten
 from factory.recipe import Recipe, recipe_to_dict
 
 HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -32,15 +33,6 @@ ROLE_TEXT = {
 def _hub_id(source: str) -> str | None:
     """`source` when it names a Hub repo (what card metadata may link to), None for local or packaged sources."""
     return source if HUB_REPO.fullmatch(source) and not Path(source).expanduser().exists() else None
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): data}
 
 
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
@@ -101,7 +93,7 @@ def evaluation_rows(metrics: dict[str, Any], recipe: Recipe) -> list[tuple[str |
     """(eval set or None, metric, value) for every number in a report's metrics."""
     names = {s.name for s in recipe.data.eval}
     rows: list[tuple[str | None, str, float]] = []
-    for key, value in _flat(metrics).items():
+    for key, value in flatten(metrics).items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         head, _, rest = key.replace("/", ".").partition(".")
@@ -182,9 +174,9 @@ def model_card(
         ]
     body += [
         "## Training\n",
-        _table(sorted((k, v) for k, v in _flat(record["metrics"]).items() if v is not None), ("metric", "value")),
+        _table(sorted((k, v) for k, v in flatten(record["metrics"]).items() if v is not None), ("metric", "value")),
         "Settings:\n",
-        _table(sorted(_flat(record["config"]).items()), ("setting", "value")),
+        _table(sorted(flatten(record["config"]).items()), ("setting", "value")),
         _plots(plots),
         "## How to load\n",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -197,7 +189,7 @@ def model_card(
 
 
 def _settings_line(config: dict[str, Any]) -> str:
-    return ", ".join(f"`{k}={v}`" for k, v in sorted(_flat(config).items())) or "defaults"
+    return ", ".join(f"`{k}={v}`" for k, v in sorted(flatten(config).items())) or "defaults"
 
 
 # ----------------------------------------------------------------------------------------- dataset
@@ -241,7 +233,7 @@ def dataset_card(
     )
     configs.to_dataset_card_data(data)
     infos.to_dataset_card_data(data)
-    metrics = _flat(record["metrics"])
+    metrics = flatten(record["metrics"])
     rewards = sorted((k, v) for k, v in metrics.items() if "reward" in k)
     qa = sorted((k, v) for k, v in metrics.items() if "reward" not in k)
     other_configs = [c for c in layout if c != "default"]
@@ -262,7 +254,7 @@ def dataset_card(
                ("config", "split", "files", "rows")),
         _table(feature_rows, ("config", "feature", "type")),
         "## Sampling settings\n",
-        _table(sorted(_flat(record["config"]).items()), ("setting", "value")),
+        _table(sorted(flatten(record["config"]).items()), ("setting", "value")),
         *_before_after(record["metrics"], comparison),
         "## Reward statistics\n",
         _table(rewards, ("statistic", "value")),
