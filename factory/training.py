@@ -170,6 +170,10 @@ def finish(trainer: Any, tokenizer: Any, out_dir: Path, result: dict[str, Any]) 
 # ---------------------------------------------------------------------------------------- curves
 
 
+# The SFT trainers' logged columns -> the loss curve's CSV columns.
+LOSS_COLUMNS = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+
+
 def history_rows(log_history: Iterable[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
     """One row per logged training step: `columns` maps a CSV column to its key in the trainer's logs."""
     rows = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.training import (
+    LOSS_COLUMNS,
     checkpoint_step,
     common_arguments,
     finish,
@@ -25,8 +26,6 @@ from factory.training import (
     tracking_env,
     write_curve,
 )
-
-LOSS_COLUMNS = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from factory.models import load_tokenizer, resolve_model_path
 from factory.recipe import Recipe
 from factory.stages.teacher_sft import IGNORE
 from factory.training import (
+    LOSS_COLUMNS,
     checkpoint_step,
     common_arguments,
     finish,
@@ -30,8 +31,6 @@ from factory.training import (
     tracking_env,
     write_curve,
 )
-
-LOSS_COLUMNS = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
 
 
 class SupervisedTokenGuard:
