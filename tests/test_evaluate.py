@@ -198,4 +198,7 @@ def test_smollm2_quickstart_eval_prints_the_table(repo_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "evaluation (accuracy, %)" in result.stdout and "overall" in result.stdout
     report = json.loads(next((tmp_path / "quickstart" / "artifacts").glob("evaluate-*/report.json")).read_text())
-    assert report["scores"]["student"]["sets"]["quickstart"]["questions"] == 32
+    from factory.recipe import load_recipe
+
+    expected = load_recipe(repo_root / "recipes" / "quickstart.yaml").data.eval[0].limit
+    assert report["scores"]["student"]["sets"]["quickstart"]["questions"] == expected
