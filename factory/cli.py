@@ -29,6 +29,9 @@ err_console = Console(stderr=True)
 RecipeArg = typer.Argument(..., help="Path of the recipe YAML file.", show_default=False)
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: --set stages.teacher_rl.steps=10 (repeatable).")
 RunDirOpt = typer.Option(Path("runs"), "--run-dir", help="Folder holding runs, artifacts and the local store.")
+ForceOpt = typer.Option(None, "--force", help="Re-run this stage even if cached (repeatable).")
+FromOpt = typer.Option(None, "--from", help="Re-run from this stage on.")
+OnlyOpt = typer.Option(None, "--only", help="Run only this stage (repeatable).")
 
 
 def _version(value: bool) -> None:
@@ -71,9 +74,9 @@ def plan(
     recipe: Path = RecipeArg,
     set_: Optional[list[str]] = SetOpt,
     run_dir: Path = RunDirOpt,
-    force: Optional[list[str]] = typer.Option(None, "--force", help="Re-run this stage even if cached."),
-    from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run from this stage on."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this stage (repeatable)."),
+    force: Optional[list[str]] = ForceOpt,
+    from_stage: Optional[str] = FromOpt,
+    only: Optional[list[str]] = OnlyOpt,
 ) -> None:
     """Show what would run, what is cached and why not, what would be published, rough compute."""
     from factory.plan_view import render_plan
@@ -87,9 +90,9 @@ def run(
     recipe: Path = RecipeArg,
     set_: Optional[list[str]] = SetOpt,
     run_dir: Path = RunDirOpt,
-    force: Optional[list[str]] = typer.Option(None, "--force", help="Re-run this stage even if cached."),
-    from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run from this stage on."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this stage (repeatable)."),
+    force: Optional[list[str]] = ForceOpt,
+    from_stage: Optional[str] = FromOpt,
+    only: Optional[list[str]] = OnlyOpt,
     push: bool = typer.Option(False, "--push", help="Publish artifacts to the Hub (HF_ENDPOINT, HF_TOKEN)."),
 ) -> None:
     """Run the recipe: every stage not already cached, then publish its artifacts."""

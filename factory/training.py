@@ -59,6 +59,18 @@ def write_job(out_dir: Path, job: dict[str, Any]) -> Path:
     return path
 
 
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """The rows a stage hands to its worker, one JSON object a line (UTF-8, text kept readable)."""
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def read_job(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 

@@ -4,7 +4,6 @@ stand-in module in tests/vllm_standin (vLLM itself cannot run here: no GPU, no C
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import pytest
 

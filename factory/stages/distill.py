@@ -17,7 +17,6 @@ factory.training (shared with teacher SFT/RL). Output: `model/` (weights + token
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -109,16 +108,14 @@ def distill_model(
     folder whose result.json exists has nothing left to train and returns its metrics.
     """
     from factory.launch import run_worker
-    from factory.training import last_checkpoint, model_entry, read_result, write_job
+    from factory.training import last_checkpoint, model_entry, read_result, write_job, write_rows
 
     check_settings(recipe)
     result = read_result(out_dir)
     if result is not None:
         return result
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / ROWS_FILE).open("w", encoding="utf-8") as handle:
-        for row in student_rows(rows, recipe.formats.student_system):
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_rows(out_dir / ROWS_FILE, student_rows(rows, recipe.formats.student_system))
     job = write_job(
         out_dir,
         {

@@ -9,7 +9,6 @@ checkpoint; ends with `factory.training.finish` (model, tokenizer, then `result.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,10 @@ from factory.training import (
     last_checkpoint,
     model_spec,
     read_job,
+    read_rows,
     tracking_env,
     write_curve,
 )
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def sft_config(job: dict[str, Any]):

@@ -16,7 +16,6 @@ the training ones), else from transformers' `generate` (the CPU path); the recip
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from factory.formats import check_same_vocabulary, teacher_prompt_ids
 from factory.launch import run_worker
 from factory.recipe import Launch, Recipe
 from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
-from factory.training import LOGS, check_report_to, model_entry, read_result, write_job
+from factory.training import LOGS, check_report_to, model_entry, read_result, write_job, write_rows
 
 PROMPTS_FILE = "rl_prompts.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
@@ -165,9 +164,7 @@ class TeacherRL(Stage):
                     f"stages.teacher_rl.max_prompt_length={rl.max_prompt_length}: {len(prompts)} of {len(rows)} "
                     f"prompts fit, fewer than prompts_per_step={rl.prompts_per_step}"
                 )
-            with (ctx.out_dir / PROMPTS_FILE).open("w") as handle:
-                for prompt in prompts:
-                    handle.write(json.dumps(prompt) + "\n")
+            write_rows(ctx.out_dir / PROMPTS_FILE, prompts)
             job = write_job(
                 ctx.out_dir,
                 {

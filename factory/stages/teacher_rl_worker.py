@@ -39,6 +39,7 @@ from factory.training import (
     last_checkpoint,
     model_spec,
     read_job,
+    read_rows,
     tracking_env,
     write_curve,
 )
@@ -281,8 +282,7 @@ def build_trainer(job: dict[str, Any]) -> tuple[RLTGRPOTrainer, Any, RolloutLog]
     out_dir = Path(job["out_dir"])
     teacher, student = model_spec(job["teacher"]), model_spec(job["reward_student"])
     tokenizer = load_tokenizer(teacher)
-    with (out_dir / job["prompts"]).open() as handle:
-        rows = [json.loads(line) for line in handle]
+    rows = read_rows(out_dir / job["prompts"])
     args = grpo_config(recipe, out_dir, job["run_name"], teacher.trust_remote_code)
     rollouts = RolloutLog(out_dir / ROLLOUTS_FILE, args.process_index == 0)
     reward = RLTRewardFunction(recipe, tokenizer, student, load_tokenizer(student), rollouts)

@@ -12,7 +12,6 @@ TRL's SFTTrainer on these pre-tokenized rows and refuses any batch without a sup
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from factory.errors import UserError
 from factory.formats import EXPLANATION_CLOSE, teacher_prompt_ids
 from factory.launch import run_worker
 from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
-from factory.training import check_divides, check_report_to, model_entry, read_result, write_job
+from factory.training import check_divides, check_report_to, model_entry, read_result, write_job, write_rows
 
 DATA_FILE = "sft_rows.jsonl"
 IGNORE = -100
@@ -114,9 +113,7 @@ class TeacherSFT(Stage):
                 f"tokens; skipped {counts['skipped_no_thought']} without a thought, "
                 f"{counts['skipped_prompt_too_long']} with a prompt over max_length; {counts['truncated']} truncated"
             )
-            with (ctx.out_dir / DATA_FILE).open("w") as handle:
-                for example in examples:
-                    handle.write(json.dumps(example) + "\n")
+            write_rows(ctx.out_dir / DATA_FILE, examples)
             job = write_job(
                 ctx.out_dir,
                 {

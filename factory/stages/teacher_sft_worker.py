@@ -6,7 +6,6 @@ Run by `factory.launch.run_worker` in-process or once per rank under `accelerate
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from factory.training import (
     last_checkpoint,
     model_spec,
     read_job,
+    read_rows,
     tracking_env,
     write_curve,
 )
@@ -77,8 +77,7 @@ def build_trainer(job: dict[str, Any]) -> tuple[SFTTrainer, Any]:
     out_dir = Path(job["out_dir"])
     spec = model_spec(job["teacher"])
     tokenizer = load_tokenizer(spec)
-    with (out_dir / job["data"]).open() as handle:
-        rows = [json.loads(line) for line in handle]
+    rows = read_rows(out_dir / job["data"])
     dataset = Dataset.from_list([{"input_ids": row["input_ids"], "labels": row["labels"]} for row in rows])
     args = sft_config(recipe, out_dir, job["run_name"], spec.trust_remote_code)
     trainer = SFTTrainer(
