@@ -63,6 +63,36 @@ def test_batched_greedy_equals_plain_generate_one_prompt_at_a_time(engine, promp
         assert completion.token_ids == reference
 
 
+def test_factory_sdpa_attention_matches_transformers_sdpa_on_a_padded_batch(tiny_model_dir):
+    """The engine's attention (grouped KV heads given to the kernel as they are) against transformers'
+    own "sdpa" (KV heads repeated in memory), on left-padded rows with a cache, prompt and decode step."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from factory.engines.attention import use_gqa_sdpa
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # the grouped case is tested
+    ids = torch.randint(5, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :5], mask[1, :2] = 0, 0  # left padding
+
+    def prompt_then_step():
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+            step_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
+            step = model(input_ids=ids[:, -1:], attention_mask=step_mask, past_key_values=out.past_key_values)
+        return out.logits, step.logits
+
+    expected = prompt_then_step()
+    use_gqa_sdpa(model)
+    assert model.config._attn_implementation == "factory_sdpa"
+    got = prompt_then_step()
+    for reference, logits in zip(expected, got):
+        kept = mask.bool() if reference.shape[1] > 1 else slice(None)
+        assert torch.allclose(logits[kept], reference[kept], atol=1e-5)
+
+
 def test_sampling_depends_on_the_prompt_seed_not_on_the_batch(engine, prompts):
     sampling = Sampling(n=2, temperature=0.8, top_p=0.9, max_new_tokens=10)
     together = engine.generate(prompts, sampling, seeds=[11, 12, 13, 14])

@@ -1,20 +1,29 @@
-"""The transformers engine: batched `generate` with a KV cache; the CPU path and the fallback on GPU.
+"""The transformers engine: batched decoding with a KV cache; the CPU path and the fallback on GPU.
 
 Rows (prompt x candidate) are sorted by prompt length, longest first (a memory problem shows in the
 first batch, and similar lengths share a batch, so little padding), and decoded `batch_size` rows at
-a time with left padding and the model's KV cache (dynamic, or static with optional compiled
-decoding on GPU). With the dynamic cache, the prefix every prompt of a call shares (the teacher
-format's system prompt and chat header, often half the prompt) is run once and its KV cache copied
-into each row, as vLLM's prefix caching does. Sampling draws each row's token from its own generator seeded per prompt and
-candidate (temperature, then top-p, then inverse-CDF with a per-row uniform), so a row's output does
-not depend on its batch neighbours; greedy decoding is plain argmax. Stop strings are checked on the
-decoded tail of each row after every step.
+a time with left padding. Two decoders:
+
+- dynamic cache (default, the CPU path): our own step loop. The prefix every prompt of a call shares
+  (the teacher format's system prompt and chat header, often half the prompt) is run once and its KV
+  cache copied into each row, as vLLM's prefix caching does; the prompt forward computes logits for
+  the last position only; and a row that finishes leaves the batch and the cache at once, so later
+  steps cost only the rows still decoding (`generate` keeps computing finished rows until the
+  longest one ends). This is what makes batching pay on a CPU, where a step's cost grows with rows;
+  so does `factory_sdpa` attention (factory/engines/attention.py), which the engine switches to.
+- static cache: transformers' `generate`, with optional compiled decoding (GPU).
+
+Sampling draws each row's token from its own generator seeded per prompt and candidate
+(temperature, then top-p, then inverse-CDF with a per-row uniform), so a row's output does not depend
+on its batch neighbours; greedy decoding is plain argmax. Stop strings are checked on the decoded
+tail of each row after every step.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
+from factory.engines.attention import use_gqa_sdpa
 from factory.engines.base import Completion, Engine, Sampling, prompt_seed
 
 if TYPE_CHECKING:
@@ -59,6 +68,7 @@ class HFEngine(Engine):
     ):
         if compile and cache != "static":
             raise ValueError("compiled decoding needs the static cache (cache='static')")
+        use_gqa_sdpa(model)  # the engine takes the model over: padded batches attend without copying K/V
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.cache, self.compile, self.progress = batch_size, cache, compile, progress
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -100,7 +110,7 @@ class HFEngine(Engine):
     def _shared_prefix(self, prompts: Sequence[Sequence[int]]) -> tuple[int, Any] | None:
         """(length, KV cache at batch 1) of the prefix all prompts share, if worth sharing.
 
-        Each prompt keeps at least one token of its own (generate needs an uncached input)."""
+        Each prompt keeps at least one token of its own (the first step needs an uncached input)."""
         import torch
 
         if self.cache != "dynamic" or len(prompts) < 2:
@@ -112,36 +122,82 @@ class HFEngine(Engine):
         if length < MIN_SHARED_PREFIX:
             return None
         with torch.inference_mode():
-            out = self.model(torch.tensor([list(prompts[0][:length])], device=self.device), use_cache=True)
+            out = self.model(
+                torch.tensor([list(prompts[0][:length])], device=self.device), use_cache=True, logits_to_keep=1
+            )
         return length, out.past_key_values
 
     def _generate_batch(
         self, prompts: list[Sequence[int]], sampling: Sampling, seeds: list[int], prefix: tuple[int, Any] | None
     ) -> list[Completion]:
-        """One `generate` call. Layout of a row: [shared prefix][left padding][rest of the prompt];
-        the prefix's KV cache is copied for every row instead of being recomputed, and positions
-        continue across the masked padding (generate derives them from the attention mask)."""
+        batch = _LeftPadded(prompts, prefix[0] if prefix else 0, self.pad_id)
+        stop_ids = self.eos_ids | set(sampling.stop_token_ids)
+        sampler = None if sampling.greedy else _SeededSampler(seeds, sampling.temperature, sampling.top_p, self.device)
+        if self.cache == "static":
+            generated = self._generate_static(batch, sampling, stop_ids, sampler)
+        else:
+            generated = self._decode_dynamic(batch, sampling, stop_ids, sampler, prefix)
+        return [self._completion(ids, stop_ids, sampling) for ids in generated]
+
+    def _decode_dynamic(
+        self,
+        batch: "_LeftPadded",
+        sampling: Sampling,
+        stop_ids: set[int],
+        sampler: "_SeededSampler | None",
+        prefix: tuple[int, Any] | None,
+    ) -> list[list[int]]:
+        """The step loop of the module docstring; returns each row's generated ids, stop included."""
         import copy
 
         import torch
+        from transformers import DynamicCache
+
+        device = self.device
+        if prefix:
+            cache = copy.deepcopy(prefix[1])
+            cache.batch_repeat_interleave(batch.rows)
+        else:
+            cache = DynamicCache(config=self.model.config)
+        mask = batch.attention_mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, batch.shared :]  # padding masked; positions run on
+        step_ids = batch.input_ids[:, batch.shared :].to(device)
+        live = list(range(batch.rows))  # batch row of each row still decoding
+        generated: list[list[int]] = [[] for _ in live]
+        window = max((len(stop) for stop in sampling.stop), default=0) + 2
+        with torch.inference_mode():
+            for _ in range(sampling.max_new_tokens):
+                logits = self.model(
+                    input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1,
+                ).logits[:, -1]  # fmt: skip
+                tokens = sampler.sample(logits, live) if sampler else logits.argmax(dim=-1)
+                keep = []
+                for index, (row, token) in enumerate(zip(live, tokens.tolist())):
+                    ids = generated[row]
+                    ids.append(token)
+                    stopped = token in stop_ids or _ends_with_stop(self.tokenizer, ids[-window:], sampling.stop)
+                    if not stopped and len(ids) < sampling.max_new_tokens:
+                        keep.append(index)
+                if not keep:
+                    break
+                if len(keep) < len(live):
+                    kept = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(kept)
+                    mask, positions, tokens = mask[kept], positions[kept], tokens[kept]
+                    live = [live[index] for index in keep]
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+                positions = positions[:, -1:] + 1
+                step_ids = tokens[:, None]
+        return generated
+
+    def _generate_static(
+        self, batch: "_LeftPadded", sampling: Sampling, stop_ids: set[int], sampler: "_SeededSampler | None"
+    ) -> list[list[int]]:
+        """transformers' `generate` with the static cache (and compiled decoding when asked)."""
+        import torch
         from transformers import CompileConfig, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        shared = prefix[0] if prefix else 0
-        rests = [list(ids[shared:]) for ids in prompts]
-        rest_width = max(len(rest) for rest in rests)
-        width = shared + rest_width
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        input_ids[:, :shared] = torch.tensor(list(prompts[0][:shared]), dtype=torch.long)
-        attention_mask[:, :shared] = 1
-        for row, rest in enumerate(rests):
-            input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
-            attention_mask[row, width - len(rest) :] = 1
-        extra = {}
-        if prefix:
-            extra["past_key_values"] = copy.deepcopy(prefix[1])
-            extra["past_key_values"].batch_repeat_interleave(len(prompts))
-        stop_ids = self.eos_ids | set(sampling.stop_token_ids)
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
             do_sample=False,  # sampling happens in _SeededSampler; generate then takes its one allowed token
@@ -154,38 +210,38 @@ class HFEngine(Engine):
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
             min_new_tokens=0,
-            cache_implementation="static" if self.cache == "static" else None,
+            cache_implementation="static",
             compile_config=CompileConfig(fullgraph=True, dynamic=False) if self.compile else None,
             disable_compile=not self.compile,
         )
-        device = self.device
-        processors = LogitsProcessorList()
-        if not sampling.greedy:
-            processors.append(_SeededSampler(seeds, sampling.temperature, sampling.top_p, device))
+        width = batch.input_ids.shape[1]
         stopper = _StopStrings(self.tokenizer, sampling.stop, width) if sampling.stop else None
         with torch.inference_mode():
             output = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
+                input_ids=batch.input_ids.to(self.device),
+                attention_mask=batch.attention_mask.to(self.device),
                 generation_config=config,
-                logits_processor=processors,
+                logits_processor=LogitsProcessorList([sampler] if sampler else []),
                 stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
-                **extra,
             )
         generated = output[:, width:].tolist()
-        completions = []
-        for row, ids in enumerate(generated):
-            end = next((i + 1 for i, token in enumerate(ids) if token in stop_ids), None)
-            if stopper is not None and row in stopper.stopped_at:
-                at = stopper.stopped_at[row] - width
-                end = at if end is None else min(end, at)
-            if end is None:
-                end, reason = len(ids), "length"
-            else:
-                reason = "stop"
-            kept = ids[:end]
-            completions.append(Completion(kept, self.tokenizer.decode(kept, skip_special_tokens=True), reason))
-        return completions
+        if stopper is not None:
+            for row, length in stopper.stopped_at.items():
+                generated[row] = generated[row][: length - width]
+        return generated
+
+    def _completion(self, ids: list[int], stop_ids: set[int], sampling: Sampling) -> Completion:
+        """Trim after the first stop id (generate pads finished rows) and name the finish reason."""
+        end = next((i + 1 for i, token in enumerate(ids) if token in stop_ids), len(ids))
+        kept = ids[:end]
+        window = max((len(stop) for stop in sampling.stop), default=0) + 2
+        stopped = (
+            len(kept) < sampling.max_new_tokens
+            or kept[-1] in stop_ids
+            or _ends_with_stop(self.tokenizer, kept[-window:], sampling.stop)
+        )
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(kept, text, "stop" if stopped else "length")
 
     def close(self) -> None:
         import gc
@@ -198,9 +254,33 @@ class HFEngine(Engine):
             torch.cuda.empty_cache()
 
 
+class _LeftPadded:
+    """A batch laid out as [shared prefix][left padding][rest of the prompt], with its attention mask;
+    the shared prefix's KV cache is copied into every row instead of being recomputed."""
+
+    def __init__(self, prompts: list[Sequence[int]], shared: int, pad_id: int):
+        import torch
+
+        rests = [list(ids[shared:]) for ids in prompts]
+        width = shared + max(len(rest) for rest in rests)
+        self.rows, self.shared = len(prompts), shared
+        self.input_ids = torch.full((self.rows, width), pad_id, dtype=torch.long)
+        self.attention_mask = torch.zeros((self.rows, width), dtype=torch.long)
+        self.input_ids[:, :shared] = torch.tensor(list(prompts[0][:shared]), dtype=torch.long)
+        self.attention_mask[:, :shared] = 1
+        for row, rest in enumerate(rests):
+            self.input_ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            self.attention_mask[row, width - len(rest) :] = 1
+
+
+def _ends_with_stop(tokenizer: Any, tail: list[int], stops: Sequence[str]) -> bool:
+    """Whether the decoded tail contains a stop string (the tail spans the longest stop + 2 tokens,
+    and every token decodes to at least one character)."""
+    return bool(stops) and any(stop in tokenizer.decode(tail) for stop in stops)
+
+
 class _SeededSampler:
-    """Temperature + top-p sampling with one torch.Generator per row; returns scores that allow only
-    the sampled token, so generate's argmax takes it (generate's own sampling uses one global RNG)."""
+    """Temperature + top-p sampling with one torch.Generator per batch row."""
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float, device: "torch.device"):
         import torch
@@ -208,29 +288,37 @@ class _SeededSampler:
         self.temperature, self.top_p = temperature, top_p
         self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
-    def __call__(self, input_ids: "torch.Tensor", scores: "torch.Tensor") -> "torch.Tensor":
+    def sample(self, logits: "torch.Tensor", rows: Sequence[int]) -> "torch.Tensor":
+        """One token per row of `logits`; `rows[i]` is the batch row (the generator) of logits row i."""
         import torch
 
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
         if self.top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
             sorted_probs[before >= self.top_p] = 0.0  # the most likely token always stays
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        uniform = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in self.generators])
+        uniform = torch.cat([torch.rand(1, generator=self.generators[row], device=probs.device) for row in rows])
         cdf = probs.cumsum(dim=-1)
         tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(1), right=True)
-        tokens = tokens.clamp_(max=probs.shape[-1] - 1)
-        allowed = torch.full_like(scores, float("-inf"))
-        return allowed.scatter_(1, tokens, 0.0)
+        return tokens.clamp_(max=probs.shape[-1] - 1).squeeze(1)
+
+    def __call__(self, input_ids: "torch.Tensor", scores: "torch.Tensor") -> "torch.Tensor":
+        """As a `generate` logits processor: scores that allow only the sampled token, so generate's
+        argmax takes it (generate's own sampling uses one global RNG)."""
+        import torch
+
+        tokens = self.sample(scores, range(scores.shape[0]))
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens[:, None], 0.0)
 
 
 class _StopStrings:
-    """Stops a row once its generated text contains a stop string; records the length it stopped at."""
+    """For `generate`: stops a row once its generated text contains a stop string; records the length
+    it stopped at."""
 
     def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int):
         self.tokenizer, self.stops, self.prompt_width = tokenizer, tuple(stops), prompt_width
-        self.window = max(len(stop) for stop in stops) + 2  # every token decodes to >= 1 character
+        self.window = max(len(stop) for stop in stops) + 2
         self.stopped_at: dict[int, int] = {}
 
     def __call__(self, input_ids: "torch.Tensor", scores: Any, **kwargs: Any) -> "torch.Tensor":
@@ -239,7 +327,7 @@ class _StopStrings:
         length = input_ids.shape[1]
         tails = input_ids[:, max(self.prompt_width, length - self.window) :].tolist()
         for row, tail in enumerate(tails):
-            if row not in self.stopped_at and any(stop in self.tokenizer.decode(tail) for stop in self.stops):
+            if row not in self.stopped_at and _ends_with_stop(self.tokenizer, tail, self.stops):
                 self.stopped_at[row] = length
         done = [row in self.stopped_at for row in range(len(tails))]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
