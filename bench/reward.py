@@ -5,9 +5,12 @@ are scored by the reference (batch 1, full-vocabulary log-softmax over whole seq
 `factory.reward.RLTReward` at each --batches size; prints explanations/s, tokens/s (teacher +
 student sequence tokens), peak memory above the starting point (CPU: resident set sampled every
 millisecond; CUDA: the allocator's peak) and the largest component difference to the reference.
+With --group-size G, G consecutive items explain one question (a GRPO group, best-of-n candidates),
+whose prompt the batched reward runs once per batch; by default every item has its own question.
 The headline, last, is the last model's largest batch against the reference.
 
     python bench/reward.py                                   # CPU: tiny and SmolLM2-135M
+    python bench/reward.py --group-size 16                   # GRPO-shaped: 16 explanations per question
     python bench/reward.py --device cuda --dtype bfloat16 --models qwen0.5b-random \\
         --prompt 256 --explanation 512 --solution 64
 """
@@ -66,8 +69,11 @@ def vocabulary_size(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
-def make_items(tokenizer, vocab: int, count: int, prompt: int, explanation: int, solution: int, seed: int = 0):
-    """Items whose question, explanation and solution lengths vary from half to 1.5x the targets."""
+def make_items(
+    tokenizer, vocab: int, count: int, prompt: int, explanation: int, solution: int, group: int = 1, seed: int = 0
+):
+    """Items whose question, explanation and solution lengths vary from half to 1.5x the targets;
+    `group` consecutive items share one question and solution (GRPO's group, best-of-n)."""
     rng = random.Random(seed)
 
     def text(tokens: int) -> str:
@@ -80,9 +86,11 @@ def make_items(tokenizer, vocab: int, count: int, prompt: int, explanation: int,
     special = set(tokenizer.all_special_ids)
     items = []
     for index in range(count):
+        if index % group == 0:
+            question, answer = text(length(prompt)), text(length(solution))
         explanation_ids = [rng.randrange(vocab) for _ in range(length(explanation))]
         explanation_ids = [i if i not in special else i + 1 for i in explanation_ids]
-        items.append(RewardItem(text(length(prompt)), text(length(solution)), explanation_ids, index % 5 != 4))
+        items.append(RewardItem(question, answer, explanation_ids, index % 5 != 4))
     return items
 
 
@@ -137,7 +145,9 @@ def timed(device: str, function):
 def bench_model(name: str, args) -> float:
     dtype = getattr(torch, args.dtype)
     teacher, student, tokenizer = load(name, args.device, dtype)
-    items = make_items(tokenizer, vocabulary_size(teacher), args.items, args.prompt, args.explanation, args.solution)
+    items = make_items(
+        tokenizer, vocabulary_size(teacher), args.items, args.prompt, args.explanation, args.solution, args.group_size
+    )
     settings = Reward(max_length=args.max_length, chunk_size=args.chunk_size)
     reward = RLTReward(teacher, student, tokenizer, settings)
     tokens = sum(len(b.teacher.input_ids) + len(b.student.input_ids) for b in map(reward.sequences, items))
@@ -145,8 +155,8 @@ def bench_model(name: str, args) -> float:
     reference_for(reward, items[0])
 
     expected, reference_s, reference_mib = timed(args.device, lambda: [reference_for(reward, item) for item in items])
-    print(f"\n{name} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads): {len(items)} explanations, "
-          f"{tokens / len(items):.0f} tokens per item (teacher + student)")  # fmt: skip
+    print(f"\n{name} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads): {len(items)} explanations "
+          f"({args.group_size} per question), {tokens / len(items):.0f} tokens per item (teacher + student)")  # fmt: skip
     header = f"{'method':<14}{'batch':>6}{'expl/s':>10}{'tokens/s':>11}{'peak MiB':>10}{'max |diff|':>12}{'ratio':>8}"
     print(header)
     print(f"{'reference':<14}{1:>6}{len(items) / reference_s:>10.2f}{tokens / reference_s:>11.0f}{reference_mib:>10.0f}"
@@ -172,6 +182,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64, help="question tokens (the chat around it adds more)")
     parser.add_argument("--explanation", type=int, default=128)
     parser.add_argument("--solution", type=int, default=32)
+    parser.add_argument("--group-size", type=int, default=1, help="explanations per question (GRPO group, best-of-n)")
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy shared machine)")

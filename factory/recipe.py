@@ -223,7 +223,11 @@ class Evaluate(Stage):
     max_new_tokens: int = Field(default=32768, ge=1)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 42
-    baselines: list[Literal["distill_base", "reference_traces"]] = Field(default_factory=list)
+    baselines: list[Literal["distill_base", "reference_traces", "before_rl_traces"]] = Field(
+        default_factory=list,
+        description="also evaluated: the untouched distillation base; students distilled with stages.distill's "
+        "settings on the train set's reference thoughts, or on the traces of the teacher before RL",
+    )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM's GPU memory share")
 
 
@@ -305,6 +309,21 @@ class Recipe(Section):
             raise _combination_error("hub.namespace", "hub.push is on but no namespace is set")
         if self.stages.evaluate.enabled and not self.data.eval:
             raise _combination_error("data.eval", "the evaluate stage is enabled but no eval set is listed")
+        stages = self.stages
+        if stages.evaluate.enabled and "before_rl_traces" in stages.evaluate.baselines:
+            needs = {
+                "stages.teacher_rl.enabled": stages.teacher_rl.enabled,
+                "stages.generate.enabled": stages.generate.enabled,
+                "stages.generate.before_rl": stages.generate.before_rl,
+                "stages.distill.enabled": stages.distill.enabled,
+            }
+            missing = [key for key, on in needs.items() if not on]
+            if missing:
+                raise _combination_error(
+                    "stages.evaluate.baselines",
+                    f"baseline before_rl_traces distills a student on the traces of the teacher before RL; it needs "
+                    f"{', '.join(f'{key}: true' for key in missing)}",
+                )
         return self
 
 

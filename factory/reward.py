@@ -20,9 +20,13 @@ solution) both fit. Only when question and solution alone overflow the student s
 solution cut from its end; a teacher prompt longer than `max_length` leaves no explanation token to
 score. Such items are flagged `truncated`.
 
-Speed and memory: one right-padded forward per model per batch of `batch_size` items (sorted by
-length to limit padding; causal attention makes an attention mask unnecessary for right padding).
-Only the decoder runs over the whole sequence; the output head is applied to the scored positions
+Speed and memory: one right-padded forward per model per batch of `batch_size` items (causal
+attention makes an attention mask unnecessary for right padding). Items are ordered so that those
+with the same teacher prompt (one question's explanations: a GRPO group, best-of-n candidates) share
+batches (larger groups first, then by length to limit padding). The prefix all sequences of a batch share (the system
+prompt and chat header; the whole prompt within one question's group) runs once, and the rest of
+each row runs on its KV cache: the decoder's cost becomes the explanation and solution tokens, not
+the prompt, 64 times over in the paper's GRPO groups. Only the decoder runs over the whole sequence; the output head is applied to the scored positions
 only, `chunk_size` rows at a time, so logits memory is bounded by chunk_size x vocab, and the
 log-softmax is taken in fp32 whatever the model dtype. This assumes the model's logits are its
 output embedding applied to the decoder's last hidden state (true of Qwen2, Llama, SmolLM2); models
@@ -140,7 +144,7 @@ class RLTReward:
         """Per-item components, in the order given."""
         items = [RewardItem(*item) for item in items]
         built = [self.sequences(item) for item in items]
-        order = sorted(range(len(items)), key=lambda i: len(built[i].student.input_ids) + len(built[i].teacher.input_ids))
+        order = _grouped_order(built)
         results: list[dict[str, Any]] = [{} for _ in items]
         size = self.settings.batch_size
         for start in range(0, len(order), size):
@@ -238,14 +242,45 @@ def _output_head(model: Any) -> Any:
     return model.get_output_embeddings()
 
 
+def _grouped_order(built: list[ScoringSequences]) -> list[int]:
+    """Item indices with equal teacher prompts together: larger groups first (a group that fills
+    whole batches shares its full prompt in each), then by mean length; items by length."""
+    def length(i: int) -> int:
+        return len(built[i].teacher.input_ids) + len(built[i].student.input_ids)
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, b in enumerate(built):
+        groups.setdefault(tuple(b.teacher.input_ids[: b.teacher.explanation_span[0]]), []).append(index)
+    ordered = sorted(groups.values(), key=lambda members: (-len(members), sum(map(length, members)) / len(members)))
+    return [index for members in ordered for index in sorted(members, key=length)]
+
+
+MIN_SHARED_PREFIX = 8  # tokens; a shorter common prefix is not worth a separate forward
+
+
+def _shared_prefix_length(sequences: list[list[int]], span_groups: list[list[tuple[int, int]]]) -> int:
+    """Tokens every sequence starts with, short of the first scored position's predecessor (whose
+    hidden state is needed) and of each sequence's last token (each row keeps one to run)."""
+    limit = min(len(ids) for ids in sequences) - 1
+    for spans in span_groups:
+        limit = min([limit, *(start - 1 for start, end in spans if end > start)])
+    first = sequences[0]
+    length = 0
+    while length < limit and all(ids[length] == first[length] for ids in sequences):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX and len(sequences) > 1 else 0
+
+
 def _hidden_rows(
     model: Any, sequences: list[list[int]], span_groups: list[list[tuple[int, int]]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states that predict the tokens of each span, and those tokens.
 
-    One right-padded decoder forward over `sequences`; rows come out span group by span group,
-    item by item within a group (so two groups' rows are not interleaved).
+    One right-padded decoder forward over `sequences`, the shared prefix once at batch 1 and the rest
+    on its KV cache; rows come out span group by span group, item by item within a group (so two
+    groups' rows are not interleaved).
     """
+    shared = _shared_prefix_length(sequences, span_groups)
     batch = torch.zeros(len(sequences), max(len(ids) for ids in sequences), dtype=torch.long)
     for row, ids in enumerate(sequences):
         batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -258,8 +293,14 @@ def _hidden_rows(
     targets = batch[item_index_t, positions_t]
     device = _device(model)
     with _frozen(model):
-        hidden = model.get_decoder()(input_ids=batch.to(device), use_cache=False).last_hidden_state
-        rows = hidden[item_index_t.to(device), (positions_t - 1).to(device)]
+        decoder = model.get_decoder()
+        if shared:
+            cache = decoder(input_ids=batch[:1, :shared].to(device), use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(sequences))
+            hidden = decoder(input_ids=batch[:, shared:].to(device), past_key_values=cache, use_cache=True).last_hidden_state
+        else:
+            hidden = decoder(input_ids=batch.to(device), use_cache=False).last_hidden_state
+        rows = hidden[item_index_t.to(device), (positions_t - 1 - shared).to(device)]
     return rows, targets.to(device)
 
 

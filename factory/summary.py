@@ -1,5 +1,6 @@
 """What `factory run` prints last: how to load and compare the traces, the RLT reward of the teacher
-before vs after RL, and the student's evaluation next to its baselines.
+before vs after RL, and the student's evaluation next to its baselines (with the `before_rl_traces`
+baseline, the held-out accuracy of students distilled on the traces before vs after RL).
 
 Read from the run manifest (where each artifact was published) and the artifacts themselves
 (generate's metrics, evaluate's report.json); a stage that is disabled, did not complete in this
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from factory.artifacts import is_complete, read_meta
 from factory.hub.content import BEFORE_RL
+
+BEFORE_RL_STUDENT = "before_rl_traces"  # the evaluate baseline distilled on the traces before RL
 
 if TYPE_CHECKING:
     from factory.pipeline import Plan
@@ -87,7 +90,7 @@ def _evaluation(folder: Path) -> list[str]:
     scores = json.loads(path.read_text()).get("scores") if path.is_file() else None
     if not scores:
         return []
-    models = list(scores)
+    models = sorted(scores, key=lambda model: model != "student")  # the student first (report.json sorts keys)
     sets = list(next(iter(scores.values()))["sets"])
     lines = []
     for name in [*sets, "overall"]:
@@ -96,4 +99,10 @@ def _evaluation(folder: Path) -> list[str]:
             value = scores[model]["overall"] if name == "overall" else scores[model]["sets"].get(name, {}).get("accuracy")
             cells.append(f"{model} {value:.1f}" if value is not None else f"{model} -")
         lines.append(f"eval {name} (accuracy %): " + " | ".join(cells))
+    if BEFORE_RL_STUDENT in scores:
+        after, before = scores["student"]["overall"], scores[BEFORE_RL_STUDENT]["overall"]
+        lines.append(
+            f"held-out accuracy of students distilled on the traces before RL {before:.1f}% -> after RL {after:.1f}% "
+            f"({after - before:+.1f} points)"
+        )
     return lines

@@ -173,6 +173,39 @@ def test_reference_traces_baseline_distills_on_reference_thoughts(tmp_path, tiny
     assert "distill" not in EvaluateStage().config(plain)["stages"]  # distill settings matter only for that baseline
 
 
+def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, tiny_model_dir):
+    """The student's twin: same settings, same questions, the explanations of the teacher before RL."""
+    import pyarrow as pa
+
+    data = make_recipe(tiny_model_dir, tmp_path, distill=True, generate=True).model_dump(mode="json")
+    data["stages"]["teacher_rl"]["enabled"] = data["stages"]["generate"]["before_rl"] = True  # what the baseline needs
+    data["stages"]["evaluate"]["baselines"] = ["before_rl_traces"]
+    recipe = Recipe.model_validate(data)
+    ctx = ctx_for(recipe, tmp_path, student_is_artifact=True)
+    traces = tmp_path / "generate-x"
+    ctx.inputs["traces"] = ResolvedInput(role="traces", fingerprint="g", artifact_dir=traces)
+    run, skipped = _baselines(ctx)  # no before_rl config: skipped, with the reason
+    assert run == [] and "no before_rl config" in skipped["before_rl_traces"]
+
+    def write_config(folder: Path, explanation: str) -> None:
+        folder.mkdir(parents=True)
+        rows = [{"id": f"q{i}", "question": f"What is {i} + 1?", "solution": f"\\boxed{{{i + 1}}}",
+                 "explanation": f"{explanation} {i}"} for i in range(3)]  # fmt: skip
+        pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
+
+    write_config(traces / "data", "after RL")
+    write_config(traces / "data" / "before_rl", "before RL")
+    run, skipped = _baselines(ctx)
+    folder = tmp_path / "out" / "baselines" / "before_rl_traces"
+    assert [label for label, _, _ in run] == ["before_rl_traces"] and skipped == {}
+    assert run[0][1] == str(folder / "model") and (folder / "model" / "config.json").is_file()
+    trained_on = [json.loads(line) for line in (folder / "sft_rows.jsonl").read_text().splitlines()]
+    assert len(trained_on) == 3
+    assert all("before RL" in row["completion"][0]["content"] and "after RL" not in row["completion"][0]["content"]
+               for row in trained_on)  # fmt: skip
+    assert EvaluateStage().config(recipe)["stages"]["distill"] == recipe.stages.distill.model_dump(mode="json")
+
+
 def test_multiple_choice_gold_is_checked_before_loading(tmp_path, tiny_model_dir):
     from factory.errors import UserError
     from factory.stages.evaluate import load_eval_sets

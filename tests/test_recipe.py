@@ -76,6 +76,16 @@ def test_impossible_combination_names_key(tmp_path):
     assert "12 rollouts" in message
 
 
+def test_before_rl_baseline_needs_the_before_rl_traces(tmp_path):
+    path = write(tmp_path, MINIMAL + "stages:\n  evaluate:\n    baselines: [distill_base, before_rl_traces]\n")
+    message = error_of(path)
+    assert "stages.evaluate.baselines" in message and f"{path}:12" in message
+    assert "stages.generate.before_rl: true" in message and "stages.teacher_rl.enabled" not in message
+    recipe = load_recipe(path, ["stages.generate.before_rl=true"])
+    assert recipe.stages.evaluate.baselines == ["distill_base", "before_rl_traces"]
+    assert "stages.teacher_rl.enabled: true" in error_of(path, ["stages.generate.before_rl=true", "stages.teacher_rl.enabled=false"])
+
+
 def test_set_overrides_with_type_checking(tmp_path):
     path = write(tmp_path, MINIMAL)
     recipe = load_recipe(path, ["stages.teacher_rl.steps=10", "reward.kl_coef=2.5", "data.eval.0.limit=5"])

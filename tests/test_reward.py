@@ -74,13 +74,13 @@ def test_reward_formula_and_defaults(models, items):
     assert result["truncated"] is False
 
 
-def test_one_forward_per_model_per_batch_and_bounded_logits(models, items):
-    teacher, student, tok = models
-    calls = {"teacher": 0, "student": 0, "head_rows": 0}
+def record_forwards(teacher, student):
+    """Hooks recording the input_ids shape of every decoder forward, and the largest head input."""
+    calls = {"teacher": [], "student": [], "head_rows": 0}
 
-    def count(name):
+    def record(name):
         def hook(module, args, kwargs, output):
-            calls[name] += 1
+            calls[name].append(tuple(kwargs["input_ids"].shape))
 
         return hook
 
@@ -88,18 +88,51 @@ def test_one_forward_per_model_per_batch_and_bounded_logits(models, items):
         calls["head_rows"] = max(calls["head_rows"], args[0].shape[0])
 
     hooks = [
-        teacher.get_decoder().register_forward_hook(count("teacher"), with_kwargs=True),
-        student.get_decoder().register_forward_hook(count("student"), with_kwargs=True),
+        teacher.get_decoder().register_forward_hook(record("teacher"), with_kwargs=True),
+        student.get_decoder().register_forward_hook(record("student"), with_kwargs=True),
         teacher.get_output_embeddings().register_forward_hook(rows),
         student.get_output_embeddings().register_forward_hook(rows),
     ]
+    return calls, hooks
+
+
+def test_one_forward_per_model_per_batch_after_the_shared_prefix_and_bounded_logits(models, items):
+    teacher, student, tok = models
+    reward = RLTReward(teacher, student, tok, Reward(batch_size=2, chunk_size=16))
+    calls, hooks = record_forwards(teacher, student)
     try:
-        RLTReward(teacher, student, tok, Reward(batch_size=2, chunk_size=16)).score(items)
+        reward.score(items)
     finally:
         for hook in hooks:
             hook.remove()
-    assert calls["teacher"] == calls["student"] == 3  # 5 items in batches of 2
+    # 5 items in batches of 2: per batch of 2, the shared system prompt and chat header once (batch 1),
+    # then the rest of every row; the last batch (1 item) is one plain forward
+    for name in ("teacher", "student"):
+        shapes = calls[name]
+        assert [rows for rows, _ in shapes] == [1, 2, 1, 2, 1], name
+        assert shapes[0][1] >= 8 and shapes[2][1] >= 8  # the system turn at least
     assert calls["head_rows"] == 16  # logits never exceed chunk_size rows
+
+
+def test_a_question_group_runs_its_prompt_once(models):
+    """GRPO's group (one question, several explanations): the whole teacher prompt is the shared prefix,
+    so the teacher's batched forward covers the explanations only; results equal the reference."""
+    teacher, student, tok = models
+    generator = torch.Generator().manual_seed(1)
+    question, solution = QUESTIONS[1]
+    group = [RewardItem(question, solution, torch.randint(3, len(tok), (n,), generator=generator).tolist()) for n in (9, 30, 17, 4)]
+    other = RewardItem(*QUESTIONS[0], torch.randint(3, len(tok), (12,), generator=generator).tolist())
+    reward = RLTReward(teacher, student, tok, Reward(batch_size=4))
+    calls, hooks = record_forwards(teacher, student)
+    try:
+        results = reward.score([group[0], other, *group[1:]])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert_matches_reference(reward, [group[0], other, *group[1:]], results)
+    prompt = reward.sequences(group[0]).teacher.explanation_span[0]
+    # the group fills one batch (the other question's item is alone): prompt once, then 1 + 30 tokens a row
+    assert calls["teacher"][:2] == [(1, prompt - 1), (4, 1 + 30)]
 
 
 def test_truncation_keeps_the_solution_and_cuts_the_explanation(models, items):

@@ -53,14 +53,15 @@ def traces(folder: Path, before: bool = True) -> Path:
     return folder
 
 
-def report(folder: Path) -> Path:
+def report(folder: Path, baselines=(("distill_base", 31.25),)) -> Path:
     """An evaluate artifact whose report.json has evaluate's layout (scores per model, per set, overall)."""
     folder.mkdir(parents=True)
     scores = {
         label: {"sets": {"quickstart": {"accuracy": value, "questions": 32}}, "overall": value, "engine": "hf"}
-        for label, value in (("student", 40.625), ("distill_base", 31.25))
+        for label, value in (("student", 40.625), *baselines)
     }
-    (folder / "report.json").write_text(json.dumps({"metric": "accuracy (%)", "scores": scores, "skipped_baselines": {}}))
+    report = {"metric": "accuracy (%)", "scores": scores, "skipped_baselines": {}}
+    (folder / "report.json").write_text(json.dumps(report, sort_keys=True))  # as evaluate writes it
     mark_complete(folder, ArtifactMeta("report", "evaluate", "report", "e" * 64, "toy", {}, [], {"overall": 40.625}))
     return folder
 
@@ -99,7 +100,7 @@ def test_unpublished_run_prints_lines_that_work(tmp_path):
 
     recipe_dir = tmp_path / "runs" / "toy"
     artifact = traces(recipe_dir / "artifacts" / "generate-g")
-    report(recipe_dir / "artifacts" / "evaluate-e")
+    report(recipe_dir / "artifacts" / "evaluate-e", baselines=(("distill_base", 31.25), ("before_rl_traces", 25.0)))
     lines = run_summary(*plan_and_manifest(recipe_dir))
     assert lines[0] == f'traces: load_dataset("parquet", data_files="{artifact}/data/*.parquet")'
     assert run_load(code_in(lines[0]))["train"]["reward"] == AFTER  # the candidates config is not read
@@ -109,8 +110,9 @@ def test_unpublished_run_prints_lines_that_work(tmp_path):
     assert compare.load(sources).difference(1, 0).tolist() == pytest.approx([0.5, 1.0, 1.5])
     assert lines[3] == "mean reward before RL 1.0000 -> after RL 2.0000 (+1.0000; 3 vs 3 traces; all candidates 0.0000 -> 1.0000)"
     assert lines[4:] == [
-        "eval quickstart (accuracy %): student 40.6 | distill_base 31.2",
-        "eval overall (accuracy %): student 40.6 | distill_base 31.2",
+        "eval quickstart (accuracy %): student 40.6 | before_rl_traces 25.0 | distill_base 31.2",
+        "eval overall (accuracy %): student 40.6 | before_rl_traces 25.0 | distill_base 31.2",
+        "held-out accuracy of students distilled on the traces before RL 25.0% -> after RL 40.6% (+15.6 points)",
     ]
 
 

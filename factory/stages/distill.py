@@ -31,11 +31,13 @@ ROWS_FILE = "sft_rows.jsonl"
 TRACE_COLUMNS = ("id", "question", "solution", "explanation")
 
 
-def trace_rows(traces: ResolvedInput, log: Callable[[str], None]) -> list[dict[str, str]]:
-    """(id, question, solution, explanation) of the traces: a generate artifact's default config, or
-    the train DataSource's reference thoughts."""
+def trace_rows(traces: ResolvedInput, log: Callable[[str], None], config: str | None = None) -> list[dict[str, str]]:
+    """(id, question, solution, explanation) of the traces: a generate artifact's default config (or
+    `config`, e.g. before_rl), or the train DataSource's reference thoughts."""
     if traces.is_artifact:
-        return _artifact_rows(traces.artifact_dir)
+        return _artifact_rows(traces.artifact_dir, config)
+    if config is not None:
+        raise ValueError(f"config {config!r} asked of {traces.describe()}, which is not a generate artifact")
     from factory.data import load_rows
 
     rows = load_rows(traces.data, log=log)
@@ -51,12 +53,15 @@ def trace_rows(traces: ResolvedInput, log: Callable[[str], None]) -> list[dict[s
     return [{"id": r["id"], "question": r["question"], "solution": r["solution"], "explanation": r["thought"]} for r in rows]
 
 
-def _artifact_rows(folder: Path) -> list[dict[str, str]]:
+def _artifact_rows(folder: Path, config: str | None) -> list[dict[str, str]]:
     import pyarrow.parquet as pq
 
-    files = sorted((folder / "data").glob("*.parquet"))  # the default config; candidates/ is a subfolder
+    data = folder / "data" / config if config else folder / "data"  # other configs are subfolders of data/
+    files = sorted(data.glob("*.parquet"))
     if not files:
-        raise UserError(f"traces artifact {folder} has no data/*.parquet; re-run the generate stage (--force generate)")
+        raise UserError(
+            f"traces artifact {folder} has no {data.relative_to(folder)}/*.parquet; re-run the generate stage (--force generate)"
+        )
     rows: list[dict[str, str]] = []
     for file in files:
         table = pq.read_table(file)

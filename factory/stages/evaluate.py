@@ -8,10 +8,13 @@ checked with math_verify for math sets and by exact letter for multiple choice
 percentage over its questions; "overall" is the plain mean over sets (as the paper reports).
 
 Baselines (`stages.evaluate.baselines`) are evaluated the same way in the same stage:
-`distill_base` (the untouched distillation base) and `reference_traces` (a student distilled with
-the distill stage's settings on the train set's reference thoughts, the Bespoke-Stratos baseline).
+`distill_base` (the untouched distillation base); `reference_traces` (a student distilled with
+the distill stage's settings on the train set's reference thoughts, the Bespoke-Stratos baseline);
+`before_rl_traces` (likewise, on the generate stage's `before_rl` config: the same questions
+explained by the teacher before RL, so student vs this baseline is what RL bought the students).
 A baseline identical to the student (distill disabled; or generate disabled, so the student already
-learned from the reference thoughts) is not run twice and is marked skipped.
+learned from the reference thoughts) is not run twice and is marked skipped, as is
+`before_rl_traces` when the initial teacher left no `before_rl` traces.
 
 Artifact: `report.json` (scores, sampling settings, n, precision, engine, eval-set revisions,
 library versions), `outputs/<model>/<set>.parquet` (per question and sample: id, completion,
@@ -213,6 +216,9 @@ def evaluate_model(
 # ------------------------------------------------------------------------------------ the stage
 
 
+DISTILLED_BASELINES = ("reference_traces", "before_rl_traces")  # students this stage distills itself
+
+
 def _baselines(ctx: StageContext) -> tuple[list[tuple[str, Any, str]], dict[str, str]]:
     """(label, model source, dtype) of each baseline to run, and why any asked-for one is skipped."""
     recipe = ctx.recipe
@@ -225,36 +231,60 @@ def _baselines(ctx: StageContext) -> tuple[list[tuple[str, Any, str]], dict[str,
                 skipped[name] = "the student is the distillation base (stages.distill is disabled)"
                 continue
             run.append((name, ctx.inputs["distill_base"].model_source(), base_dtype))
-        elif name == "reference_traces":
-            if recipe.stages.distill.enabled and not recipe.stages.generate.enabled:
-                skipped[name] = "the student itself was distilled on the reference traces (stages.generate is disabled)"
-                continue
-            from factory.stages.distill import distill_model, trace_rows
-
-            folder = ctx.out_dir / "baselines" / name
-            distill_model(
-                rows=trace_rows(ctx.inputs["train_data"], ctx.log),
-                base=ctx.inputs["distill_base"],
-                recipe=recipe,
-                out_dir=folder,
-                log=ctx.log,
-                run_name=f"{recipe.name}-reference-traces-{ctx.fingerprint[:8]}",
-                title="reference-traces baseline: distillation loss (completion tokens)",
-            )
-            run.append((name, str(folder / "model"), base_dtype))
+            continue
+        why = _why_not_distilled(ctx, name)
+        if why:
+            skipped[name] = why
+            continue
+        run.append((name, _distill_baseline(ctx, name), base_dtype))
     return run, skipped
+
+
+def _why_not_distilled(ctx: StageContext, name: str) -> str | None:
+    from factory.hub.content import BEFORE_RL
+
+    stages = ctx.recipe.stages
+    if name == "reference_traces" and stages.distill.enabled and not stages.generate.enabled:
+        return "the student itself was distilled on the reference traces (stages.generate is disabled)"
+    if name == "before_rl_traces":
+        traces = ctx.inputs["traces"]
+        if not (traces.is_artifact and any((traces.artifact_dir / "data" / BEFORE_RL).glob("*.parquet"))):
+            return "the traces have no before_rl config (no explanation of the teacher before RL passed the checks)"
+    return None
+
+
+def _distill_baseline(ctx: StageContext, name: str) -> str:
+    """Distill (or reuse, when an interrupted run resumes) the baseline student `name`; its model folder."""
+    from factory.hub.content import BEFORE_RL
+    from factory.stages.distill import distill_model, trace_rows
+
+    if name == "reference_traces":
+        rows, what = trace_rows(ctx.inputs["train_data"], ctx.log), "reference traces"
+    else:
+        rows, what = trace_rows(ctx.inputs["traces"], ctx.log, config=BEFORE_RL), "traces of the teacher before RL"
+    folder = ctx.out_dir / "baselines" / name
+    distill_model(
+        rows=rows,
+        base=ctx.inputs["distill_base"],
+        recipe=ctx.recipe,
+        out_dir=folder,
+        log=ctx.log,
+        run_name=f"{ctx.recipe.name}-{name.replace('_', '-')}-{ctx.fingerprint[:8]}",
+        title=f"{what} baseline: distillation loss (completion tokens)",
+    )
+    return str(folder / "model")
 
 
 @register
 class EvaluateStage(Stage):
     name = "evaluate"
-    # distill_base: the `distill_base` baseline; train_data: the `reference_traces` baseline's traces
-    consumes = ("student", "distill_base", "train_data")
-    version = 1
+    # distill_base: the `distill_base` baseline; train_data and traces: the distilled baselines' rows
+    consumes = ("student", "distill_base", "train_data", "traces")
+    version = 2
 
     def config(self, recipe: "Recipe") -> dict[str, Any]:
         paths = ["stages.evaluate", "data.eval", "formats.student_system", "models.distill_base.dtype"]
-        if "reference_traces" in recipe.stages.evaluate.baselines:
+        if set(DISTILLED_BASELINES) & set(recipe.stages.evaluate.baselines):
             paths.append("stages.distill")
         return recipe_slice(recipe, *paths)
 
