@@ -42,7 +42,11 @@ def test_shipped_recipes_validate(repo_root):
     assert (rl.learning_rate, rl.beta, rl.ref_sync_steps, rl.ref_sync_mix, rl.temperature) == (1e-6, 0.04, 32, 0.9, 0.7)
     assert (aime.reward.kl_coef, aime.reward.alpha) == (3.0, 0.01)
     assert aime.launch.world_size == 8
-    assert load_recipe(repo_root / "recipes/quickstart.yaml").name == "quickstart"
+    quickstart = load_recipe(repo_root / "recipes/quickstart.yaml")
+    assert quickstart.name == "quickstart" and "before_rl_traces" in quickstart.stages.evaluate.baselines
+    students = load_recipe(repo_root / "recipes/quickstart-students.yaml")
+    assert students.name == "quickstart-students" and students.stages.generate.limit > quickstart.stages.generate.limit
+    assert students.stages.teacher_rl == quickstart.stages.teacher_rl  # the same teacher chain
 
 
 def test_unknown_key_names_key_and_line(tmp_path):
