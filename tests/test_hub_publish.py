@@ -95,7 +95,11 @@ def traces_artifact(folder: Path, questions: list[str], config: dict, teacher: P
 
 def report_artifact(folder: Path, student: InputRef, accuracy: float) -> Path:
     folder.mkdir(parents=True)
-    metrics = {"aime24": {"accuracy": accuracy, "mean_length": 812.0}, "overall": accuracy}
+    metrics = {
+        "aime24": {"accuracy": accuracy, "mean_length": 812.0},
+        "overall": accuracy,
+        "baselines": {"before_rl_traces": {"aime24": 20.0, "overall": 20.0}},
+    }
     (folder / "report.json").write_text(json.dumps(metrics))
     (folder / "accuracy.png").write_bytes(png())
     return finish(folder, "report", "evaluate", "report", {"temperature": 0.0}, [student], metrics)
@@ -214,6 +218,9 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
     assert (result.dataset_name, result.dataset_type, result.dataset_split, result.metric_value) == (
         "aime24", "HuggingFaceH4/aime_2024", "train", 23.3,
     )  # fmt: skip
+    assert "| model | aime24 (accuracy) | overall |" in card.text
+    assert "| **this model** | 23.3 | 23.3 |" in card.text
+    assert "| before_rl_traces: distilled with the same settings on the traces of the teacher before RL | 20 | 20 |" in card.text
     chain = [f"[{TEACHER_REPO}@v1](", f"[{TEACHER_REPO}@v2](", f"[{TRACES_REPO}@v1](", f"[{STUDENT_REPO}@v1](", f"**{STUDENT_REPO}@v2**"]
     positions = [card.text.index(link) for link in chain]
     assert positions == sorted(positions)

@@ -6,8 +6,8 @@ Metadata goes through `ModelCardData` / `DatasetCardData` (and datasets' own `Da
 
 Evaluation results come from the report's metrics: for each eval set of the recipe
 (`data.eval[].name`), either `metrics[name] = {metric: value}` or flat keys `"name/metric"`; those
-numbers become the `model-index`. Other numeric metrics (an overall mean, baselines) are shown in
-the card's table only, as they name no dataset.
+numbers become the `model-index`. The card's table shows them with the overall mean and the
+baselines (`metrics["baselines"][label] = {set: value, "overall": value}`), one row per model.
 """
 
 from __future__ import annotations
@@ -101,6 +101,30 @@ def evaluation_rows(metrics: dict[str, Any], recipe: Recipe) -> list[tuple[str |
     return rows
 
 
+BASELINE_TEXT = {  # evaluate's baselines (factory.stages.evaluate), as a reader of the card needs them
+    "distill_base": "the distillation base, untouched",
+    "reference_traces": "distilled with the same settings on the train set's reference thoughts",
+    "before_rl_traces": "distilled with the same settings on the traces of the teacher before RL",
+}
+
+
+def evaluation_table(metrics: dict[str, Any], recipe: Recipe) -> str:
+    """Models as rows (this model, then each baseline), eval sets and overall as columns, in the
+    report's main metric (`accuracy`, or a set's first metric); a set's other metrics stay in the report."""
+    sets = [s.name for s in recipe.data.eval]
+    first = next((metrics[name] for name in sets if isinstance(metrics.get(name), dict)), {})
+    metric = "accuracy" if "accuracy" in first else next(iter(first), "score")
+
+    def cells(scores: dict[str, Any], per_set: Any) -> list[Any]:
+        values = [per_set(scores.get(name)) for name in sets] + [scores.get("overall")]
+        return ["-" if value is None else value for value in values]
+
+    rows = [("**this model**", *cells(metrics, lambda entry: (entry or {}).get(metric)))]
+    for label, scores in metrics.get("baselines", {}).items():
+        rows.append((f"{label}: {BASELINE_TEXT.get(label, 'baseline')}", *cells(scores, lambda value: value)))
+    return _table(rows, ("model", *(f"{name} ({metric})" for name in sets), "overall"))
+
+
 def _eval_results(rows: list[tuple[str | None, str, float]], recipe: Recipe) -> list[Any]:
     from huggingface_hub import EvalResult
 
@@ -168,8 +192,8 @@ def model_card(
         report, report_plots = evaluation
         body += [
             "## Evaluation\n",
+            evaluation_table(report["metrics"], recipe),
             f"Settings: {_settings_line(report['config'])}\n",
-            _table([(name or "-", metric, value) for name, metric, value in rows], ("eval set", "metric", "value")),
             _plots(report_plots),
         ]
     body += [
