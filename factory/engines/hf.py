@@ -164,7 +164,6 @@ class HFEngine(Engine):
         step_ids = batch.input_ids[:, batch.shared :].to(device)
         live = list(range(batch.rows))  # batch row of each row still decoding
         generated: list[list[int]] = [[] for _ in live]
-        window = max((len(stop) for stop in sampling.stop), default=0) + 2
         with torch.inference_mode():
             for _ in range(sampling.max_new_tokens):
                 logits = self.model(
@@ -176,7 +175,7 @@ class HFEngine(Engine):
                 for index, (row, token) in enumerate(zip(live, tokens.tolist())):
                     ids = generated[row]
                     ids.append(token)
-                    stopped = token in stop_ids or _ends_with_stop(self.tokenizer, ids[-window:], sampling.stop)
+                    stopped = token in stop_ids or _ends_with_stop(self.tokenizer, ids, sampling.stop)
                     if not stopped and len(ids) < sampling.max_new_tokens:
                         keep.append(index)
                 if not keep:
@@ -234,11 +233,8 @@ class HFEngine(Engine):
         """Trim after the first stop id (generate pads finished rows) and name the finish reason."""
         end = next((i + 1 for i, token in enumerate(ids) if token in stop_ids), len(ids))
         kept = ids[:end]
-        window = max((len(stop) for stop in sampling.stop), default=0) + 2
         stopped = (
-            len(kept) < sampling.max_new_tokens
-            or kept[-1] in stop_ids
-            or _ends_with_stop(self.tokenizer, kept[-window:], sampling.stop)
+            len(kept) < sampling.max_new_tokens or kept[-1] in stop_ids or _ends_with_stop(self.tokenizer, kept, sampling.stop)
         )
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         return Completion(kept, text, "stop" if stopped else "length")
@@ -273,10 +269,15 @@ class _LeftPadded:
             self.attention_mask[row, width - len(rest) :] = 1
 
 
-def _ends_with_stop(tokenizer: Any, tail: list[int], stops: Sequence[str]) -> bool:
-    """Whether the decoded tail contains a stop string (the tail spans the longest stop + 2 tokens,
-    and every token decodes to at least one character)."""
-    return bool(stops) and any(stop in tokenizer.decode(tail) for stop in stops)
+def _stop_window(stops: Sequence[str]) -> int:
+    """Tokens whose decoded text holds any stop string that ends in the last one: every token decodes
+    to at least one character, and two more cover a stop string starting mid-token."""
+    return max((len(stop) for stop in stops), default=0) + 2
+
+
+def _ends_with_stop(tokenizer: Any, ids: Sequence[int], stops: Sequence[str]) -> bool:
+    """Whether the decoded tail of `ids` contains a stop string."""
+    return bool(stops) and any(stop in tokenizer.decode(ids[-_stop_window(stops) :]) for stop in stops)
 
 
 class _SeededSampler:
@@ -318,14 +319,13 @@ class _StopStrings:
 
     def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int):
         self.tokenizer, self.stops, self.prompt_width = tokenizer, tuple(stops), prompt_width
-        self.window = max(len(stop) for stop in stops) + 2
         self.stopped_at: dict[int, int] = {}
 
     def __call__(self, input_ids: "torch.Tensor", scores: Any, **kwargs: Any) -> "torch.Tensor":
         import torch
 
         length = input_ids.shape[1]
-        tails = input_ids[:, max(self.prompt_width, length - self.window) :].tolist()
+        tails = input_ids[:, max(self.prompt_width, length - _stop_window(self.stops)) :].tolist()
         for row, tail in enumerate(tails):
             if row not in self.stopped_at and _ends_with_stop(self.tokenizer, tail, self.stops):
                 self.stopped_at[row] = length
