@@ -114,6 +114,23 @@ def test_stop_strings_and_stop_ids_end_a_completion(engine, prompts):
     assert by_id[0][0].token_ids == free.token_ids[: first + 1] and by_id[0][0].finish_reason == "stop"
 
 
+def test_static_cache_generate_path_gives_the_same_completions(engine, prompts, tiny_model_dir):
+    """The static-cache decoder (transformers' generate, compiled on GPU) against the dynamic step loop:
+    same tokens, finish reasons and stop-string trimming, greedy and seeded sampling."""
+    from factory.engines.hf import HFEngine
+
+    static = HFEngine.load(str(tiny_model_dir), cache="static", batch_size=3, progress=False)
+    free = engine.generate(prompts[:1], Sampling(temperature=0, max_new_tokens=12))[0][0]
+    stop = engine.tokenizer.decode(free.token_ids[3:5])
+    for sampling in (
+        Sampling(temperature=0, max_new_tokens=10),
+        Sampling(temperature=0, max_new_tokens=12, stop=(stop,)),
+        Sampling(n=2, temperature=0.8, top_p=0.9, max_new_tokens=10),
+    ):
+        expected = engine.generate(prompts, sampling, seeds=[1, 2, 3, 4])
+        assert static.generate(prompts, sampling, seeds=[1, 2, 3, 4]) == expected, sampling
+
+
 def test_engine_choice_and_gpu_groups(monkeypatch):
     import factory.engines.base as base
 
