@@ -236,3 +236,15 @@ def test_smollm2_quickstart_eval_prints_the_table(repo_root, tmp_path):
 
     expected = load_recipe(repo_root / "recipes" / "quickstart.yaml").data.eval[0].limit
     assert report["scores"]["student"]["sets"]["quickstart"]["questions"] == expected
+
+
+def test_estimate_counts_the_distillation_of_distilled_baselines(repo_root):
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(repo_root / "recipes" / "quickstart.yaml")
+    with_baseline = EvaluateStage().estimate(recipe)
+    without = EvaluateStage().estimate(load_recipe(repo_root / "recipes" / "quickstart.yaml", ["stages.evaluate.baselines=[distill_base]"]))
+    one_generation = without["tokens"] / 2  # student + distill_base, each the same generation bound
+    assert with_baseline["tokens"] == without["tokens"] + one_generation
+    distill_flops = DistillStage().estimate(recipe)["flops"]
+    assert with_baseline["flops"] == pytest.approx(without["flops"] * 1.5 + distill_flops)

@@ -289,8 +289,10 @@ class EvaluateStage(Stage):
         return recipe_slice(recipe, *paths)
 
     def estimate(self, recipe: "Recipe") -> dict[str, float]:
-        """Upper bound: every sample runs to max_new_tokens; 2 FLOPs per parameter per token."""
+        """Upper bound: every sample runs to max_new_tokens, 2 FLOPs per parameter per generated token;
+        plus, in FLOPs, the distillation of each distilled baseline (as the distill stage estimates it)."""
         from factory.models import estimate_parameters
+        from factory.stages.distill import DistillStage
 
         settings = recipe.stages.evaluate
         questions = [s.limit for s in recipe.data.eval]
@@ -299,7 +301,11 @@ class EvaluateStage(Stage):
         models = 1 + len(settings.baselines)
         tokens = sum(questions) * settings.n * settings.max_new_tokens * models
         params = estimate_parameters(recipe.models.distill_base)
-        return {"tokens": tokens, "flops": 2 * params * tokens} if params else {"tokens": tokens}
+        if not params:
+            return {"tokens": tokens}
+        distilled = [name for name in settings.baselines if name in DISTILLED_BASELINES]
+        training = sum(DistillStage().estimate(recipe).get("flops", 0) for _ in distilled)
+        return {"tokens": tokens, "flops": 2 * params * tokens + training}
 
     def run(self, ctx: StageContext) -> StageResult:
         from rich.markup import escape
