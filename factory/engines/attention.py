@@ -6,6 +6,10 @@ left padding. On a CPU that copy of the whole KV cache, every layer and every st
 much as the attention itself (bench/generate.py: SmolLM2's 3 KV heads serve 9 query heads).
 `torch.nn.functional.scaled_dot_product_attention(..., enable_gqa=True)` takes the mask and the
 grouped heads as they are; the result is the same to float rounding (tests/test_engines.py).
+
+CPU only: on CUDA, torch's memory-efficient kernel (the one that takes a mask) does not do grouped
+heads, so the switch would send masked attention to the slow math kernel; there transformers'
+repeat is the better trade.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ def gqa_sdpa_attention(
 
 
 def use_gqa_sdpa(model: Any) -> None:
-    """Switch a model on transformers' "sdpa" attention to `factory_sdpa` (others are left alone)."""
+    """Switch a CPU model on transformers' "sdpa" attention to `factory_sdpa` (others are left alone)."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if not on_cpu or getattr(model.config, "_attn_implementation", None) != "sdpa":
         return
     AttentionInterface.register(NAME, gqa_sdpa_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
