@@ -4,8 +4,9 @@ For each model: the same items (mixed lengths around --prompt/--explanation/--so
 are scored by the reference (batch 1, full-vocabulary log-softmax over whole sequences) and by
 `factory.reward.RLTReward` at each --batches size; prints explanations/s, tokens/s (teacher +
 student sequence tokens), peak memory above the starting point (CPU: resident set sampled every
-millisecond; CUDA: the allocator's peak) and the largest component difference to the reference.
-With --group-size G, G consecutive items explain one question (a GRPO group, best-of-n candidates),
+millisecond; CUDA: the allocator's peak), the largest component difference to the reference, and
+the arithmetic bound of the speed-up: reference / batched matmul FLOPs (RLTReward.work counts the
+positions each ran). With --group-size G, G consecutive items explain one question (a GRPO group, best-of-n candidates),
 whose prompt the batched reward runs once per batch; by default every item has its own question.
 The headline, last, is the last model's largest batch against the reference.
 
@@ -33,7 +34,7 @@ from rlt_reference import reference_for  # noqa: E402
 from tiny import build_model, build_tokenizer  # noqa: E402
 
 from factory.recipe import Reward  # noqa: E402
-from factory.reward import COMPONENTS, RewardItem, RLTReward  # noqa: E402
+from factory.reward import COMPONENTS, ForwardWork, RewardItem, RLTReward  # noqa: E402
 
 WORDS = "add the units then tens carry one so total is nine seven twelve speed distance time equals hence".split()
 
@@ -67,6 +68,21 @@ def load(name: str, device: str, dtype: torch.dtype):
 
 def vocabulary_size(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
+
+
+def matmul_flops(model) -> tuple[int, int]:
+    """(decoder, output head) multiply-add FLOPs per position: 2 x the decoder's weights without the
+    embedding table, 2 x hidden x vocabulary; attention's own FLOPs are left aside."""
+    decoder = model.get_decoder()
+    weights = sum(p.numel() for p in decoder.parameters()) - decoder.get_input_embeddings().weight.numel()
+    return 2 * weights, 2 * model.get_output_embeddings().weight.numel()
+
+
+def bound(reference: ForwardWork, batched: ForwardWork, flops: tuple[int, int]) -> float:
+    """How much less matmul work the batched reward did than the reference: the most its speed-up
+    can be when both run their matmuls at the same rate (a compute-bound CPU)."""
+    cost = lambda work: work.decoder_positions * flops[0] + work.head_positions * flops[1]  # noqa: E731
+    return cost(reference) / cost(batched)
 
 
 def make_items(
@@ -151,24 +167,29 @@ def bench_model(name: str, args) -> float:
     settings = Reward(max_length=args.max_length, chunk_size=args.chunk_size)
     reward = RLTReward(teacher, student, tokenizer, settings)
     tokens = sum(len(b.teacher.input_ids) + len(b.student.input_ids) for b in map(reward.sequences, items))
+    reference_work = ForwardWork(decoder_positions=tokens, head_positions=tokens)  # full forward, every position
+    flops = matmul_flops(teacher)  # teacher and student share the architecture in every model here
     reward.score(items[:2])  # warm-up (allocator, kernels)
     reference_for(reward, items[0])
 
     expected, reference_s, reference_mib = timed(args.device, lambda: [reference_for(reward, item) for item in items])
     print(f"\n{name} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads): {len(items)} explanations "
           f"({args.group_size} per question), {tokens / len(items):.0f} tokens per item (teacher + student)")  # fmt: skip
-    header = f"{'method':<14}{'batch':>6}{'expl/s':>10}{'tokens/s':>11}{'peak MiB':>10}{'max |diff|':>12}{'ratio':>8}"
+    header = f"{'method':<14}{'batch':>6}{'expl/s':>10}{'tokens/s':>11}{'peak MiB':>10}{'max |diff|':>12}{'ratio':>8}{'bound':>8}"
     print(header)
     print(f"{'reference':<14}{1:>6}{len(items) / reference_s:>10.2f}{tokens / reference_s:>11.0f}{reference_mib:>10.0f}"
-          f"{0.0:>12.1e}{1.0:>8.2f}")  # fmt: skip
+          f"{0.0:>12.1e}{1.0:>8.2f}{1.0:>8.2f}")  # fmt: skip
     ratio = 0.0
     for batch in args.batches:
         reward.settings = Reward(max_length=args.max_length, chunk_size=args.chunk_size, batch_size=batch)
+        reward.work = ForwardWork()
         results, seconds, mib = timed(args.device, lambda: reward.score(items))
         diff = max(abs(r[k] - e[k]) for r, e in zip(results, expected) for k in COMPONENTS)
         ratio = reference_s / seconds
         print(f"{'batched':<14}{batch:>6}{len(items) / seconds:>10.2f}{tokens / seconds:>11.0f}{mib:>10.0f}"
-              f"{diff:>12.1e}{ratio:>8.2f}")  # fmt: skip
+              f"{diff:>12.1e}{ratio:>8.2f}{bound(reference_work, reward.work, flops):>8.2f}")  # fmt: skip
+    print("bound: reference / batched matmul FLOPs (decoder positions incl. padding, head positions); the most the "
+          "ratio can reach where both run matmuls at one rate, as a compute-bound CPU does")
     return ratio
 
 

@@ -102,6 +102,15 @@ def _clip(span: tuple[int, int], length: int) -> tuple[int, int]:
     return min(span[0], length), min(span[1], length)
 
 
+@dataclass
+class ForwardWork:
+    """Positions the decoder and the output head ran over (padding included), summed over calls: what
+    the batching and prefix sharing saved, against one full forward per sequence (bench/reward.py)."""
+
+    decoder_positions: int = 0
+    head_positions: int = 0
+
+
 class RLTReward:
     """Scores teacher explanations for a fixed teacher, student and settings.
 
@@ -129,6 +138,7 @@ class RLTReward:
         self.tokenizer = tokenizer
         self.student_tokenizer = student_tokenizer or tokenizer
         self.settings = settings or Reward()
+        self.work = ForwardWork()
         self.teacher_system = teacher_system
         self.student_system = student_system
 
@@ -157,13 +167,15 @@ class RLTReward:
     def _score_batch(self, built: list[ScoringSequences], closed: list[bool]) -> list[dict[str, Any]]:
         s = self.settings
         teacher_rows, teacher_targets = _hidden_rows(
-            self.teacher_model, [b.teacher.input_ids for b in built], [[b.teacher.explanation_span for b in built]]
+            self.teacher_model, [b.teacher.input_ids for b in built], [[b.teacher.explanation_span for b in built]], self.work
         )
         student_rows, student_targets = _hidden_rows(
             self.student_model,
             [b.student.input_ids for b in built],
             [[b.student.explanation_span for b in built], [b.student.solution_span for b in built]],
+            self.work,
         )
+        self.work.head_positions += teacher_rows.shape[0] + student_rows.shape[0]
         explanation_total = teacher_rows.shape[0]  # student rows: all explanations first, then all solutions
         teacher_head, student_head = _output_head(self.teacher_model), _output_head(self.student_model)
         with torch.no_grad():
@@ -272,7 +284,7 @@ def _shared_prefix_length(sequences: list[list[int]], span_groups: list[list[tup
 
 
 def _hidden_rows(
-    model: Any, sequences: list[list[int]], span_groups: list[list[tuple[int, int]]]
+    model: Any, sequences: list[list[int]], span_groups: list[list[tuple[int, int]]], work: ForwardWork
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states that predict the tokens of each span, and those tokens.
 
@@ -301,6 +313,7 @@ def _hidden_rows(
         else:
             hidden = decoder(input_ids=batch.to(device), use_cache=False).last_hidden_state
         rows = hidden[item_index_t.to(device), (positions_t - 1 - shared).to(device)]
+    work.decoder_positions += shared + batch[:, shared:].numel()
     return rows, targets.to(device)
 
 

@@ -133,6 +133,11 @@ def test_a_question_group_runs_its_prompt_once(models):
     prompt = reward.sequences(group[0]).teacher.explanation_span[0]
     # the group fills one batch (the other question's item is alone): prompt once, then 1 + 30 tokens a row
     assert calls["teacher"][:2] == [(1, prompt - 1), (4, 1 + 30)]
+    built = [reward.sequences(item) for item in [*group, other]]
+    full = sum(len(b.teacher.input_ids) + len(b.student.input_ids) for b in built)
+    assert reward.work.head_positions == sum(r["explanation_tokens"] * 2 + r["solution_tokens"] for r in results)
+    assert reward.work.decoder_positions == sum(rows * width for rows, width in calls["teacher"] + calls["student"])
+    assert reward.work.decoder_positions < full
 
 
 def test_truncation_keeps_the_solution_and_cuts_the_explanation(models, items):
