@@ -20,8 +20,9 @@ solution) both fit. Only when question and solution alone overflow the student s
 solution cut from its end; a teacher prompt longer than `max_length` leaves no explanation token to
 score. Such items are flagged `truncated`.
 
-Speed and memory: one right-padded forward per model per batch of `batch_size` items (causal
-attention makes an attention mask unnecessary for right padding). Items are ordered so that those
+Speed and memory: one right-padded forward per model per batch of up to `batch_size` items (causal
+attention makes an attention mask unnecessary for right padding); a batch is closed early rather than
+be more than `max_padding` padding, since padded positions cost what real ones do. Items are ordered so that those
 with the same teacher prompt (one question's explanations: a GRPO group, best-of-n candidates) share
 batches (larger groups first, then by length to limit padding). The prefix all sequences of a batch share (the system
 prompt and chat header; the whole prompt within one question's group) runs once, and the rest of
@@ -154,13 +155,10 @@ class RLTReward:
         """Per-item components, in the order given."""
         items = [RewardItem(*item) for item in items]
         built = [self.sequences(item) for item in items]
-        order = _grouped_order(built)
         results: list[dict[str, Any]] = [{} for _ in items]
-        size = self.settings.batch_size
-        for start in range(0, len(order), size):
-            group = order[start : start + size]
-            scored = self._score_batch([built[i] for i in group], [items[i].closed for i in group])
-            for index, result in zip(group, scored):
+        for batch in _batches(_grouped_order(built), built, self.settings.batch_size, self.settings.max_padding):
+            scored = self._score_batch([built[i] for i in batch], [items[i].closed for i in batch])
+            for index, result in zip(batch, scored):
                 results[index] = result
         return results
 
@@ -265,6 +263,25 @@ def _grouped_order(built: list[ScoringSequences]) -> list[int]:
         groups.setdefault(tuple(b.teacher.input_ids[: b.teacher.explanation_span[0]]), []).append(index)
     ordered = sorted(groups.values(), key=lambda members: (-len(members), sum(map(length, members)) / len(members)))
     return [index for members in ordered for index in sorted(members, key=length)]
+
+
+def _batches(order: list[int], built: list[ScoringSequences], size: int, max_padding: float) -> list[list[int]]:
+    """Consecutive runs of `order` of at most `size` items, each closed early rather than let padding
+    pass `max_padding` of its positions (right padding runs through the decoder like real tokens)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        candidate = [*current, index]
+        if current and (len(candidate) > size or _padding_share([built[i] for i in candidate]) > max_padding):
+            batches.append(current)
+            candidate = [index]
+        current = candidate
+    return [*batches, current] if current else batches
+
+
+def _padding_share(batch: list[ScoringSequences]) -> float:
+    teacher, student = [len(b.teacher.input_ids) for b in batch], [len(b.student.input_ids) for b in batch]
+    return 1 - (sum(teacher) + sum(student)) / (len(batch) * (max(teacher) + max(student)))
 
 
 MIN_SHARED_PREFIX = 8  # tokens; a shorter common prefix is not worth a separate forward

@@ -98,7 +98,7 @@ def record_forwards(teacher, student):
 
 def test_one_forward_per_model_per_batch_after_the_shared_prefix_and_bounded_logits(models, items):
     teacher, student, tok = models
-    reward = RLTReward(teacher, student, tok, Reward(batch_size=2, chunk_size=16))
+    reward = RLTReward(teacher, student, tok, Reward(batch_size=2, chunk_size=16, max_padding=1.0))
     calls, hooks = record_forwards(teacher, student)
     try:
         reward.score(items)
@@ -112,6 +112,21 @@ def test_one_forward_per_model_per_batch_after_the_shared_prefix_and_bounded_log
         assert [rows for rows, _ in shapes] == [1, 2, 1, 2, 1], name
         assert shapes[0][1] >= 8 and shapes[2][1] >= 8  # the system turn at least
     assert calls["head_rows"] == 16  # logits never exceed chunk_size rows
+
+
+def test_batches_close_early_rather_than_pad_past_max_padding():
+    from factory.formats import StudentSequence, TeacherSequence
+    from factory.reward import ScoringSequences, _batches
+
+    def item(length: int) -> ScoringSequences:
+        return ScoringSequences(TeacherSequence([1] * length, (1, length)), StudentSequence([1] * length, (1, 2), (2, length)), False)
+
+    built = [item(n) for n in (10, 10, 11, 12, 40, 41, 42, 43, 44)]
+    order = list(range(len(built)))
+    assert _batches(order, built, size=4, max_padding=1.0) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    # 10..12 then 40: a batch of [10, 10, 11, 12, 40] would be mostly padding, so 40 starts a new one
+    assert _batches(order, built, size=8, max_padding=0.25) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert _batches(order, built, size=8, max_padding=0.01) == [[0, 1], [2], [3], [4], [5], [6], [7], [8]]
 
 
 def test_a_question_group_runs_its_prompt_once(models):
