@@ -120,7 +120,7 @@ class Reward(Section):
     max_length: int = Field(default=16384, ge=16, description="longest scored sequence, tokens")
     batch_size: int = Field(default=8, ge=1, description="most items per forward")
     max_padding: float = Field(
-        default=0.25, gt=0, le=1, description="a batch is closed early rather than be more than this share padding"
+        default=0.1, gt=0, le=1, description="a batch is closed early rather than be more than this share padding"
     )
     chunk_size: int = Field(default=512, ge=1, description="positions per log-softmax chunk")
 
