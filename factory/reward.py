@@ -21,17 +21,18 @@ solution cut from its end; a teacher prompt longer than `max_length` leaves no e
 score. Such items are flagged `truncated`.
 
 Speed and memory: one right-padded forward per model per batch of up to `batch_size` items (causal
-attention makes an attention mask unnecessary for right padding); a batch is closed early rather than
-be more than `max_padding` padding, since padded positions cost what real ones do. Items are ordered so that those
-with the same teacher prompt (one question's explanations: a GRPO group, best-of-n candidates) share
-batches (larger groups first, then by length to limit padding). The prefix all sequences of a batch share (the system
-prompt and chat header; the whole prompt within one question's group) runs once, and the rest of
-each row runs on its KV cache: the decoder's cost becomes the explanation and solution tokens, not
-the prompt, 64 times over in the paper's GRPO groups. Only the decoder runs over the whole sequence; the output head is applied to the scored positions
-only, `chunk_size` rows at a time, so logits memory is bounded by chunk_size x vocab, and the
-log-softmax is taken in fp32 whatever the model dtype. This assumes the model's logits are its
-output embedding applied to the decoder's last hidden state (true of Qwen2, Llama, SmolLM2); models
-whose config rescales or soft-caps logits are refused rather than scored wrongly.
+attention makes an attention mask unnecessary for right padding); a batch is closed early rather
+than be more than `max_padding` padding, since padded positions cost what real ones do. Items with
+the same teacher prompt (one question's explanations: a GRPO group, best-of-n candidates) are kept
+together, larger groups first, then by length. The prefix all sequences of a batch share (the
+system turn; the whole prompt within one question's group) runs once at batch 1 and the rest of each
+row runs on its KV cache, so the decoder's cost is the explanation and solution tokens, not the
+prompt 64 times over as in the paper's GRPO groups. Only the decoder runs over the whole sequence;
+the output head is applied to the scored positions only, `chunk_size` rows at a time, so logits
+memory is bounded by chunk_size x vocab, and the log-softmax is taken in fp32 whatever the model
+dtype. This assumes the model's logits are its output embedding applied to the decoder's last hidden
+state (true of Qwen2, Llama, SmolLM2); models whose config rescales or soft-caps logits are refused
+rather than scored wrongly.
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from factory.artifacts import is_complete, read_meta
 from factory.hub.content import BEFORE_RL
-
-BEFORE_RL_STUDENT = "before_rl_traces"  # the evaluate baseline distilled on the traces before RL
+from factory.stages.evaluate import BEFORE_RL_BASELINE
 
 if TYPE_CHECKING:
     from factory.pipeline import Plan
@@ -99,8 +98,8 @@ def _evaluation(folder: Path) -> list[str]:
             value = scores[model]["overall"] if name == "overall" else scores[model]["sets"].get(name, {}).get("accuracy")
             cells.append(f"{model} {value:.1f}" if value is not None else f"{model} -")
         lines.append(f"eval {name} (accuracy %): " + " | ".join(cells))
-    if BEFORE_RL_STUDENT in scores:
-        after, before = scores["student"]["overall"], scores[BEFORE_RL_STUDENT]["overall"]
+    if BEFORE_RL_BASELINE in scores:
+        after, before = scores["student"]["overall"], scores[BEFORE_RL_BASELINE]["overall"]
         lines.append(
             f"held-out accuracy of students distilled on the traces before RL {before:.1f}% -> after RL {after:.1f}% "
             f"({after - before:+.1f} points)"

@@ -216,7 +216,8 @@ def evaluate_model(
 # ------------------------------------------------------------------------------------ the stage
 
 
-DISTILLED_BASELINES = ("reference_traces", "before_rl_traces")  # students this stage distills itself
+BEFORE_RL_BASELINE = "before_rl_traces"  # the student's twin, distilled on the traces before RL
+DISTILLED_BASELINES = ("reference_traces", BEFORE_RL_BASELINE)  # students this stage distills itself
 
 
 def _baselines(ctx: StageContext) -> tuple[list[tuple[str, Any, str]], dict[str, str]]:
@@ -246,7 +247,7 @@ def _why_not_distilled(ctx: StageContext, name: str) -> str | None:
     stages = ctx.recipe.stages
     if name == "reference_traces" and stages.distill.enabled and not stages.generate.enabled:
         return "the student itself was distilled on the reference traces (stages.generate is disabled)"
-    if name == "before_rl_traces":
+    if name == BEFORE_RL_BASELINE:
         traces = ctx.inputs["traces"]
         if not (traces.is_artifact and any((traces.artifact_dir / "data" / BEFORE_RL).glob("*.parquet"))):
             return "the traces have no before_rl config (no explanation of the teacher before RL passed the checks)"
