@@ -88,6 +88,17 @@ def check_divides(total: int, part: int, key: str, what: str) -> int:
     return total // part
 
 
+def check_sft_settings(settings: Any, key: str, world_size: int) -> None:
+    """User errors of an SFT stage's settings (`key`: its recipe path), before any data or model loads."""
+    check_report_to(settings.report_to, f"{key}.report_to")
+    check_divides(
+        settings.global_batch_size,
+        settings.per_device_batch_size * world_size,
+        f"{key}.global_batch_size",
+        "the global batch must split into per_device_batch_size x processes",
+    )
+
+
 # -------------------------------------------------------------------------------------- tracking
 
 

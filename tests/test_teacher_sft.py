@@ -48,15 +48,7 @@ stages:
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU they oversubscribe it (10x slower)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny models: threads only oversubscribe a shared CPU
 
 
 def write_recipe(tmp_path: Path, teacher: Path, student: Path, thought_column: str | None = "thought") -> Path:

@@ -85,16 +85,9 @@ def student_rows(rows: list[dict[str, str]], system: str | None) -> list[dict[st
 
 def check_settings(recipe: "Recipe") -> None:
     """User errors of the distill settings, raised before any data or model is loaded."""
-    from factory.training import check_divides, check_report_to
+    from factory.training import check_sft_settings
 
-    distill = recipe.stages.distill
-    check_report_to(distill.report_to, "stages.distill.report_to")
-    check_divides(
-        distill.global_batch_size,
-        distill.per_device_batch_size * recipe.launch.world_size,
-        "stages.distill.global_batch_size",
-        "the global batch must split into per_device_batch_size x processes",
-    )
+    check_sft_settings(recipe.stages.distill, "stages.distill", recipe.launch.world_size)
 
 
 def distill_model(

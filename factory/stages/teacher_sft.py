@@ -19,7 +19,7 @@ from factory.errors import UserError
 from factory.formats import EXPLANATION_CLOSE, teacher_prompt_ids
 from factory.launch import run_worker
 from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
-from factory.training import check_divides, check_report_to, model_entry, read_result, write_job, write_rows
+from factory.training import check_sft_settings, model_entry, read_result, write_job, write_rows
 
 DATA_FILE = "sft_rows.jsonl"
 IGNORE = -100
@@ -88,13 +88,7 @@ class TeacherSFT(Stage):
         from factory.models import load_tokenizer
 
         recipe, sft = ctx.recipe, ctx.recipe.stages.teacher_sft
-        check_report_to(sft.report_to, "stages.teacher_sft.report_to")
-        check_divides(
-            sft.global_batch_size,
-            sft.per_device_batch_size * recipe.launch.world_size,
-            "stages.teacher_sft.global_batch_size",
-            "the global batch must split into per_device_batch_size x processes",
-        )
+        check_sft_settings(sft, "stages.teacher_sft", recipe.launch.world_size)
         result = read_result(ctx.out_dir)
         if result is None:
             teacher = ctx.inputs["teacher"]
