@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from factory.data.answers import extract_boxed, normalize_answer
 
@@ -84,6 +84,43 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "count": len(ordered), "mean": mean, "std": math.sqrt(variance), "min": ordered[0],
         "p10": rank(0.1), "p50": rank(0.5), "p90": rank(0.9), "max": ordered[-1],
     }  # fmt: skip
+
+
+def paired_bootstrap(
+    before: Mapping[str, float], after: Mapping[str, float], *, resamples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> dict[str, float] | None:
+    """The mean of after - before over the keys both have (the same questions), with a percentile
+    bootstrap interval at `level` (pairs resampled with replacement, numpy's generator seeded with
+    `seed`; keys sorted, so the order of the mappings does not matter). None when no key is shared.
+
+    Returned (JSON-ready): questions, before and after (their means over those questions), mean
+    (of the differences), low, high, level, resamples, seed.
+    """
+    import numpy as np
+
+    keys = sorted(before.keys() & after.keys())
+    if not keys:
+        return None
+    differences = np.array([after[key] - before[key] for key in keys], dtype=np.float64)
+    count = len(keys)
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, 1_000_000 // count)  # resampled indices held at once: about 8 MB
+    means = np.concatenate([
+        differences[rng.integers(0, count, size=(min(per_chunk, resamples - start), count))].mean(axis=1)
+        for start in range(0, resamples, per_chunk)
+    ])  # fmt: skip
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {
+        "questions": count,
+        "before": float(np.mean([before[key] for key in keys])),
+        "after": float(np.mean([after[key] for key in keys])),
+        "mean": float(differences.mean()),
+        "low": float(low),
+        "high": float(high),
+        "level": level,
+        "resamples": resamples,
+        "seed": seed,
+    }
 
 
 def histogram(png: Path, csv: Path, series: dict[str, Sequence[float]], xlabel: str, title: str, bins: int = 30) -> None:

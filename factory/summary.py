@@ -1,6 +1,8 @@
 """What `factory run` prints last: how to load and compare the traces, the RLT reward of the teacher
-before vs after RL, and the student's evaluation next to its baselines (with the `before_rl_traces`
-baseline, the held-out accuracy of students distilled on the traces before vs after RL).
+before vs after RL (the selected traces paired by question: the mean difference with its 95% percentile
+bootstrap interval, factory.qa.paired_bootstrap), and the student's evaluation next to its baselines
+(with the `before_rl_traces` baseline, the held-out accuracy of students distilled on the traces before
+vs after RL).
 
 Read from the run manifest (where each artifact was published) and the artifacts themselves
 (generate's metrics, evaluate's report.json); a stage that is disabled, did not complete in this
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from factory.artifacts import is_complete, read_meta
 from factory.hub.content import BEFORE_RL
+from factory.qa import paired_bootstrap
 from factory.stages.evaluate import BEFORE_RL_BASELINE
 
 if TYPE_CHECKING:
@@ -68,19 +71,39 @@ def _traces(entry: dict[str, Any], folder: Path) -> list[str]:
             lines.append(f"compare Space: {published['space']}")
     metrics = read_meta(folder).metrics
     if BEFORE_RL in metrics:
-        prior, after = metrics[BEFORE_RL]["reward"], metrics["reward"]
-        if "reward_gain_vs_before_rl" in metrics:
-            lines.append(
-                f"mean reward before RL {prior['selected']['mean']:.4f} -> after RL {after['selected']['mean']:.4f} "
-                f"({metrics['reward_gain_vs_before_rl']:+.4f}; {metrics[BEFORE_RL]['rows']} vs {metrics['rows']} traces; "
-                f"all candidates {prior['candidates']['mean']:.4f} -> {after['candidates']['mean']:.4f})"
-            )
-        else:
-            lines.append(
-                f"before RL no explanation passed the checks; mean reward of all candidates "
-                f"{prior['candidates']['mean']:.4f} -> after RL {after['candidates']['mean']:.4f}"
-            )
+        lines.append(_reward_line(folder, metrics))
     return lines
+
+
+def _reward_line(folder: Path, metrics: dict[str, Any]) -> str:
+    """Selected traces' mean reward before vs after RL, paired by question, with a 95% bootstrap interval."""
+    prior, after = metrics[BEFORE_RL]["reward"], metrics["reward"]
+    all_before, all_after = prior["candidates"]["mean"], after["candidates"]["mean"]
+    paired = paired_bootstrap(_selected_rewards(folder / "data" / BEFORE_RL), _selected_rewards(folder / "data"))
+    if paired is None:
+        return (
+            f"before RL no explanation passed the checks; mean reward of all candidates {all_before:.3f} "
+            f"-> after RL {all_after:.3f}"
+        )
+    unpaired = ""
+    if not metrics[BEFORE_RL]["rows"] == metrics["rows"] == paired["questions"]:
+        unpaired = f", of {metrics[BEFORE_RL]['rows']} vs {metrics['rows']} traces"
+    return (
+        f"mean reward before RL {paired['before']:.3f} -> after RL {paired['after']:.3f} ({paired['mean']:+.3f}, "
+        f"{paired['level']:.0%} paired bootstrap CI [{paired['low']:+.3f}, {paired['high']:+.3f}] over "
+        f"{paired['questions']} questions{unpaired}; all candidates {all_before:.3f} -> {all_after:.3f})"
+    )
+
+
+def _selected_rewards(data: Path) -> dict[str, float]:
+    """Question id -> reward of the selected trace, from a traces config's parquet files (none: empty)."""
+    import pyarrow.parquet as pq
+
+    rewards: dict[str, float] = {}
+    for part in sorted(data.glob("*.parquet")):
+        table = pq.read_table(part, columns=["id", "reward"])
+        rewards.update(zip(table["id"].to_pylist(), table["reward"].to_pylist()))
+    return rewards
 
 
 def _evaluation(folder: Path) -> list[str]:
