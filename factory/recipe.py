@@ -132,7 +132,18 @@ class Stage(Section):
     enabled: bool = True
 
 
-class TrainStage(Stage):
+class OptimizedStage(Stage):
+    """AdamW and gradient clipping of a training stage; the defaults are transformers' (the reference's
+    everywhere but its teacher warm-up, whose values recipes/aime.yaml sets)."""
+
+    weight_decay: float = Field(default=0.0, ge=0)
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1)
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(default=1e-8, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0, description="gradient-norm clip")
+
+
+class TrainStage(OptimizedStage):
     learning_rate: float = Field(gt=0)
     lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
@@ -141,9 +152,11 @@ class TrainStage(Stage):
     global_batch_size: int = Field(default=16, ge=1)
     per_device_batch_size: int = Field(default=1, ge=1)
     max_length: int = Field(default=16384, ge=16)
-    weight_decay: float = Field(default=0.0, ge=0)
     gradient_checkpointing: bool = False
     bf16: bool = True
+    save_strategy: Literal["steps", "epoch"] = Field(
+        default="steps", description="checkpoint every save_steps optimizer steps, or at the end of every epoch"
+    )
     save_steps: int = Field(default=100, ge=1)
     seed: int = 42
     report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(default_factory=lambda: ["none"])
@@ -154,7 +167,7 @@ class TeacherSFT(TrainStage):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
 
 
-class TeacherRL(Stage):
+class TeacherRL(OptimizedStage):
     """GRPO with the RLT reward; every paper setting explicit (TRL's defaults differ)."""
 
     steps: int = Field(default=125, ge=1)
@@ -176,9 +189,14 @@ class TeacherRL(Stage):
     kl_bias_correction: bool = Field(
         default=False, description="weight the KL term by the policy ratio (on by default in TRL 1.16); off in the paper"
     )
+    vllm_importance_sampling_correction: bool = Field(
+        default=False,
+        description="TRL 1.16's vLLM importance-sampling correction, on by default there: each rollout's loss is "
+        "weighted by the trainer's / vLLM's sequence probability ratio, and masked out above 3. Off in the paper, "
+        "whose GRPO is plain on-policy; acts only with launch.vllm_mode colocate or server",
+    )
     max_prompt_length: int = Field(default=4096, ge=8)
     max_completion_length: int = Field(default=16384, ge=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
     gradient_checkpointing: bool = True
     bf16: bool = True
     save_steps: int = Field(default=25, ge=1)
@@ -215,7 +233,12 @@ class Distill(TrainStage):
     learning_rate: float = Field(default=1e-5, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     epochs: float = Field(default=3.0, gt=0)
-    packing: bool = True
+    packing: bool = Field(
+        default=True,
+        description="best-fit decreasing packing (padding-free, no attention across sequences): a row then holds up "
+        "to max_length tokens of several sequences and global_batch_size counts rows, so an optimizer step covers "
+        "more sequences than global_batch_size. The paper's students: no packing, 96 sequences a step",
+    )
 
 
 class Evaluate(Stage):

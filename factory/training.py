@@ -134,24 +134,66 @@ def tracking_env(out_dir: Path) -> Iterator[None]:
 
 
 def common_arguments(section: Any, out_dir: Path, run_name: str, project: str) -> dict[str, Any]:
-    """TrainingArguments keys both trainers take from a stage section, always passed explicitly."""
+    """TrainingArguments of all three trainers from a stage section, with every transformers default that
+    changes results passed explicitly (docs/fidelity.md compares each with the reference)."""
     import torch
 
     return {
         "output_dir": str(out_dir / CHECKPOINTS),
         "learning_rate": section.learning_rate,
         "lr_scheduler_type": section.lr_scheduler,
+        "lr_scheduler_kwargs": {},  # cosine: half a cycle, down to 0 at the last step, as the reference's
         "warmup_steps": section.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
+        "optim": "adamw_torch_fused",  # torch's AdamW (the reference's adamw_torch, one fused kernel)
+        "weight_decay": section.weight_decay,
+        "adam_beta1": section.adam_beta1,
+        "adam_beta2": section.adam_beta2,
+        "adam_epsilon": section.adam_epsilon,
+        "max_grad_norm": section.max_grad_norm,
+        "label_smoothing_factor": 0.0,
+        "neftune_noise_alpha": None,  # no noise on the embeddings
+        "use_liger_kernel": False,
+        "torch_compile": False,
         "gradient_checkpointing": section.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},  # as the reference's
         "bf16": section.bf16,
-        "save_strategy": "steps",
-        "save_steps": section.save_steps,
+        "fp16": False,
         "seed": section.seed,
+        "data_seed": section.seed,  # the sampler's order follows the recipe's seed too
+        "dataloader_drop_last": False,  # the last, partial batch of an epoch trains, as in the reference
+        # a token-level mean over the global batch; the reference's transformers 4.51 averaged per device
+        "average_tokens_across_devices": True,
+        "save_steps": section.save_steps,
         "report_to": [name for name in section.report_to if name != "none"] or "none",
         "run_name": run_name,
         "project": project,  # trackio's project
         "use_cpu": not torch.cuda.is_available(),
     }
+
+
+def sft_arguments(section: Any, world_size: int) -> dict[str, Any]:
+    """The SFTConfig keys both SFT stages (teacher warm-up, distillation) take alike from a TrainStage."""
+    return {
+        "per_device_train_batch_size": section.per_device_batch_size,
+        "gradient_accumulation_steps": section.global_batch_size // (section.per_device_batch_size * world_size),
+        "num_train_epochs": section.epochs,
+        "max_steps": section.max_steps or -1,
+        "save_strategy": section.save_strategy,
+        "logging_steps": 1,
+        "loss_type": "nll",  # plain cross-entropy (not TRL's dft)
+        "assistant_only_loss": False,  # the rows say what is supervised
+        "activation_offloading": False,
+        "shuffle_dataset": False,  # the sampler reshuffles every epoch (data_seed); no extra shuffle first
+        "eos_token": None,  # the tokenizer's own
+    }
+
+
+def tf32(on: bool) -> bool | None:
+    """TrainingArguments.tf32: `on` where the GPU has TF32 matmuls, else None (transformers refuses True there).
+    Passed either way, so a stage never inherits the setting of one run before it in the same process."""
+    from transformers.utils import is_torch_tf32_available
+
+    return on if is_torch_tf32_available() else None
 
 
 # ----------------------------------------------------------------------------------- checkpoints

@@ -286,47 +286,6 @@ def test_user_errors_come_before_training(tmp_path, tiny_model_dir, tiny_student
     assert not list(tmp_path.glob("runs/rl/artifacts/*/checkpoints"))
 
 
-def test_every_paper_setting_is_passed_explicitly_to_trl(repo_root):
-    """recipes/aime.yaml -> GRPOConfig / SFTConfig: the RLT.md values, where TRL 1.16's defaults differ."""
-    from trl import GRPOConfig
-
-    from factory.stages.teacher_rl_worker import grpo_config
-    from factory.stages.teacher_sft_worker import sft_config
-
-    recipe = load_recipe(repo_root / "recipes" / "aime.yaml")
-    config = grpo_config(recipe, Path("/tmp/unused"), "aime", False)
-    paper = {
-        "max_steps": 125,
-        "num_generations": 64,
-        "gradient_accumulation_steps": 16,  # 1024 rollouts / (8 per device x 8 GPUs): one update per round
-        "steps_per_generation": 16,
-        "num_iterations": 1,
-        "temperature": 0.7,
-        "learning_rate": 1e-6,
-        "lr_scheduler_type": "constant",
-        "beta": 0.04,
-        "sync_ref_model": True,
-        "ref_model_mixup_alpha": 0.9,  # TRL: ref <- alpha * policy + (1 - alpha) * ref
-        "ref_model_sync_steps": 32,
-        "loss_type": "grpo",
-        "scale_rewards": "group",
-        "use_bias_correction_kl": False,
-        "max_completion_length": 16384,
-        "use_vllm": True,
-        "vllm_mode": "colocate",
-    }
-    for key, value in paper.items():
-        assert getattr(config, key) == value, key
-    defaults = GRPOConfig(output_dir="/tmp/unused", use_cpu=True)
-    overridden = ("loss_type", "beta", "temperature", "sync_ref_model", "ref_model_mixup_alpha",
-                  "ref_model_sync_steps", "use_bias_correction_kl", "num_generations")  # fmt: skip
-    assert [k for k in overridden if getattr(defaults, k) == paper[k]] == []  # each one differs from TRL's default
-    sft = sft_config(recipe, Path("/tmp/unused"), "aime", False)
-    assert (sft.learning_rate, sft.lr_scheduler_type, sft.warmup_steps, sft.gradient_accumulation_steps) == (
-        1e-5, "cosine", 0.05, 2,  # global batch 16 = 1 per device x 8 GPUs x 2
-    )  # fmt: skip
-
-
 def test_plan_shows_both_teacher_stages_with_paper_settings(repo_root):
     env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
     result = subprocess.run(

@@ -23,6 +23,8 @@ from factory.training import (
     model_spec,
     read_job,
     read_rows,
+    sft_arguments,
+    tf32,
     tracking_env,
     write_curve,
 )
@@ -42,16 +44,14 @@ def sft_config(job: dict[str, Any]):
         model_init["attn_implementation"] = job["attn_implementation"]
     return SFTConfig(
         **common_arguments(distill, Path(job["out_dir"]), job["run_name"], f"factory-{recipe.name}"),
-        per_device_train_batch_size=distill.per_device_batch_size,
-        gradient_accumulation_steps=distill.global_batch_size // (distill.per_device_batch_size * recipe.launch.world_size),
-        num_train_epochs=distill.epochs,
-        max_steps=distill.max_steps or -1,
-        weight_decay=distill.weight_decay,
-        logging_steps=1,
+        **sft_arguments(distill, recipe.launch.world_size),
+        tf32=tf32(False),  # torch's default, which SkyThought's training recipe keeps
         max_length=distill.max_length,
+        truncation_mode="keep_start",  # a longer sequence is cut at its end, as SkyThought's cutoff_len
         packing=distill.packing,
         packing_strategy="bfd",
-        completion_only_loss=True,
+        padding_free=distill.packing,  # bfd packing is padding-free; unpacked rows are padded
+        completion_only_loss=True,  # the loss covers the assistant turn (thought and solution), not the prompt
         dataloader_pin_memory=torch.cuda.is_available(),
         model_init_kwargs=model_init,
         trust_remote_code=model_init["trust_remote_code"],

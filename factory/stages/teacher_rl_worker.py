@@ -40,6 +40,7 @@ from factory.training import (
     model_spec,
     read_job,
     read_rows,
+    tf32,
     tracking_env,
     write_curve,
 )
@@ -67,13 +68,15 @@ def grpo_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code:
     use_vllm = launch.vllm_mode != "off"
     return GRPOConfig(
         **common_arguments(rl, out_dir, run_name, f"factory-{recipe.name}"),
+        tf32=tf32(True),  # the reference's tf32: true (cfgs/trainer_cfg/base.yaml)
+        save_strategy="steps",
         max_steps=rl.steps,
         logging_steps=rl.logging_steps,
-        max_grad_norm=rl.max_grad_norm,
         # one generation round = prompts_per_step x generations_per_prompt rollouts = one optimizer step
         per_device_train_batch_size=rl.per_device_batch_size,
         gradient_accumulation_steps=micro_steps,
         steps_per_generation=micro_steps,
+        generation_batch_size=None,  # follows from steps_per_generation: the step's rollouts
         num_generations=rl.generations_per_prompt,
         num_iterations=rl.iterations_per_generation,  # 1: strictly on-policy
         shuffle_dataset=True,
@@ -85,6 +88,9 @@ def grpo_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code:
         min_p=None,
         repetition_penalty=1.0,
         max_completion_length=rl.max_completion_length,
+        generation_kwargs=None,  # no sampling option beyond the ones above
+        cache_implementation=None,
+        use_transformers_paged=False,
         # objective: k3 KL to a reference soft-updated as ref <- mix * policy + (1 - mix) * ref every ref_sync_steps
         beta=rl.beta,
         sync_ref_model=rl.beta > 0,
@@ -94,9 +100,22 @@ def grpo_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code:
         loss_type=rl.loss_type,  # grpo: mean over each sequence's tokens, then over sequences
         scale_rewards=rl.scale_rewards,  # group: (r - group mean) / (group std + 1e-4)
         epsilon=rl.clip_epsilon,
+        epsilon_high=None,  # = epsilon: a symmetric clip
+        delta=None,  # no extra upper bound on the ratio
         importance_sampling_level="token",
+        # no correction of vLLM's vs the trainer's log-probabilities: the paper's GRPO is plain on-policy
+        vllm_importance_sampling_correction=rl.vllm_importance_sampling_correction,
+        off_policy_mask_threshold=None,
+        top_entropy_quantile=1.0,  # every completion token trains (no high-entropy mask)
+        entropy_coef=0.0,  # no entropy bonus
+        use_adaptive_entropy=False,
         mask_truncated_completions=False,  # an unclosed explanation is scored with its penalty, not dropped
+        reward_weights=None,  # the one RLT reward, weight 1
         multi_objective_aggregation="sum_then_normalize",
+        disable_dropout=False,  # the model's own dropout (0 in Qwen2.5), as the reference
+        cast_lm_head_to_fp32=False,  # the head in the training precision, as the reference
+        log_completions=False,  # rollouts.jsonl holds every rollout
+        num_completions_to_print=None,
         model_init_kwargs={"dtype": torch.float32, "trust_remote_code": trust_remote_code},  # fp32 master weights
         trust_remote_code=trust_remote_code,
         # rollouts: vLLM (colocate on the training GPUs, or the server this stage started) or transformers

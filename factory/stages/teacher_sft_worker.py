@@ -28,6 +28,8 @@ from factory.training import (
     model_spec,
     read_job,
     read_rows,
+    sft_arguments,
+    tf32,
     tracking_env,
     write_curve,
 )
@@ -58,14 +60,12 @@ def sft_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code: 
     sft = recipe.stages.teacher_sft
     return SFTConfig(
         **common_arguments(sft, out_dir, run_name, f"factory-{recipe.name}"),
-        per_device_train_batch_size=sft.per_device_batch_size,
-        gradient_accumulation_steps=sft.global_batch_size // (sft.per_device_batch_size * recipe.launch.world_size),
-        num_train_epochs=sft.epochs,
-        max_steps=sft.max_steps or -1,
-        weight_decay=sft.weight_decay,
-        logging_steps=1,
+        **sft_arguments(sft, recipe.launch.world_size),
+        tf32=tf32(True),  # the reference's tf32: true (cfgs/run_cfg/teacher_sft.yaml)
         max_length=None,  # rows arrive truncated by the stage, which counts what it cut
-        packing=False,
+        packing=False,  # as the reference's warm-up
+        padding_free=False,
+        completion_only_loss=False,  # the rows' labels mask the prompt: only the explanation is supervised
         model_init_kwargs={"dtype": torch.float32, "trust_remote_code": trust_remote_code},  # fp32 master weights
         trust_remote_code=trust_remote_code,
     )
