@@ -24,6 +24,11 @@ from factory.recipe import Recipe, recipe_to_dict
 
 HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 TAGS = ["factory", "rlt", "reinforcement-learned-teaching"]
+# factory has no public home to link to yet, so the card names the file in factory's source.
+FIDELITY_LINE = (
+    "Every setting of the method next to the RLT paper's reference code (SakanaAI/RLT@86a3f5c), and why where "
+    "they differ: `docs/fidelity.md` in factory's source."
+)
 ROLE_TEXT = {
     "teacher": "an RLT teacher: given a question and its solution, it writes the explanation that best teaches a student",
     "student": "a student distilled on explanations written by an RLT teacher",
@@ -80,7 +85,7 @@ def _recipe_block(recipe: Recipe) -> str:
 def _footer(record: dict[str, Any], recipe: Recipe) -> str:
     versions = "\n".join(f"{k}=={v}" for k, v in sorted(record["versions"].items()))
     return (
-        f"## Recipe\n\n{_recipe_block(recipe)}\n"
+        f"## Recipe\n\n{FIDELITY_LINE}\n\n{_recipe_block(recipe)}\n"
         f"## Provenance\n\nStage `{record['stage']}`, fingerprint `{record['fingerprint']}`; "
         f"the full record is [`factory.json`](factory.json).\n\n```text\n{versions}\n```\n"
     )
