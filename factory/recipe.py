@@ -78,10 +78,37 @@ class DataSource(Section):
 
 
 class EvalSet(DataSource):
+    """A benchmark: how each question is asked and graded (factory.data.eval_prompts, factory.data.answers)."""
+
     name: str
     split: str = "test"
-    answer_column: str = "answer"
+    config: str | None = Field(default=None, description="the Hub dataset's config (subset), e.g. gpqa_diamond")
+    answer_column: str = Field(
+        default="answer", description="the reference answer; with distractor_columns, the correct option's text"
+    )
     kind: Literal["math", "multiple_choice"] = "math"
+    template: Literal["skythought_math", "skythought_gpqa", "plain"] | None = Field(
+        default=None,
+        description="the user turn around the question; None: SkyThought's for the kind "
+        "(skythought_math, or skythought_gpqa for multiple_choice); plain: the question alone",
+    )
+    distractor_columns: list[str] = Field(
+        default_factory=list,
+        description="multiple choice with the options in columns: the wrong options' columns; the options are "
+        "shown after the question in a fixed order shuffled by shuffle_seed, the reference is the correct one's letter",
+    )
+    shuffle_seed: int = Field(default=0, description="seed of the options' order (with distractor_columns)")
+
+    @model_validator(mode="after")
+    def _choice_layout(self) -> "EvalSet":
+        if self.kind != "multiple_choice" and (self.distractor_columns or self.template == "skythought_gpqa"):
+            what = "distractor_columns" if self.distractor_columns else "template: skythought_gpqa"
+            raise ValueError(f"{what} needs kind: multiple_choice")
+        if self.distractor_columns and len(self.distractor_columns) > 25:
+            raise ValueError("distractor_columns: at most 25 (the options are lettered A-Z)")
+        if self.template in (None, "skythought_gpqa") and self.distractor_columns and len(self.distractor_columns) != 3:
+            raise ValueError("template skythought_gpqa asks for A, B, C or D: distractor_columns needs 3 columns")
+        return self
 
 
 class Data(Section):

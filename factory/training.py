@@ -5,7 +5,9 @@ loads), writes a job file into its artifact folder and hands it to a worker modu
 `factory.launch.run_worker` (in-process for one process, `accelerate launch` for many). The worker
 trains with checkpoints under `checkpoints/`, resumes from the last complete one, and finishes by
 saving `model/`, the curve (CSV + PNG) and `result.json`, written last: a stage that finds
-`result.json` has nothing left to train.
+`result.json` has nothing left to train (and drops checkpoints a kill left behind it). A resumed run
+ends as an uninterrupted one does: same steps (`ExactResume`), weights and whole-run metrics
+(`mean_loss` reads the log history the checkpoint carries).
 
 torch, transformers and matplotlib are imported inside the functions that need them.
 """
@@ -76,9 +78,16 @@ def read_job(path: str | Path) -> dict[str, Any]:
 
 
 def read_result(out_dir: Path) -> dict[str, Any] | None:
-    """The finished worker's metrics, or None when training has not completed in this folder."""
+    """The finished worker's metrics, or None when training has not completed in this folder.
+
+    A finished folder's checkpoints are dropped here too: a worker killed between `result.json` and
+    its clean-up (`finish`) leaves them, and no later run would otherwise remove them.
+    """
     path = out_dir / RESULT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    return json.loads(path.read_text())
 
 
 def check_divides(total: int, part: int, key: str, what: str) -> int:
@@ -214,6 +223,41 @@ def last_checkpoint(out_dir: Path) -> Path | None:
 
 def checkpoint_step(checkpoint: Path) -> int:
     return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+class ExactResume:
+    """Mixed into a transformers Trainer: a run resumed from its final checkpoint trains no further step.
+
+    transformers 5.17 resumes `global_step % steps_per_epoch` batches into an epoch and runs that epoch
+    before it compares the step with `max_steps`; from a checkpoint at `max_steps` that is not an epoch's
+    end (a `max_steps` run, GRPO) it took one more optimizer step on the next batch. `_run_epoch` is the
+    loop's per-epoch hook (tests/test_resume.py fails if a transformers upgrade renames it).
+    """
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
+
+
+def resumable(trainer_class: type) -> type:
+    """`trainer_class` with `ExactResume` mixed in."""
+    return type(trainer_class.__name__, (ExactResume, trainer_class), {})
+
+
+def mean_loss(log_history: Iterable[dict[str, Any]]) -> float | None:
+    """The whole run's mean training loss from its logged losses (each the mean since the previous log).
+
+    TrainOutput.training_loss covers only the steps of the last `train()` call, divided by every step:
+    after a resume it is not the run's loss. The log history a checkpoint carries holds the earlier part.
+    """
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last else None
 
 
 def finish(trainer: Any, tokenizer: Any, out_dir: Path, result: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ def test_prompt_is_the_training_prompt(tiny_model_dir):
     from factory.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    ids = student_prompt_ids(tokenizer, "What is 2 + 3?", None)
+    ids = student_prompt_ids(tokenizer, "What is 2 + 3?", DEFAULT_STUDENT_SYSTEM)
     full = tokenizer.apply_chat_template(student_messages("What is 2 + 3?", "think", "\\boxed{5}"), tokenize=False)
     full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
     assert full_ids[: len(ids)] == ids
@@ -79,7 +79,10 @@ def make_recipe(model: Path, tmp_path: Path, *, distill: bool = True, generate: 
 
 
 def test_evaluate_stage_student_and_base_through_the_pipeline(tmp_path, tiny_student_dir, monkeypatch):
+    from importlib.metadata import version
+
     from factory.artifacts import read_meta
+    from factory.formats import DEFAULT_STUDENT_SYSTEM
     from factory.pipeline import execute, make_plan
 
     recipe = make_recipe(tiny_student_dir, tmp_path)
@@ -102,7 +105,16 @@ def test_evaluate_stage_student_and_base_through_the_pipeline(tmp_path, tiny_stu
             assert scores["sets"][name]["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in rows) / questions)
         by_set = scores["sets"]
         assert scores["overall"] == pytest.approx((by_set["arith"]["accuracy"] + by_set["mc"]["accuracy"]) / 2)
-    assert report["sampling"] == {**report["sampling"], "temperature": 0.0, "n": 1, "max_new_tokens": 5}
+    # the protocol: sampling, each set's template (SkyThought's by kind), grader and its version, the system prompt
+    protocol = report["protocol"]
+    assert protocol == {**protocol, "temperature": 0.0, "n": 1, "max_new_tokens": 5, "seed": 42}
+    assert protocol["system_prompt"] == DEFAULT_STUDENT_SYSTEM
+    arith, mc = protocol["sets"]["arith"], protocol["sets"]["mc"]
+    assert arith["template_text"] == "Return your final response within \\boxed{}. {question}"
+    assert (arith["grader"]["name"], arith["grader"]["version"]) == ("math-verify", version("math-verify"))
+    assert mc["template"] == "skythought_gpqa" and mc["grader"]["name"] == "choice letter"
+    rows = pq.read_table(folder / "outputs" / "student" / "mc.parquet").to_pylist()
+    assert rows[0]["prompt"] == mc["template_text"].replace("{question}", rows[0]["question"])
     assert report["versions"]["transformers"] and report["versions"]["trl"]
     assert [s["resolved_revision"] for s in report["eval_sets"]][0] == "quickstart-v1"
     assert [s["questions"] for s in report["eval_sets"]] == [3, 2]
@@ -114,6 +126,7 @@ def test_evaluate_stage_student_and_base_through_the_pipeline(tmp_path, tiny_stu
     assert meta.kind == "report"
     assert meta.metrics["arith"] == {"accuracy": report["scores"]["student"]["sets"]["arith"]["accuracy"]}
     assert meta.metrics["baselines"]["distill_base"]["overall"] == report["scores"]["distill_base"]["overall"]
+    assert meta.metrics["protocol"] == protocol
     assert (folder / "scores.png").stat().st_size > 1000
     assert (folder / "scores.csv").read_text().splitlines()[0] == "model,arith,mc,overall"
 

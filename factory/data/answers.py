@@ -145,6 +145,24 @@ def gold_answer(answer: str, kind: Kind) -> str:
     return text
 
 
+def grader(kind: Kind) -> dict[str, str]:
+    """How `check_answer` grades a kind, with the version of the library that decides math equality."""
+    if kind == "multiple_choice":
+        return {
+            "name": "choice letter",
+            "rule": "the letter in the last \\boxed{} (else the last 'answer is X' / 'Answer: X'), "
+            "equal to the reference",
+        }
+    from importlib.metadata import version
+
+    return {
+        "name": "math-verify",
+        "version": version("math-verify"),
+        "rule": "the last \\boxed{} of the completion, equivalent to the reference by math-verify "
+        "(or equal after string normalisation)",
+    }
+
+
 def check_answer(completion: str, gold: str, kind: Kind) -> AnswerCheck:
     """Extract the completion's answer and compare it with the reference answer."""
     reference = gold_answer(gold, kind)

@@ -117,7 +117,8 @@ def _hub_dataset(source: DataSource):
     from datasets.exceptions import DatasetGenerationError
 
     try:
-        return datasets.load_dataset(source.source, split=source.split, revision=source.revision)
+        config = source.config if isinstance(source, EvalSet) else None
+        return datasets.load_dataset(source.source, config, split=source.split, revision=source.revision)
     except DatasetGenerationError as exc:  # e.g. a column whose rows mix types
         raise UserError(f"dataset {_describe(source)} cannot be read: {exc.__cause__ or exc}") from None
     except ValueError as exc:
@@ -144,23 +145,25 @@ def _mapped_row(source: DataSource | EvalSet, number: int, record: Any) -> Row:
     if not isinstance(record, dict):
         raise UserError(f"{_describe(source)} row {number}: a row must be an object, got {type(record).__name__}")
     is_eval = isinstance(source, EvalSet)
-    # (row key, column, required): eval sets need no solution, so theirs is read only when present
-    # or when solution_column was set explicitly
+    # (row key, column, required, recipe key naming it): eval sets need no solution, so theirs is read
+    # only when present or when solution_column was set explicitly
     columns = [
-        ("question", source.question_column, True),
-        ("solution", source.solution_column, not is_eval or "solution_column" in source.model_fields_set),
-        ("thought", source.thought_column, True),
+        ("question", source.question_column, True, "question_column"),
+        ("solution", source.solution_column, not is_eval or "solution_column" in source.model_fields_set,
+         "solution_column"),
+        ("thought", source.thought_column, True, "thought_column"),
     ]
     if is_eval:
-        columns.append(("answer", source.answer_column, True))
+        columns.append(("answer", source.answer_column, True, "answer_column"))
+        columns += [(f"distractor_{n}", c, True, "distractor_columns") for n, c in enumerate(source.distractor_columns, 1)]
     row: Row = {}
-    for key, column, required in columns:
+    for key, column, required, setting in columns:
         if column is None or (not required and record.get(column) in (None, "")):
             continue
         if column not in record:
             raise UserError(
                 f"{_describe(source)} row {number}: no column {column!r} (the {key} column); "
-                f"columns: {', '.join(map(str, record))}; set {key}_column to one of them"
+                f"columns: {', '.join(map(str, record))}; set {setting} to one of them"
             )
         row[key] = _text(record[column], source, number, column, allow_number=key == "answer")
     return row

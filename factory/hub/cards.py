@@ -98,7 +98,8 @@ def evaluation_rows(metrics: dict[str, Any], recipe: Recipe) -> list[tuple[str |
     """(eval set or None, metric, value) for every number in a report's metrics."""
     names = {s.name for s in recipe.data.eval}
     rows: list[tuple[str | None, str, float]] = []
-    for key, value in flatten(metrics).items():
+    scores = {k: v for k, v in metrics.items() if k != "protocol"}  # how, not how well
+    for key, value in flatten(scores).items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         head, _, rest = key.replace("/", ".").partition(".")
@@ -128,6 +129,30 @@ def evaluation_table(metrics: dict[str, Any], recipe: Recipe) -> str:
     for label, scores in metrics.get("baselines", {}).items():
         rows.append((f"{label}: {BASELINE_TEXT.get(label, 'baseline')}", *cells(scores, lambda value: value)))
     return _table(rows, ("model", *(f"{name} ({metric})" for name in sets), "overall"))
+
+
+def evaluation_protocol(protocol: dict[str, Any] | None) -> str:
+    """The "Evaluation protocol" section: sampling, each set's template, options and grader, the system prompt."""
+    if not protocol:
+        return ""
+    sampling = (
+        f"temperature {protocol['temperature']:g}, top_p {protocol['top_p']:g}, n {protocol['n']}, "
+        f"up to {protocol['max_new_tokens']} new tokens, seed {protocol['seed']}"
+    )
+    rows = []
+    for name, entry in protocol["sets"].items():
+        options = entry.get("options") or "-"
+        if isinstance(options, dict):
+            options = f"columns {', '.join(options['columns'])}; fixed shuffle, seed {options['shuffle_seed']}"
+        template = f"`{entry['template']}`" + (f" ({entry['follows']})" if entry.get("follows") else "")
+        grader = " ".join(filter(None, (entry["grader"]["name"], entry["grader"].get("version"))))
+        rows.append((name, template, f"`{entry['template_text']}`", options, grader))
+    return (
+        "### Evaluation protocol\n\n"
+        f"Every model answers in the student format, {sampling}. User turn per set:\n\n"
+        + _table(rows, ("eval set", "template", "text", "options", "grader"))
+        + f"\n<details><summary>System prompt</summary>\n\n```text\n{protocol['system_prompt']}\n```\n\n</details>\n"
+    )
 
 
 def _eval_results(rows: list[tuple[str | None, str, float]], recipe: Recipe) -> list[Any]:
@@ -198,6 +223,7 @@ def model_card(
         body += [
             "## Evaluation\n",
             evaluation_table(report["metrics"], recipe),
+            evaluation_protocol(report["metrics"].get("protocol")),
             f"Settings: {_settings_line(report['config'])}\n",
             _plots(report_plots),
         ]

@@ -20,9 +20,11 @@ from factory.training import (
     finish,
     history_rows,
     last_checkpoint,
+    mean_loss,
     model_spec,
     read_job,
     read_rows,
+    resumable,
     sft_arguments,
     tf32,
     tracking_env,
@@ -68,7 +70,7 @@ def build_trainer(job: dict[str, Any]):
     spec = model_spec(job["base"])
     tokenizer = load_tokenizer(spec)
     dataset = Dataset.from_list(read_rows(Path(job["out_dir"]) / job["rows"]))
-    return SFTTrainer(
+    return resumable(SFTTrainer)(
         model=str(resolve_model_path(spec)), args=sft_config(job), train_dataset=dataset, processing_class=tokenizer
     )
 
@@ -87,7 +89,7 @@ def main(job_file: str | Path) -> None:
     with tracking_env(out_dir):
         trainer = build_trainer(job)
         resume = last_checkpoint(out_dir)
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     rows = history_rows(trainer.state.log_history, LOSS_COLUMNS)
     losses = [row["loss"] for row in rows if row["loss"] is not None]
     result = {
@@ -99,7 +101,7 @@ def main(job_file: str | Path) -> None:
         "epochs": trainer.state.epoch,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        "train_loss": output.training_loss,
+        "train_loss": mean_loss(trainer.state.log_history),
         "resumed_from_step": checkpoint_step(resume) if resume else 0,
     }
     if trainer.accelerator.is_main_process:

@@ -1,11 +1,14 @@
 """Evaluation (RLT.md "Training pipeline", step 5): the student, and baselines, on the recipe's eval sets.
 
-Each model answers every question of every `data.eval` set in the student format (system + question,
-generation continues the assistant turn: thought, then solution), greedy by default, stopping at
-the closing solution tag or end of turn. The answer is the last `\\boxed{}` of the completion,
-checked with math_verify for math sets and by exact letter for multiple choice
-(factory.data.answers). A question's score is the mean over its `n` samples; a set's score is the
-percentage over its questions; "overall" is the plain mean over sets (as the paper reports).
+Each model answers every question of every `data.eval` set in the student format (the student's
+system prompt, then the question in its set's template: SkyThought's by default, with GPQA's options
+shown in a fixed shuffled order, factory.data.eval_prompts; generation continues the assistant turn:
+thought, then solution), greedy by default, stopping at the closing solution tag or end of turn. The
+answer is the last `\\boxed{}` of the completion, checked with math_verify for math sets and by exact
+letter for multiple choice (factory.data.answers). A question's score is the mean over its `n`
+samples; a set's score is the percentage over its questions; "overall" is the plain mean over sets
+(as the paper reports). The protocol (templates, system prompt, sampling, graders and their
+versions) is recorded in the report and in `metrics["protocol"]`, which the student card shows.
 
 Baselines (`stages.evaluate.baselines`) are evaluated the same way in the same stage:
 `distill_base` (the untouched distillation base); `reference_traces` (a student distilled with
@@ -16,12 +19,12 @@ A baseline identical to the student (distill disabled; or generate disabled, so 
 learned from the reference thoughts) is not run twice and is marked skipped, as is
 `before_rl_traces` when the initial teacher left no `before_rl` traces.
 
-Artifact: `report.json` (scores, sampling settings, n, precision, engine, eval-set revisions,
-library versions), `outputs/<model>/<set>.parquet` (per question and sample: id, completion,
-extracted answer, correct), `scores.png` + `scores.csv`. A (model, set) whose outputs exist is not
-generated again when an interrupted run resumes. Metrics follow the card contract
-(factory.hub.cards): `metrics[set] = {"accuracy": ...}` for the student, then `overall` and
-`baselines`.
+Artifact: `report.json` (scores, protocol, precision, engine, eval-set revisions, library
+versions), `outputs/<model>/<set>.parquet` (per question and sample: id, question, prompt,
+reference answer, completion, extracted answer, correct), `scores.png` + `scores.csv`. A (model,
+set) whose outputs exist is not generated again when an interrupted run resumes. Metrics follow the
+card contract (factory.hub.cards): `metrics[set] = {"accuracy": ...}` for the student, then
+`overall`, `baselines` and `protocol`.
 """
 
 from __future__ import annotations
@@ -117,24 +120,34 @@ def write_score_plot(scores: dict[str, dict[str, Any]], sets: list[str], folder:
 # ------------------------------------------------------------------------------------ generation
 
 
-def student_prompt_ids(tokenizer: Any, question: str, system: str | None) -> list[int]:
-    """System + question of the student format, with the assistant turn opened for generation."""
-    from factory.formats import student_messages
+def student_system(recipe: "Recipe") -> str:
+    """The system prompt every evaluated model gets: the student format's, the one the students were
+    distilled with (as SkyThought's `--system-prompt-name`). The one place evaluation resolves it."""
+    from factory.formats import DEFAULT_STUDENT_SYSTEM
 
-    messages = student_messages(question, "", "", system)[:2]
+    system = recipe.formats.student_system
+    return DEFAULT_STUDENT_SYSTEM if system is None else system
+
+
+def student_prompt_ids(tokenizer: Any, prompt: str, system: str) -> list[int]:
+    """System and user turn of the student format, the assistant turn opened for generation: the
+    prefix the students saw before their thought in distillation."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def load_eval_sets(recipe: "Recipe", log: Callable[[str], None]) -> dict[str, list[dict[str, str]]]:
-    """Rows of every eval set, checked for reference answers before any model is loaded."""
+    """Rows of every eval set with their prompts (factory.data.eval_prompts), checked for reference
+    answers before any model is loaded."""
     from factory.data import load_rows
     from factory.data.answers import gold_answer
+    from factory.data.eval_prompts import prepare
 
     sets = {}
     for index, source in enumerate(recipe.data.eval):
-        rows = load_rows(source, log=log)
         key = f"data.eval.{index} ({source.name})"
+        rows = prepare(load_rows(source, log=log), source)
         if not rows:
             raise UserError(f"{key}: the eval set has no rows")
         for row in rows:
@@ -189,11 +202,12 @@ def evaluate_model(
         model = getattr(engine, "model", None)
         engine_info = {"engine": engine.kind, "dtype": dtype, "loaded_dtype": str(getattr(model, "dtype", "")) or None}
         info_file.write_text(json.dumps(engine_info))
+        system = student_system(recipe)
         with engine:
             for name in pending:
                 rows = sets[name]
                 log(f"evaluate {label} on {name}: {len(rows)} questions x {settings.n}")
-                prompts = [student_prompt_ids(engine.tokenizer, r["question"], recipe.formats.student_system) for r in rows]
+                prompts = [student_prompt_ids(engine.tokenizer, r["prompt"], system) for r in rows]
                 seeds = [prompt_seed(settings.seed, r["id"]) for r in rows]
                 outputs = engine.generate(prompts, sampling, seeds=seeds)
                 records = []
@@ -201,7 +215,8 @@ def evaluate_model(
                     for sample, completion in enumerate(completions):
                         check = check_answer(completion.text, row["answer"], kinds[name])
                         records.append({
-                            "id": row["id"], "sample": sample, "question": row["question"], "answer": row["answer"],
+                            "id": row["id"], "sample": sample, "question": row["question"], "prompt": row["prompt"],
+                            "answer": row["answer"],
                             "completion": completion.text, "extracted": check.extracted, "correct": check.correct,
                             "finish_reason": completion.finish_reason, "completion_tokens": len(completion.token_ids),
                         })  # fmt: skip
@@ -211,6 +226,25 @@ def evaluate_model(
         engine_info = json.loads(info_file.read_text())
     set_scores = {name: score_records(pq.read_table(folder / f"{name}.parquet").to_pylist()) for name in sets}
     return {"sets": set_scores, "overall": overall(set_scores), **engine_info}
+
+
+def protocol(recipe: "Recipe") -> dict[str, Any]:
+    """How the scores were obtained, as a reader needs it to compare them with others' (RLT.md, "Evaluation")."""
+    from factory.data.answers import grader
+    from factory.data.eval_prompts import describe
+    from factory.formats import SOLUTION_CLOSE
+
+    settings = recipe.stages.evaluate
+    return {
+        "system_prompt": student_system(recipe),
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "n": settings.n,
+        "max_new_tokens": settings.max_new_tokens,
+        "seed": settings.seed,
+        "stop": ["end of turn (eos)", SOLUTION_CLOSE],
+        "sets": {s.name: {"kind": s.kind, **describe(s), "grader": grader(s.kind)} for s in recipe.data.eval},
+    }
 
 
 # ------------------------------------------------------------------------------------ the stage
@@ -281,7 +315,7 @@ class EvaluateStage(Stage):
     name = "evaluate"
     # distill_base: the `distill_base` baseline; train_data and traces: the distilled baselines' rows
     consumes = ("student", "distill_base", "train_data", "traces")
-    version = 2
+    version = 3  # 3: prompts in SkyThought's templates, GPQA options from columns, protocol recorded
 
     def config(self, recipe: "Recipe") -> dict[str, Any]:
         paths = ["stages.evaluate", "data.eval", "formats.student_system", "models.distill_base.dtype"]
@@ -313,7 +347,6 @@ class EvaluateStage(Stage):
 
         from factory.artifacts import library_versions, write_json_atomic
         from factory.data import resolve_revision
-        from factory.formats import SOLUTION_CLOSE
         from factory.models import describe
 
         recipe, settings = ctx.recipe, ctx.recipe.stages.evaluate
@@ -345,20 +378,13 @@ class EvaluateStage(Stage):
                 {**s.model_dump(mode="json"), "questions": len(sets[s.name]), "resolved_revision": resolve_revision(s)}
                 for s in recipe.data.eval
             ],
-            "sampling": {
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "n": settings.n,
-                "max_new_tokens": settings.max_new_tokens,
-                "seed": settings.seed,
-                "stop": ["end of turn (eos)", SOLUTION_CLOSE],
-            },
-            "prompt": {"format": "student", "system": recipe.formats.student_system or "factory default"},
+            "protocol": protocol(recipe),
             "versions": library_versions(),
         }
         write_json_atomic(ctx.out_dir / "report.json", report)
         metrics: dict[str, Any] = {name: {METRIC: scores[STUDENT]["sets"][name][METRIC]} for name in names}
         metrics["overall"] = scores[STUDENT]["overall"]
+        metrics["protocol"] = report["protocol"]
         if len(scores) > 1:
             metrics["baselines"] = {
                 label: {**{n: s["sets"][n][METRIC] for n in names}, "overall": s["overall"]}

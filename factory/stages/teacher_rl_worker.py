@@ -32,6 +32,7 @@ from factory.recipe import Recipe
 from factory.reward import RLTReward
 from factory.stages.teacher_rl import ROLLOUTS_FILE, VLLM_SERVER_PORT
 from factory.training import (
+    ExactResume,
     checkpoint_step,
     common_arguments,
     finish,
@@ -245,7 +246,7 @@ def policy_unsharded(model: Any) -> Iterator[None]:
         model.reshard()
 
 
-class RLTGRPOTrainer(GRPOTrainer):
+class RLTGRPOTrainer(ExactResume, GRPOTrainer):
     """GRPOTrainer for the prefilled teacher prompt; checkpoints carry the soft-synced reference.
 
     TRL 1.16 tokenizes a plain-text prompt with the tokenizer's special tokens added; the teacher prompt

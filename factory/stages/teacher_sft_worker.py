@@ -25,9 +25,11 @@ from factory.training import (
     finish,
     history_rows,
     last_checkpoint,
+    mean_loss,
     model_spec,
     read_job,
     read_rows,
+    resumable,
     sft_arguments,
     tf32,
     tracking_env,
@@ -80,7 +82,7 @@ def build_trainer(job: dict[str, Any]) -> tuple[SFTTrainer, Any]:
     rows = read_rows(out_dir / job["data"])
     dataset = Dataset.from_list([{"input_ids": row["input_ids"], "labels": row["labels"]} for row in rows])
     args = sft_config(recipe, out_dir, job["run_name"], spec.trust_remote_code)
-    trainer = SFTTrainer(
+    trainer = resumable(SFTTrainer)(
         model=str(resolve_model_path(spec)),
         args=args,
         train_dataset=dataset,
@@ -96,7 +98,7 @@ def main(job_file: str | Path) -> None:
     with tracking_env(out_dir):
         trainer, tokenizer = build_trainer(job)
         resume = last_checkpoint(out_dir)
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     rows = history_rows(trainer.state.log_history, LOSS_COLUMNS)
     losses = [row["loss"] for row in rows if row["loss"] is not None]
     result = {
@@ -104,7 +106,7 @@ def main(job_file: str | Path) -> None:
         "steps": trainer.state.global_step,
         "first_loss": losses[0],
         "last_loss": losses[-1],
-        "train_loss": output.training_loss,
+        "train_loss": mean_loss(trainer.state.log_history),
         "resumed_from_step": checkpoint_step(resume) if resume else 0,
     }
     if trainer.accelerator.is_main_process:
