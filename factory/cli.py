@@ -55,18 +55,33 @@ def _load(recipe: Path, overrides: Optional[list[str]]):
 
 @app.command()
 def validate(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt) -> None:
-    """Check a recipe: schema, types, combinations. Exit 2 with the key and line on error."""
+    """Check a recipe: schema, types, combinations, the stages' settings, data files and model folders.
+    Exit 2 with the key and line on error."""
+    from factory.pipeline import preflight
+    from factory.stages import load_stages
+
     loaded = _load(recipe, set_)
+    _warn(preflight(loaded, load_stages()))
     enabled = [name for name, section in loaded.stages if section.enabled]
     console.print(f"[green]ok[/green] {recipe}: recipe {loaded.name!r}, stages: {', '.join(enabled) or 'none'}")
 
 
-def _plan(recipe: Path, overrides, run_dir: Path, force=(), from_stage=None, only=()):
+def _plan(recipe: Path, overrides, run_dir: Path, force=(), from_stage=None, only=(), running=False):
     from factory.pipeline import make_plan
     from factory.stages import load_stages
 
     loaded = _load(recipe, overrides)
-    return make_plan(loaded, run_dir, load_stages(), force=tuple(force), from_stage=from_stage, only=tuple(only))
+    planned = make_plan(
+        loaded, run_dir, load_stages(), force=tuple(force), from_stage=from_stage, only=tuple(only), running=running
+    )
+    _warn(planned.warnings)
+    return planned
+
+
+def _warn(warnings: list[str]) -> None:
+    """The preflight's warnings: settings that run but probably not as meant."""
+    for line in warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -100,7 +115,7 @@ def run(
     from factory.plan_view import render_plan, render_run_end
     from factory.summary import run_summary
 
-    planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or ())
+    planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or (), running=True)
     publisher = _publisher(planned, run_dir, push)
     render_plan(planned, console, compact=True)
     report = execute(planned, str(recipe), publisher=publisher, log=console.print)
@@ -176,7 +191,7 @@ def generate_shard(
     """Generate and score one shard of the generate stage (spread over nodes); `factory run` merges."""
     from factory.stages.generate import run_shard
 
-    console.print(run_shard(_plan(recipe, set_, run_dir), shard, log=console.print))
+    console.print(run_shard(_plan(recipe, set_, run_dir, running=True), shard, log=console.print))
 
 
 def _publisher(planned, run_dir: Path, push: bool):

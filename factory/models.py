@@ -34,6 +34,9 @@ CONVERSION_VERSION = 1
 _HUB_IGNORE = ["*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.ot", "*.pth", "*.pt", "original/*", "onnx/*"]
 _SHA = re.compile(r"[0-9a-f]{40}")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+# Files that hold a transformers model's weights (a folder with config.json alone cannot be loaded).
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json")
+_NOT_WEIGHTS = {"training_args.bin"}
 _SIZE_IN_NAME = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
 
 
@@ -84,6 +87,24 @@ def source_kind(source: Source) -> Literal["packaged", "local", "hub"]:
         f"model source {spec.source!r} is neither an existing local folder, a Hub id (org/name[@revision]) "
         f"nor a packaged model (packaged:NAME, known: {', '.join(PACKAGED)})"
     )
+
+
+def check_model_source(source: Source) -> None:
+    """What can be checked of a model before any work, without loading or downloading it: a local
+    folder exists with config.json and weights; a packaged model is known and installed; anything
+    else has the form of a Hub id. Raises UserError."""
+    spec = as_spec(source)
+    kind = source_kind(spec)
+    if kind == "packaged":
+        _packaged_entry(spec.source.removeprefix("packaged:"))
+    elif kind == "local":
+        folder = _local_folder(spec.source)
+        weights = [p for pattern in WEIGHT_FILES for p in folder.glob(pattern) if p.name not in _NOT_WEIGHTS]
+        if not weights:
+            raise UserError(
+                f"model folder {spec.source} has config.json but no weights ({', '.join(WEIGHT_FILES)}): "
+                "copy them in, or point at the folder that has them"
+            )
 
 
 def resolve_model_path(source: Source) -> Path:

@@ -30,7 +30,7 @@ from factory.data import resolve_revision as resolve_data_revision
 from factory.errors import UserError
 from factory.models import resolve_revision as resolve_model_revision
 from factory.recipe import STAGE_ORDER, DataSource, ModelSpec, Recipe, recipe_to_dict
-from factory.stages.base import STAGE_ROLES, ResolvedInput, Stage, StageContext
+from factory.stages.base import STAGE_ROLES, Problem, ResolvedInput, Stage, StageContext, problems_of
 
 MANIFEST = "manifest.json"
 # Peak dense bf16 of one H100 SXM and an MFU typical of LLM training: only for rough plan estimates.
@@ -63,20 +63,28 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------- base inputs
 
 
-BASE_ROLES: dict[str, Callable[[Recipe], ModelSpec | DataSource]] = {
-    "teacher": lambda r: r.models.teacher,
-    "reward_student": lambda r: r.models.student,
-    "distill_base": lambda r: r.models.distill_base,
-    "student": lambda r: r.models.distill_base,  # with no distill stage, evaluate the base itself
-    "train_data": lambda r: r.data.train,
-    "traces": lambda r: r.data.train,  # with no generate stage, distill on the reference traces
+# A role no enabled stage produces comes from the recipe: the key of its model or data set.
+BASE_ROLES: dict[str, str] = {
+    "teacher": "models.teacher",
+    "reward_student": "models.student",
+    "distill_base": "models.distill_base",
+    "student": "models.distill_base",  # with no distill stage, evaluate the base itself
+    "train_data": "data.train",
+    "traces": "data.train",  # with no generate stage, distill on the reference traces
 }
+
+
+def _base_spec(recipe: Recipe, role: str) -> ModelSpec | DataSource:
+    section: Any = recipe
+    for part in BASE_ROLES[role].split("."):
+        section = getattr(section, part)
+    return section
 
 
 def _base_input(role: str, recipe: Recipe, revisions: dict[str, str]) -> ResolvedInput:
     if role not in BASE_ROLES:
         raise UserError(f"no stage produces {role!r} and the recipe has no base input for it")
-    spec = BASE_ROLES[role](recipe)
+    spec = _base_spec(recipe, role)
     key = spec.model_dump_json()
     if key not in revisions:
         revisions[key] = resolve_model_revision(spec) if isinstance(spec, ModelSpec) else resolve_data_revision(spec)
@@ -85,6 +93,54 @@ def _base_input(role: str, recipe: Recipe, revisions: dict[str, str]) -> Resolve
     if isinstance(spec, ModelSpec):
         return ResolvedInput(role=role, fingerprint=fingerprint, model=spec, resolved_revision=revision)
     return ResolvedInput(role=role, fingerprint=fingerprint, data=spec, resolved_revision=revision)
+
+
+# -------------------------------------------------------------------------------------- preflight
+
+
+def _base_roles(recipe: Recipe, registry: dict[str, Stage]) -> list[str]:
+    """The roles enabled stages take from the recipe (no enabled stage upstream produces them)."""
+    produced: set[str] = set()
+    roles: list[str] = []
+    for name in STAGE_ORDER:
+        if not getattr(recipe.stages, name).enabled:
+            continue
+        stage = registry.get(name)
+        for role in stage.consumes if stage else ():
+            if role in BASE_ROLES and role not in produced and role not in roles:
+                roles.append(role)
+        produced.add(STAGE_ROLES[name])
+    return roles
+
+
+def preflight(recipe: Recipe, registry: dict[str, Stage], running: bool = False) -> list[str]:
+    """Every check that needs no model, before any work (validate, plan and the start of run): the
+    models and data sets the enabled stages read, then each enabled stage's own rules (`Stage.check`).
+    Raises one UserError listing every error with its recipe key and line; returns the warnings.
+    `running`: the stages will run on this machine, so what it lacks is an error too."""
+    from factory.data import check_data_source
+    from factory.models import check_model_source
+
+    problems: list[Problem] = []
+    for role in _base_roles(recipe, registry):
+        spec = _base_spec(recipe, role)
+        check = check_model_source if isinstance(spec, ModelSpec) else check_data_source
+        problems += problems_of(f"{BASE_ROLES[role]}.source", lambda: check(spec))
+    for name in STAGE_ORDER:
+        if getattr(recipe.stages, name).enabled and name in registry:
+            problems += registry[name].check(recipe)
+    problems = list(dict.fromkeys(problems))  # a rule two stages share (stages.distill) is said once
+    fatal = [p for p in problems if not p.warning and (running or not p.machine)]
+    if fatal:
+        count = f"{len(fatal)} problems" if len(fatal) > 1 else "1 problem"
+        lines = "\n  ".join(_located(recipe, p) for p in fatal)
+        raise UserError(f"recipe {recipe.name!r} cannot run ({count}, found before any work):\n  {lines}")
+    return [_located(recipe, p) for p in problems if p.warning or p.machine]
+
+
+def _located(recipe: Recipe, problem: Problem) -> str:
+    where = recipe.where(problem.key)
+    return f"{problem.key}{f' ({where})' if where else ''}: {problem.message}"
 
 
 # ------------------------------------------------------------------------------------------- plan
@@ -114,6 +170,7 @@ class Plan:
     recipe: Recipe
     recipe_dir: Path
     stages: list[PlannedStage]
+    warnings: list[str] = field(default_factory=list)  # the preflight's
 
     def stage(self, name: str) -> PlannedStage:
         return next(s for s in self.stages if s.name == name)
@@ -147,9 +204,13 @@ def make_plan(
     force: tuple[str, ...] = (),
     from_stage: str | None = None,
     only: tuple[str, ...] = (),
+    running: bool = False,
 ) -> Plan:
-    """Decide, for every stage in order, whether it is cached, runs, resumes, or cannot run and why."""
+    """Decide, for every stage in order, whether it is cached, runs, resumes, or cannot run and why.
+    The preflight runs first: a recipe with a mistake is refused before anything is read or written
+    (`running`: the plan is for running here, see `preflight`)."""
     _check_stage_names(list(force) + list(only) + ([from_stage] if from_stage else []), "stage")
+    warnings = preflight(recipe, registry, running)
     recipe_dir = run_dir / recipe.name
     previous = load_manifest(recipe_dir).get("stages", {})
     revisions: dict[str, str] = {}
@@ -194,7 +255,7 @@ def make_plan(
             if planned.name not in only and planned.will_run:
                 planned.status, planned.reason = "skipped", f"not selected by --only ({', '.join(only)})"
     _require_upstream(planned_all, only, from_stage)
-    return Plan(recipe=recipe, recipe_dir=recipe_dir, stages=planned_all)
+    return Plan(recipe=recipe, recipe_dir=recipe_dir, stages=planned_all, warnings=warnings)
 
 
 def _resolve_inputs(

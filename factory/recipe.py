@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from factory.errors import UserError
 
@@ -340,6 +340,12 @@ class Recipe(Section):
     reward: Reward = Field(default_factory=Reward)
     stages: Stages = Field(default_factory=Stages)
     launch: Launch = Field(default_factory=Launch)
+    _located: "_Located | None" = PrivateAttr(default=None)  # the YAML lines, set by load_recipe
+
+    def where(self, key: str) -> str | None:
+        """`file:line` (or `--set KEY`) of the dotted `key`, or of its nearest ancestor written in the
+        recipe; None when unknown. Errors found after loading name the line with it."""
+        return self._located.where(tuple(key.split("."))) if self._located else None
 
     @model_validator(mode="after")
     def _combinations(self) -> "Recipe":
@@ -589,9 +595,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data = _load_tree(path, located)
     data = apply_overrides(data, overrides or [], located)
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise UserError(_format_errors(exc, located, str(path))) from None
+    recipe._located = located
+    return recipe
 
 
 def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, origin: str = "<recipe>") -> Recipe:
@@ -599,9 +607,11 @@ def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None, o
     located = _Located()
     data = apply_overrides(data, overrides or [], located)
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise UserError(_format_errors(exc, located, origin)) from None
+    recipe._located = located
+    return recipe
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from factory.artifacts import write_json_atomic
-from factory.errors import UserError
 from factory.recipe import ModelSpec
 
 if TYPE_CHECKING:
-    from factory.stages.base import ResolvedInput
+    from factory.stages.base import Problem, ResolvedInput
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
@@ -90,34 +89,35 @@ def read_result(out_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def check_divides(total: int, part: int, key: str, what: str) -> int:
-    """total / part as an int, or a UserError naming the recipe key."""
-    if total % part:
-        raise UserError(f"{key}: {what}: {total} is not a multiple of {part}")
-    return total // part
+def check_sft_settings(settings: Any, key: str, world_size: int) -> list["Problem"]:
+    """Mistakes in an SFT-style section's settings (`key`: its recipe path), for the preflight."""
+    from factory.stages.base import Problem
 
-
-def check_sft_settings(settings: Any, key: str, world_size: int) -> None:
-    """User errors of an SFT stage's settings (`key`: its recipe path), before any data or model loads."""
-    check_report_to(settings.report_to, f"{key}.report_to")
-    check_divides(
-        settings.global_batch_size,
-        settings.per_device_batch_size * world_size,
-        f"{key}.global_batch_size",
-        "the global batch must split into per_device_batch_size x processes",
-    )
+    problems = check_report_to(settings.report_to, f"{key}.report_to")
+    micro = settings.per_device_batch_size * world_size
+    if settings.global_batch_size % micro:
+        problems.append(
+            Problem(
+                f"{key}.global_batch_size",
+                f"{settings.global_batch_size} does not split into micro-batches of per_device_batch_size x "
+                f"processes = {settings.per_device_batch_size} x {world_size} = {micro}; give a multiple of {micro}",
+            )
+        )
+    return problems
 
 
 # -------------------------------------------------------------------------------------- tracking
 
 
-def check_report_to(report_to: list[str], key: str) -> list[str]:
-    """The backends to report to (none dropped); a UserError when one's package is not installed."""
-    backends = [name for name in report_to if name != "none"]
-    for name in backends:
-        if not any(importlib.util.find_spec(module) for module in TRACKING_MODULES[name]):
-            raise UserError(f"{key}: {name} is not installed in this environment: pip install {TRACKING_MODULES[name][0]}")
-    return backends
+def check_report_to(report_to: list[str], key: str) -> list["Problem"]:
+    """A tracking backend whose package is not installed here, for the preflight."""
+    from factory.stages.base import Problem
+
+    return [
+        Problem(key, f"{name} is not installed on this machine: pip install {TRACKING_MODULES[name][0]}", machine=True)
+        for name in report_to
+        if name != "none" and not any(importlib.util.find_spec(module) for module in TRACKING_MODULES[name])
+    ]
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from factory.errors import UserError
 from factory.formats import DEFAULT_STUDENT_SYSTEM, student_messages
 from factory.recipe import Recipe
 from factory.stages import distill_worker
-from factory.stages.base import ResolvedInput, StageContext
+from factory.stages.base import ResolvedInput
 from factory.stages.distill import ROWS_FILE, DistillStage, distill_model, student_rows, trace_rows
 
 CLOSING_TEMPLATE = (  # ChatML as SmolLM2 / Qwen2.5 render it: every turn, the last too, ends with <|im_end|>
@@ -195,10 +195,11 @@ def test_reference_thoughts_are_required_without_generate(tmp_path):
     assert rows[0]["explanation"] == "R"
 
 
-def test_global_batch_must_divide(tmp_path, tiny_student_dir):
+def test_global_batch_must_divide(tiny_student_dir):
+    """The stage's own rule, in its preflight check (tests/test_preflight.py: through the CLI)."""
     recipe = make_recipe(tiny_student_dir, global_batch_size=6, per_device_batch_size=4)
-    with pytest.raises(UserError, match="stages.distill.global_batch_size"):
-        DistillStage().run(StageContext(recipe, tmp_path, tmp_path / "out", "f", inputs={}))
+    assert [p.key for p in DistillStage().check(recipe)] == ["stages.distill.global_batch_size"]
+    assert DistillStage().check(make_recipe(tiny_student_dir, global_batch_size=8, per_device_batch_size=4)) == []
 
 
 class Crash(Exception):

@@ -155,5 +155,5 @@ def test_rows_without_thought_or_room_are_skipped_and_none_left_is_a_user_error(
     assert len(examples) == 4 - counts["skipped_prompt_too_long"]
     assert all(len(e["input_ids"]) == limit and e["truncated"] for e in examples)
     assert all(label != -100 for e in examples for label in e["labels"][-1:])
-    with pytest.raises(UserError, match=r"none of the 4 rows .*\(4 have no thought"):
+    with pytest.raises(UserError, match=r"data\.train\.thought_column .*stages\.teacher_sft trains on"):
         run_sft(write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, thought_column=None), tmp_path / "runs")

@@ -69,6 +69,27 @@ def resolve_revision(source: DataSource | EvalSet) -> str:
     return resolve_hub_revision(source.source, source.revision, "dataset")
 
 
+def check_data_source(source: DataSource | EvalSet) -> None:
+    """What can be checked before any work without reading the data through: the quickstart split;
+    a local file's first row, by the loader's own rules (readable, the needed columns, non-empty).
+    A Hub dataset or a local dataset folder is read only when loaded."""
+    if source.format == "quickstart":
+        next(iter(quickstart.generate(source.split)), None)
+        return
+    path = Path(source.source).expanduser()
+    if path.is_dir():
+        return
+    if not path.is_file():
+        if source.format == "jsonl" or source.source.startswith(("/", ".", "~")):
+            raise UserError(f"data file not found: {source.source}")
+        return  # a Hub dataset id
+    first = next(iter(_records(source)), None)  # a local file's first row
+    if first is None:
+        raise UserError(f"{_describe(source)}: no rows (the data is empty)")
+    if source.format != "stratos":  # a Stratos row that does not parse is skipped, not an error
+        _mapped_row(source, *first)
+
+
 def _describe(source: DataSource) -> str:
     return f"{source.source} [{source.format}, split {source.split}]"
 

@@ -5,6 +5,10 @@ role of what it produces (`teacher`, `traces`, `student`, `report`); it declares
 slice of the recipe that determines its output (hashed into its fingerprint) and a code version
 (bump it when a change makes old artifacts stale). The pipeline resolves each consumed role to the
 artifact of the nearest enabled upstream stage producing it, or to the recipe's base input.
+
+`check(recipe)` holds the stage's own rules on the recipe (batch sizes that divide, settings that
+must agree): pure and cheap, so `validate`, `plan` and `run` report every mistake together before
+any stage does work (factory.pipeline.preflight), instead of one stage failing hours into a run.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 if TYPE_CHECKING:
     from factory.artifacts import ArtifactMeta
-    from factory.recipe import DataSource, ModelSpec, Recipe
+    from factory.recipe import DataSource, EvalSet, ModelSpec, Recipe
 
 
 @dataclass
@@ -75,6 +79,66 @@ class StageResult:
     summary: str = ""  # the one line printed when the stage ends
 
 
+@dataclass(frozen=True)
+class Problem:
+    """A mistake found before any work: the dotted recipe key to fix and what is wrong. A warning
+    is printed and the run goes on; anything else stops validate, plan and run with exit code 2,
+    except a `machine` problem (a package missing here, not a mistake in the recipe): `run` refuses
+    it, validate and plan only warn, since a recipe is often planned on another machine than its run."""
+
+    key: str
+    message: str
+    warning: bool = False
+    machine: bool = False
+
+
+def problems_of(key: str, check: Callable[[], object]) -> list[Problem]:
+    """A check that raises UserError (factory.models, factory.data), as Problems at `key`."""
+    from factory.errors import UserError
+
+    try:
+        check()
+    except UserError as exc:
+        return [Problem(key, str(exc))]
+    return []
+
+
+def data_problems(source: "DataSource | EvalSet", key: str) -> list[Problem]:
+    """A data set a stage reads: readable, with the columns it needs (its first row only); `key`
+    names its `source`."""
+    from factory.data import check_data_source
+
+    return problems_of(key, lambda: check_data_source(source))
+
+
+def eval_set_problems(recipe: "Recipe") -> list[Problem]:
+    return [p for i, s in enumerate(recipe.data.eval) for p in data_problems(s, f"data.eval.{i}.source")]
+
+
+def vllm_problems(wanted: bool, key: str) -> list[Problem]:
+    """vLLM asked for at `key` on a machine where it is not installed."""
+    from factory.engines.base import vllm_installed
+
+    if wanted and not vllm_installed():
+        return [Problem(key, "vllm is not installed on this machine (pip install 'factory-rlt[gpu]')", machine=True)]
+    return []
+
+
+def thought_problems(recipe: "Recipe", who: str) -> list[Problem]:
+    """`who` trains on the train set's reference thoughts: a jsonl/hub train set without a
+    thought column has none (stratos and quickstart rows carry theirs)."""
+    train = recipe.data.train
+    if train.format in ("jsonl", "hub") and train.thought_column is None:
+        return [
+            Problem(
+                "data.train.thought_column",
+                f"{who} trains on the train set's reference thoughts, but data.train (format {train.format}) "
+                "names no thought column: set thought_column (or format: stratos)",
+            )
+        ]
+    return []
+
+
 # What each stage produces: the role names the Hub repo suffix and what downstream stages consume.
 STAGE_ROLES = {
     "teacher_sft": "teacher",
@@ -104,6 +168,10 @@ class Stage:
     def config(self, recipe: "Recipe") -> dict[str, Any]:
         """The recipe slice that determines this stage's output (its fingerprint's own part)."""
         raise NotImplementedError
+
+    def check(self, recipe: "Recipe") -> list[Problem]:
+        """This stage's mistakes in `recipe`, found without a model or a full read of any data."""
+        return []
 
     def estimate(self, recipe: "Recipe") -> dict[str, float]:
         """Rough compute for `plan`: {'tokens': ..., 'flops': ...}; empty when unknown."""

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from factory.errors import UserError
-from factory.stages.base import ResolvedInput, Stage, StageContext, StageResult, recipe_slice, register
+from factory.stages.base import (
+    Problem,
+    ResolvedInput,
+    Stage,
+    StageContext,
+    StageResult,
+    recipe_slice,
+    register,
+    thought_problems,
+)
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
@@ -83,11 +92,11 @@ def student_rows(rows: list[dict[str, str]], system: str | None) -> list[dict[st
     return out
 
 
-def check_settings(recipe: "Recipe") -> None:
-    """User errors of the distill settings, raised before any data or model is loaded."""
+def check_settings(recipe: "Recipe") -> list[Problem]:
+    """Mistakes in `stages.distill`, which the distill stage and evaluate's distilled baselines train with."""
     from factory.training import check_sft_settings
 
-    check_sft_settings(recipe.stages.distill, "stages.distill", recipe.launch.world_size)
+    return check_sft_settings(recipe.stages.distill, "stages.distill", recipe.launch.world_size)
 
 
 def distill_model(
@@ -108,7 +117,6 @@ def distill_model(
     from factory.launch import run_worker
     from factory.training import last_checkpoint, model_entry, read_result, write_job, write_rows
 
-    check_settings(recipe)
     result = read_result(out_dir)
     if result is not None:
         return result
@@ -148,6 +156,19 @@ class DistillStage(Stage):
     def config(self, recipe: "Recipe") -> dict[str, Any]:
         return recipe_slice(recipe, "stages.distill", "formats.student_system")
 
+    def check(self, recipe: "Recipe") -> list[Problem]:
+        problems = check_settings(recipe)
+        distill, generate = recipe.stages.distill, recipe.stages.generate
+        if not generate.enabled:
+            problems += thought_problems(recipe, "stages.distill (stages.generate is disabled)")
+        elif generate.max_new_tokens > distill.max_length:
+            message = (
+                f"{distill.max_length} tokens are fewer than an explanation may have (stages.generate.max_new_tokens "
+                f"= {generate.max_new_tokens}): sequences are cut at max_length, so a long trace loses its solution"
+            )
+            problems.append(Problem("stages.distill.max_length", message, warning=True))
+        return problems
+
     def estimate(self, recipe: "Recipe") -> dict[str, float]:
         """Upper bound: every row a full `max_length` sequence, 6 FLOPs per parameter per token."""
         from factory.models import estimate_parameters
@@ -165,7 +186,6 @@ class DistillStage(Stage):
         return {"tokens": tokens, "flops": 6 * params * tokens} if params else {"tokens": tokens}
 
     def run(self, ctx: StageContext) -> StageResult:
-        check_settings(ctx.recipe)
         traces = ctx.inputs["traces"]
         metrics = distill_model(
             rows=trace_rows(traces, ctx.log),

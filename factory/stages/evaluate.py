@@ -36,7 +36,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from factory.errors import UserError
-from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
+from factory.stages.base import (
+    Problem,
+    Stage,
+    StageContext,
+    StageResult,
+    eval_set_problems,
+    recipe_slice,
+    register,
+    thought_problems,
+    vllm_problems,
+)
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
@@ -275,11 +285,15 @@ def _baselines(ctx: StageContext) -> tuple[list[tuple[str, Any, str]], dict[str,
     return run, skipped
 
 
+def _student_is_reference(recipe: "Recipe") -> bool:
+    """The student itself is distilled on the reference traces: baseline reference_traces would repeat it."""
+    return recipe.stages.distill.enabled and not recipe.stages.generate.enabled
+
+
 def _why_not_distilled(ctx: StageContext, name: str) -> str | None:
     from factory.hub.content import BEFORE_RL
 
-    stages = ctx.recipe.stages
-    if name == "reference_traces" and stages.distill.enabled and not stages.generate.enabled:
+    if name == "reference_traces" and _student_is_reference(ctx.recipe):
         return "the student itself was distilled on the reference traces (stages.generate is disabled)"
     if name == BEFORE_RL_BASELINE:
         traces = ctx.inputs["traces"]
@@ -323,6 +337,21 @@ class EvaluateStage(Stage):
             paths.append("stages.distill")
         return recipe_slice(recipe, *paths)
 
+    def check(self, recipe: "Recipe") -> list[Problem]:
+        """The eval sets, the engine; for a distilled baseline, the distill settings it trains with and its rows."""
+        from factory.stages.distill import check_settings
+
+        settings = recipe.stages.evaluate
+        problems = eval_set_problems(recipe) + vllm_problems(settings.engine == "vllm", "stages.evaluate.engine")
+        if settings.n > 1 and settings.temperature == 0:
+            message = f"{settings.n} samples at temperature 0 repeat one greedy completion per question"
+            problems.append(Problem("stages.evaluate.n", message, warning=True))
+        if set(DISTILLED_BASELINES) & set(settings.baselines):
+            problems += check_settings(recipe)
+        if "reference_traces" in settings.baselines and not _student_is_reference(recipe):
+            problems += thought_problems(recipe, "stages.evaluate.baselines: reference_traces")
+        return problems
+
     def estimate(self, recipe: "Recipe") -> dict[str, float]:
         """Upper bound: every sample runs to max_new_tokens, 2 FLOPs per parameter per generated token;
         plus, in FLOPs, the distillation of each distilled baseline (as the distill stage estimates it)."""
@@ -349,10 +378,8 @@ class EvaluateStage(Stage):
         from factory.data import resolve_revision
         from factory.models import describe
 
-        recipe, settings = ctx.recipe, ctx.recipe.stages.evaluate
+        recipe = ctx.recipe
         sets = load_eval_sets(recipe, ctx.log)
-        if settings.n > 1 and settings.temperature == 0:
-            ctx.log("stages.evaluate: n > 1 with temperature 0 repeats one greedy completion per question")
         student = ctx.inputs[STUDENT]
         student_dtype = recipe.models.distill_base.dtype if student.is_artifact else student.model.dtype
         models = [(STUDENT, student.model_source(), student_dtype)]

@@ -69,7 +69,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from factory.errors import UserError
 from factory.hub.content import BEFORE_RL
-from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
+from factory.stages.base import (
+    Problem,
+    Stage,
+    StageContext,
+    StageResult,
+    eval_set_problems,
+    recipe_slice,
+    register,
+    vllm_problems,
+)
 
 if TYPE_CHECKING:
     from factory.pipeline import Plan
@@ -114,6 +123,25 @@ class GenerateStage(Stage):
 
     def config(self, recipe: "Recipe") -> dict[str, Any]:
         return recipe_slice(recipe, *CONFIG_PATHS)
+
+    def check(self, recipe: "Recipe") -> list[Problem]:
+        """The eval sets (read to decontaminate), the engine; sampling settings that disagree with the reward or RL."""
+        settings, rl, reward = recipe.stages.generate, recipe.stages.teacher_rl, recipe.reward
+        problems = eval_set_problems(recipe) + vllm_problems(settings.engine == "vllm", "stages.generate.engine")
+        if settings.temperature != reward.teacher_temperature:
+            message = (
+                f"{settings.temperature} differs from reward.teacher_temperature = {reward.teacher_temperature}: the "
+                "reward that ranks the candidates takes the teacher's log-probabilities at another temperature "
+                "than the one they were sampled at"
+            )
+            problems.append(Problem("stages.generate.temperature", message, warning=True))
+        if rl.enabled and settings.max_new_tokens > rl.max_completion_length:
+            message = (
+                f"{settings.max_new_tokens} is more than the RL teacher learned to explain in "
+                f"(stages.teacher_rl.max_completion_length = {rl.max_completion_length})"
+            )
+            problems.append(Problem("stages.generate.max_new_tokens", message, warning=True))
+        return problems
 
     def estimate(self, recipe: "Recipe") -> dict[str, float]:
         """Upper bound: every candidate runs to max_new_tokens; scoring = one forward of both models;

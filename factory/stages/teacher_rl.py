@@ -27,7 +27,7 @@ from factory.errors import UserError
 from factory.formats import check_same_vocabulary, teacher_prompt_ids
 from factory.launch import run_worker
 from factory.recipe import Launch, Recipe
-from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
+from factory.stages.base import Problem, Stage, StageContext, StageResult, recipe_slice, register, vllm_problems
 from factory.training import LOGS, check_report_to, model_entry, read_result, write_job, write_rows
 
 PROMPTS_FILE = "rl_prompts.jsonl"
@@ -83,8 +83,6 @@ def vllm_server(recipe: Recipe, model_path: str, out_dir: Path, log: Callable[[s
     if launch.vllm_mode != "server" or launch.machine_rank != 0:
         yield
         return
-    if launch.vllm_gpus % launch.tensor_parallel_size:
-        raise UserError(f"launch.vllm_gpus={launch.vllm_gpus} must be a multiple of launch.tensor_parallel_size")
     import torch
 
     needed = launch.num_processes + launch.vllm_gpus
@@ -120,6 +118,31 @@ class TeacherRL(Stage):
     def config(self, recipe):
         return recipe_slice(recipe, "stages.teacher_rl", "reward", "formats")
 
+    def check(self, recipe):
+        rl, launch, reward = recipe.stages.teacher_rl, recipe.launch, recipe.reward
+        problems = check_report_to(rl.report_to, "stages.teacher_rl.report_to")
+        problems += vllm_problems(launch.vllm_mode != "off", "launch.vllm_mode")
+        if reward.teacher_temperature != rl.temperature:
+            # named by the key the recipe wrote; the other one is at its default
+            key = "stages.teacher_rl.temperature" if "temperature" in rl.model_fields_set else "reward.teacher_temperature"
+            message = (
+                f"reward.teacher_temperature = {reward.teacher_temperature} differs from stages.teacher_rl.temperature "
+                f"= {rl.temperature}: the RLT reward takes the teacher's log-probabilities at the sampling "
+                "temperature (RLT.md: both 0.7); set both to the same value"
+            )
+            problems.append(Problem(key, message))
+        if launch.vllm_mode == "server" and launch.vllm_gpus % launch.tensor_parallel_size:
+            message = (
+                f"{launch.vllm_gpus} GPUs for the vLLM server do not split into engines of "
+                f"launch.tensor_parallel_size = {launch.tensor_parallel_size} GPUs; give a multiple of it"
+            )
+            problems.append(Problem("launch.vllm_gpus", message))
+        limit = recipe.data.train.limit
+        if limit is not None and limit < rl.prompts_per_step:
+            message = f"{limit} question(s), fewer than one RL step takes (prompts_per_step = {rl.prompts_per_step})"
+            problems.append(Problem("data.train.limit", message))
+        return problems
+
     def estimate(self, recipe):
         """Upper bound (every prompt and completion at its maximum length): generation, the reference and
         old-policy forwards, training (x iterations_per_generation), and the reward's two forwards."""
@@ -140,13 +163,6 @@ class TeacherRL(Stage):
         from factory.models import load_tokenizer, resolve_model_path
 
         recipe, rl = ctx.recipe, ctx.recipe.stages.teacher_rl
-        check_report_to(rl.report_to, "stages.teacher_rl.report_to")
-        if recipe.reward.teacher_temperature != rl.temperature:
-            raise UserError(
-                f"reward.teacher_temperature={recipe.reward.teacher_temperature} differs from "
-                f"stages.teacher_rl.temperature={rl.temperature}: the RLT reward takes the teacher's log-probabilities "
-                "at the sampling temperature; set both to the same value"
-            )
         result = read_result(ctx.out_dir)
         if result is None:
             teacher, student = ctx.inputs["teacher"], ctx.inputs["reward_student"]

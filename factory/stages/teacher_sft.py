@@ -18,7 +18,7 @@ from typing import Any
 from factory.errors import UserError
 from factory.formats import EXPLANATION_CLOSE, teacher_prompt_ids
 from factory.launch import run_worker
-from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register
+from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register, thought_problems
 from factory.training import check_sft_settings, model_entry, read_result, write_job, write_rows
 
 DATA_FILE = "sft_rows.jsonl"
@@ -69,6 +69,10 @@ class TeacherSFT(Stage):
     def config(self, recipe):
         return recipe_slice(recipe, "stages.teacher_sft", "formats.teacher_system")
 
+    def check(self, recipe):
+        problems = check_sft_settings(recipe.stages.teacher_sft, "stages.teacher_sft", recipe.launch.world_size)
+        return problems + thought_problems(recipe, "stages.teacher_sft")
+
     def estimate(self, recipe):
         """Upper bound from max_length: every sequence counted full; unknown without max_steps or a row limit."""
         from factory.models import estimate_parameters
@@ -88,7 +92,6 @@ class TeacherSFT(Stage):
         from factory.models import load_tokenizer
 
         recipe, sft = ctx.recipe, ctx.recipe.stages.teacher_sft
-        check_sft_settings(sft, "stages.teacher_sft", recipe.launch.world_size)
         result = read_result(ctx.out_dir)
         if result is None:
             teacher = ctx.inputs["teacher"]
