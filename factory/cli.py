@@ -6,16 +6,19 @@ commands that need it import inside their functions.
 
 from __future__ import annotations
 
+import errno
+import shutil
 import sys
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from factory import __version__
-from factory.errors import UserError
+from factory.errors import UserError, scrub, scrub_logs
 
 app = typer.Typer(
     help="Recipe-driven Reinforcement-Learned Teaching: teacher RL, traces, distillation, evaluation, Hub.",
@@ -25,6 +28,68 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+RESUMING = ("run", "generate-shard")  # commands whose rerun picks up what was finished
+OUTPUTS = ("out", "votes", "run_dir")  # the options naming where a command writes
+
+
+def _chain(exc: BaseException):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _disk_full(exc: BaseException, command: str, params: dict[str, Any]) -> str | None:
+    """A full disk, anywhere in the chain (safetensors and torch wrap the OSError in their own errors)."""
+    for item in _chain(exc):
+        if (isinstance(item, OSError) and item.errno in DISK_FULL) or "No space left on device" in str(item):
+            named = getattr(item, "filename", None) or next((params[k] for k in OUTPUTS if params.get(k)), ".")
+            where = Path(named)
+            existing = next(p for p in (where.absolute(), *where.absolute().parents) if p.exists())
+            free = shutil.disk_usage(existing).free
+            again = " (what was finished is kept and resumed)" if command in RESUMING else ""
+            return (f"no space left on the device holding {where} ({free / 2**20:.0f} MiB free): free some space, "
+                    f"then run the same command again{again}")  # fmt: skip
+    return None
+
+
+def _hub_answer(exc: BaseException) -> str | None:
+    """An HTTP answer the Hub client had no better error for (a wrong HF_ENDPOINT, a proxy, an outage)."""
+    if "huggingface_hub" not in sys.modules:
+        return None
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for item in _chain(exc):
+        if isinstance(item, HfHubHTTPError) and item.response is not None:
+            request, said = item.response.request, (item.server_message or "").strip().splitlines()
+            detail = f": {said[0][:300]}" if said else ""
+            return (f"the Hub answered HTTP {item.response.status_code} to {request.method} {request.url}{detail}; "
+                    "check HF_ENDPOINT, the repo id and your access, or retry later")  # fmt: skip
+    return None
+
+
+class _Command(typer.core.TyperCommand):
+    """Every command: a user's mistake (a UserError, a full disk, a Hub answer it cannot use) prints one
+    message without a traceback and exits 2. Whatever is printed is scrubbed of the Hub token."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, UserError) else None
+            message = message or _disk_full(exc, ctx.info_name or "", ctx.params) or _hub_answer(exc)
+            if message is None:
+                raise
+            err_console.print(f"[bold red]error:[/bold red] {escape(scrub(message))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(UserError.exit_code) from None
+
+
+def command(*args, **kwargs):
+    """`app.command` with factory's error handling."""
+    return app.command(*args, cls=_Command, **kwargs)
+
 
 RecipeArg = typer.Argument(..., help="Path of the recipe YAML file.", show_default=False)
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: --set stages.teacher_rl.steps=10 (repeatable).")
@@ -53,7 +118,7 @@ def _load(recipe: Path, overrides: Optional[list[str]]):
     return load_recipe(recipe, overrides or [])
 
 
-@app.command()
+@command()
 def validate(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt) -> None:
     """Check a recipe: schema, types, combinations, the stages' settings, data files and model folders.
     Exit 2 with the key and line on error."""
@@ -74,8 +139,27 @@ def _plan(recipe: Path, overrides, run_dir: Path, force=(), from_stage=None, onl
     planned = make_plan(
         loaded, run_dir, load_stages(), force=tuple(force), from_stage=from_stage, only=tuple(only), running=running
     )
+    _check_run_dir(loaded, recipe, run_dir)  # after the preflight, which names each source's key and line
     _warn(planned.warnings)
     return planned
+
+
+def _check_run_dir(loaded, recipe: Path, run_dir: Path) -> None:
+    """The run writes under run_dir/<recipe name>: not a file, and never an input or inside one."""
+    from factory.data.loaders import local_data_path
+    from factory.models import source_kind
+    from factory.paths import refuse_input_as_output
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file; give a folder (it holds runs, artifacts and the local store)")
+    inputs = [("the recipe", recipe)]
+    sets = [("data.train", loaded.data.train), *((f"data.eval {s.name}", s) for s in loaded.data.eval)]
+    for key, source in sets:
+        path = local_data_path(source.source) if source.format != "quickstart" else None
+        inputs += [(key, path)] if path is not None else []
+    for role, spec in loaded.models:
+        inputs += [(f"models.{role}", Path(spec.source))] if source_kind(spec) == "local" else []
+    refuse_input_as_output(run_dir / loaded.name, "--run-dir", inputs)
 
 
 def _warn(warnings: list[str]) -> None:
@@ -84,7 +168,7 @@ def _warn(warnings: list[str]) -> None:
         err_console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
 
 
-@app.command()
+@command()
 def plan(
     recipe: Path = RecipeArg,
     set_: Optional[list[str]] = SetOpt,
@@ -100,7 +184,7 @@ def plan(
     render_plan(planned, console)
 
 
-@app.command()
+@command()
 def run(
     recipe: Path = RecipeArg,
     set_: Optional[list[str]] = SetOpt,
@@ -124,7 +208,7 @@ def run(
         console.print(escape(line), soft_wrap=True)
 
 
-@app.command()
+@command()
 def score(
     teacher: str = typer.Option(..., "--teacher", help="Teacher: Hub id[@rev], local folder or packaged:NAME."),
     student: str = typer.Option(..., "--student", help="Reward student; must share the teacher's vocabulary."),
@@ -134,9 +218,9 @@ def score(
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take reward settings and system prompts from a recipe."),
     set_: Optional[list[str]] = SetOpt,
     kl_estimator: Optional[str] = typer.Option(None, "--kl-estimator", help="k1 (default), k3 or full."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sequences per forward pass."),
     split: str = typer.Option("train", "--split", help="Split of a Hub dataset."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N rows."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N rows."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 ... [default: float32 on CPU]."),
 ) -> None:
@@ -153,7 +237,7 @@ def score(
     )  # fmt: skip
 
 
-@app.command()
+@command()
 def compare(
     sources: list[str] = typer.Argument(..., help="Two or more trace datasets, each owner/name@rev, an artifact folder or a .parquet/.jsonl file, optionally as LABEL=SOURCE; SOURCE#CONFIG picks a dataset config (e.g. #before_rl)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port to serve on; by default the first free one from 7860."),
@@ -162,12 +246,16 @@ def compare(
     votes_repo: Optional[str] = typer.Option(None, "--votes-repo", help="Hub dataset the Publish button pushes votes to."),
 ) -> None:
     """Serve the Gradio app comparing teachers' explanations side by side (the compare Space, locally)."""
-    from factory.compare import launch
+    from factory.compare import launch, space_module
+    from factory.paths import refuse_input_as_output
 
+    data = space_module("compare_data")
+    locations = [Path(data.split_config(data.split_spec(spec)[1])[0]) for spec in sources]
+    refuse_input_as_output(votes, "--votes", [("the source", path) for path in locations if path.exists()])
     launch(sources, port, host, votes, votes_repo)
 
 
-@app.command()
+@command()
 def push(
     run_dir: Path = typer.Argument(..., help="The run folder (--run-dir of `factory run`) or one recipe's folder in it."),
     recipe_name: Optional[str] = typer.Option(None, "--recipe", help="Which recipe's run, if the folder holds several."),
@@ -181,7 +269,7 @@ def push(
     console.print(f"[green]pushed[/green] {len(published)} artifact(s): " + "; ".join(published))
 
 
-@app.command("generate-shard")
+@command("generate-shard")
 def generate_shard(
     recipe: Path = RecipeArg,
     shard: str = typer.Option(..., "--shard", help="I or I/N: shard I of N (default N: stages.generate.shards)."),
@@ -206,12 +294,14 @@ def _publisher(planned, run_dir: Path, push: bool):
 
 
 def main() -> None:
-    """Console entry point: user errors print their message and exit 2, without a traceback."""
+    """Console entry point: a bug keeps its traceback and exit code 1, scrubbed of the Hub token like
+    every log record (typer's own excepthook would print it unscrubbed)."""
+    scrub_logs()
     try:
         app()
-    except UserError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
-        sys.exit(exc.exit_code)
+    except Exception:
+        sys.stderr.write(scrub(traceback.format_exc()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def resolve_model_path(source: Source) -> Path:
     if kind == "packaged":
         return _packaged_folder(spec.source.removeprefix("packaged:"))
     if kind == "local":
+        check_model_source(spec)  # config.json and weights, before transformers fails on their absence
         return _local_folder(spec.source)
     return _hub_snapshot(spec)
 
@@ -149,7 +150,9 @@ def _hub_snapshot(spec: ModelSpec) -> Path:
     except RevisionNotFoundError:
         raise UserError(f"model {spec.source} has no revision {spec.revision!r}") from None
     except LocalEntryNotFoundError as exc:
+        answer = getattr(exc.__cause__, "response", None)  # the Hub answered, with a status the client gave up on
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{constants.ENDPOINT} cannot be reached"
+        reason = f"{constants.ENDPOINT} answered HTTP {answer.status_code}" if answer is not None else reason
         raise UserError(
             f"model {name} is not in the local Hub cache ({constants.HF_HUB_CACHE}) and {reason}: "
             f"download it where the Hub is reachable, or give a local folder ({type(exc).__name__})"
@@ -349,7 +352,7 @@ def resolve_hub_revision(repo_id: str, revision: str | None, repo_type: Literal[
         return revision
     import httpx
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.file_download import repo_folder_name
 
     try:
@@ -358,6 +361,9 @@ def resolve_hub_revision(repo_id: str, revision: str | None, repo_type: Literal[
         raise UserError(f"{repo_type} {repo_id} not found on {constants.ENDPOINT}; if it is private, set HF_TOKEN") from None
     except RevisionNotFoundError:
         raise UserError(f"{repo_type} {repo_id} has no revision {revision!r}") from None
+    except HfHubHTTPError as exc:  # an outage falls back like an unreachable Hub; any other answer is the user's to see
+        if exc.response is not None and exc.response.status_code < 500 and exc.response.status_code != 429:
+            raise
     except (OfflineModeIsEnabled, httpx.HTTPError):
         pass
     ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "refs" / (revision or "main")

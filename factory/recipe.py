@@ -21,9 +21,10 @@ STAGE_ORDER = ("teacher_sft", "teacher_rl", "generate", "distill", "evaluate")
 
 
 class Section(BaseModel):
-    """Every recipe section rejects unknown keys: a typo must not be silently ignored."""
+    """Every recipe section rejects unknown keys (a typo must not be silently ignored) and
+    non-finite numbers (`.nan`, `.inf` pass `ge`/`gt` bounds, then poison training)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -433,18 +434,120 @@ class _Located:
         return None
 
 
-def _read_yaml(path: Path, located: _Located) -> dict[str, Any]:
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_NODES = 10_000  # keys, values and items, aliases expanded; a real recipe has a few hundred
+MAX_YAML_DEPTH = 50
+MAX_ERRORS_SHOWN = 20
+
+
+class _Refused(Exception):
+    """Something the recipe loader will not build, at a YAML position."""
+
+    def __init__(self, message: str, mark: yaml.Mark):
+        super().__init__(message)
+        self.mark = mark
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader with a recipe's limits, checked while composing, before any object is built: an
+    alias inside its own anchor, more than MAX_YAML_NODES nodes once aliases are expanded (a
+    billion-laughs document stops at the first alias over the cap), nesting past MAX_YAML_DEPTH."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.expanded, self.depth = 0, 0
+        self.sizes: dict[int, int] = {}  # id(node) -> its node count with aliases expanded, once composed
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                if id(target) not in self.sizes:
+                    raise _Refused(f"alias *{event.anchor} is inside its own anchor &{event.anchor}", event.start_mark)
+                size = self.sizes[id(target)]
+                self._count(size, event.start_mark, f" (alias *{event.anchor} expands to {size})")
+            return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > MAX_YAML_DEPTH:
+            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep; a recipe has a few", event.start_mark)
+        before = self.expanded
+        self._count(1, event.start_mark, "")
+        node = super().compose_node(parent, index)
+        self.sizes[id(node)] = self.expanded - before
+        self.depth -= 1
+        return node
+
+    def _count(self, nodes: int, mark: yaml.Mark, why: str) -> None:
+        self.expanded += nodes
+        if self.expanded > MAX_YAML_NODES:
+            raise _Refused(
+                f"more than {MAX_YAML_NODES} YAML nodes{why}; a recipe has a few hundred, so reading stops here", mark
+            )
+
+
+def _check_duplicates(node: yaml.Node, path: tuple[str, ...], filename: str) -> None:
+    """PyYAML keeps the last of two equal keys without a word; a recipe must not."""
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicates(item, (*path, str(index)), filename)
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in first:
+                    raise UserError(
+                        f"{filename}:{key_node.start_mark.line + 1}: duplicate key {'.'.join((*path, key_node.value))} "
+                        f"(first at {filename}:{first[key].line + 1}); YAML would keep only the last: delete one"
+                    )
+                first[key] = key_node.start_mark
+            _check_duplicates(value_node, (*path, str(key_node.value)), filename)
+
+
+def _recipe_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"recipe not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder; give the recipe's YAML file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise UserError(f"{path}: larger than {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a few KB: is this the right file?")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the recipe as UTF-8") from None
+
+
+def _parse_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
+    """(node, value) of one YAML document within the recipe's limits; UserErrors name `origin`."""
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_duplicates(node, (), origin)
+        return node, loader.construct_document(node)
+    except _Refused as exc:
+        raise UserError(f"{origin}:{exc.mark.line + 1}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
+        raise UserError(f"{origin}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(path: Path, located: _Located) -> dict[str, Any]:
+    node, data = _parse_yaml(_recipe_text(path), str(path))
+    if node is None:
+        raise UserError(
+            f"{path}: the recipe is empty (only comments or blank lines); a recipe needs at least name, "
+            "models and data: see recipes/quickstart.yaml"
+        )
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
     located.record(node, (), str(path))
@@ -523,19 +626,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], located: _Locate
             raise UserError(f"--set {item!r}: write KEY=VALUE, for example stages.teacher_rl.steps=10")
         path = key.split(".")
         _schema_field(Recipe, path, key)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise UserError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+        value = _parse_yaml(raw, f"--set {key}: value {raw!r}")[1] if raw.strip() else ""
         target: Any = data
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             if isinstance(target, list):
                 index = int(part)
                 if index >= len(target):
                     raise UserError(f"--set {key}: list index {index} out of range (length {len(target)})")
-                target = target[index]
+                child = target[index]
             else:
-                target = target.setdefault(part, {})
+                if target.get(part) is None:  # a section written empty (`reward:`) takes keys like a missing one
+                    target[part] = {}
+                child = target[part]
+            if not isinstance(child, (dict, list)):
+                at = tuple(path[: depth + 1])
+                raise UserError(
+                    f"--set {key}: {'.'.join(at)} is {child!r} in the recipe ({located.where(at) or 'recipe'}), "
+                    "not a section with keys"
+                )
+            target = child
         if isinstance(target, list):
             index = int(path[-1])
             if index >= len(target):
@@ -551,8 +660,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], located: _Locate
 
 
 def _format_errors(exc: ValidationError, located: _Located, origin: str) -> str:
-    lines = [f"{origin}: recipe is not valid"]
-    for error in exc.errors():
+    errors = exc.errors()
+    lines = [f"{origin}: recipe is not valid" + (f" ({len(errors)} errors)" if len(errors) > 1 else "")]
+    for error in errors[:MAX_ERRORS_SHOWN]:
         path = tuple(str(p) for p in error["loc"])
         combination = (error.get("ctx") or {}).get("error")
         if isinstance(combination, _CombinationError):
@@ -562,12 +672,16 @@ def _format_errors(exc: ValidationError, located: _Located, origin: str) -> str:
             message = "unknown key" + _suggest(path, located)
         elif error["type"] == "missing":
             message = "required key is missing"
+        elif error.get("input", ...) is None and error["type"] in ("model_type", "dict_type", "list_type"):
+            message = "written with no value: list its keys under it, or delete the line for its defaults"
         else:
             message = error["msg"].removeprefix("Value error, ")
             if "input" in error and not isinstance(error["input"], (dict, list)):
                 message += f" (got {error['input']!r})"
         where = located.where(path) or origin
         lines.append(f"  {'.'.join(path) or '<recipe>'} ({where}): {message}")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"  ... and {len(errors) - MAX_ERRORS_SHOWN} more errors")
     return "\n".join(lines)
 
 

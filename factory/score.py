@@ -8,48 +8,98 @@ an explanation that still contains its closing tag (a raw completion) is cut the
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from factory.data.loaders import file_records, local_data_path, text_cell
 from factory.errors import UserError
+from factory.paths import refuse_input_as_output
 from factory.recipe import Reward
 
 COLUMNS = ("question", "solution", "explanation")
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 def load_rows(data: str, split: str = "train", limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a local JSONL/JSON/parquet file or a Hub dataset, checked for the scored columns."""
+    """The first `limit` rows of a local JSONL/JSON/parquet file or a Hub dataset. A row without a
+    question or a solution is bad data, as in the recipe's loader (never scored 0 and averaged in);
+    an empty explanation is a teacher's legitimate output and is scored."""
+    rows = []
+    for number, record in itertools.islice(_records(data, split), limit):
+        if not isinstance(record, dict):
+            raise UserError(f"{data} row {number}: a row must be an object, got {type(record).__name__}")
+        for column in COLUMNS:
+            if column not in record:
+                columns = ", ".join(map(str, record))
+                raise UserError(f"{data}: no column {column!r} in row {number} (columns: {columns})")
+        for column in ("question", "solution"):
+            text_cell(record[column], f"{data} row {number}", column)
+        if not isinstance(record["explanation"], str):
+            shown = f"{type(record['explanation']).__name__} {record['explanation']!r}"[:80]
+            raise UserError(f"{data} row {number}: column 'explanation' must be text (it may be empty), got {shown}")
+        rows.append(record)
+    if not rows:
+        raise UserError(f"{data}: no rows to score (the data is empty)")
+    return rows
+
+
+def _records(data: str, split: str) -> Iterator[tuple[int, Any]]:
+    path = local_data_path(data)
+    if path is None:
+        yield from enumerate(_hub_rows(data, split), start=1)
+    elif path.is_file():
+        yield from file_records(path, data)
+    elif path.is_dir():
+        raise UserError(f"--data {data} is a folder; give a .jsonl, .json or .parquet file or a Hub dataset id")
+    else:
+        raise UserError(f"data file not found: {data}")
+
+
+def _hub_rows(data: str, split: str):
     import datasets
 
-    path = Path(data).expanduser()
     try:
-        if path.suffix in LOCAL_FORMATS or path.exists():
-            if not path.is_file():
-                raise UserError(f"data file not found: {data}")
-            if path.suffix not in LOCAL_FORMATS:
-                raise UserError(f"{data}: unknown data file type; give a .jsonl, .json or .parquet file or a Hub dataset id")
-            dataset = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
-        else:
-            dataset = datasets.load_dataset(data, split=split)
-    except (datasets.exceptions.DatasetsError, OSError, ValueError) as exc:  # unreadable file, unknown id or split
+        return datasets.load_dataset(data, split=split)
+    except (datasets.exceptions.DatasetsError, OSError, ValueError) as exc:  # unknown id or split, offline
         raise UserError(f"cannot read data {data!r}: {exc}") from None
-    for column in COLUMNS:
-        if column not in dataset.column_names:
-            raise UserError(f"{data}: no column {column!r} (columns: {', '.join(dataset.column_names)})")
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    rows = dataset.to_list()
-    if not rows:
-        raise UserError(f"{data}: no rows to score")
-    for index, row in enumerate(rows):
-        for column in COLUMNS:
-            if not isinstance(row[column], str):
-                raise UserError(f"{data}: row {index}: {column!r} must be text, got {type(row[column]).__name__}")
-    return rows
+
+
+def check_options(data: str, out: Path, device: str | None, dtype: str | None) -> tuple[str, str | None]:
+    """(device, dtype) to use, after refusing what would fail late or destroy the input: an unknown
+    or absent device, an unknown dtype, an --out that is the data file or cannot be written."""
+    import torch
+
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise UserError(f"--device {device!r}: not a device; use cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: {torch.cuda.device_count()} CUDA device(s) visible here; use --device cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
+    source = local_data_path(data)
+    refuse_input_as_output(out, "--out", [("the data file", source)] if source is not None else [])
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the path of the JSONL file to write")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create its folder {out.parent} ({exc.strerror})") from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"--out {out}: not writable")
+    return device, dtype or ("float32" if parsed.type == "cpu" else None)
 
 
 def settings_from(
@@ -71,7 +121,10 @@ def settings_from(
     try:
         reward = Reward.model_validate({**reward.model_dump(), **{k: v for k, v in changes.items() if v is not None}})
     except ValidationError as exc:
-        raise UserError(f"reward settings: {exc}") from None
+        problems = [
+            f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r} (reward.{e['loc'][0]}): {e['msg']}" for e in exc.errors()
+        ]
+        raise UserError("; ".join(problems)) from None
     return reward, formats.teacher_system, formats.student_system
 
 
@@ -106,7 +159,6 @@ def score(
     `out` defaults to `<data name>.scores.jsonl` in the current folder. On CPU the models run in
     float32 unless `dtype` says otherwise; elsewhere in their checkpoint's dtype.
     """
-    import torch
     from rich.console import Console
     from rich.progress import track
 
@@ -116,10 +168,9 @@ def score(
 
     console = console or Console()
     settings = settings or Reward()
-    rows = load_rows(data, split, limit)
     out = Path(out) if out else Path(f"{Path(data).stem if Path(data).suffix else data.replace('/', '__')}.scores.jsonl")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("float32" if device == "cpu" else None)
+    device, dtype = check_options(data, out, device, dtype)
+    rows = load_rows(data, split, limit)
 
     teacher_tokenizer, student_tokenizer = load_tokenizer(teacher), load_tokenizer(student)
     check_same_vocabulary(teacher_tokenizer, student_tokenizer)
@@ -133,7 +184,6 @@ def score(
     items = [_item(teacher_tokenizer, row) for row in rows]
     records: list[dict[str, Any]] = []
     started, tokens = time.perf_counter(), 0
-    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as handle:
         step = settings.batch_size * 4  # several batches per call, so length sorting has room to work
         for start in track(range(0, len(items), step), description="scoring", console=console, transient=True):

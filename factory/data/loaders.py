@@ -42,6 +42,8 @@ def load_rows(source: DataSource | EvalSet, log: Log = logger.warning) -> list[R
     else:
         rows = (_mapped_row(source, number, record) for number, record in _records(source))
     out = _with_ids(rows, source.limit)
+    if not out and not failures:
+        raise UserError(f"{_describe(source)}: no rows (the data is empty)")
     if failures and not out:
         raise UserError(f"{_describe(source)}: no row is in the Stratos layout ({failures[0]})")
     if failures:
@@ -55,17 +57,17 @@ def resolve_revision(source: DataSource | EvalSet) -> str:
     or a Hub dataset's commit sha (`unresolved:<rev>` when the Hub cannot be asked)."""
     if source.format == "quickstart":
         return f"quickstart-v{quickstart.GENERATOR_VERSION}"
-    path = Path(source.source).expanduser()
-    if path.is_file():
+    path = local_data_path(source.source)
+    if path is not None and path.is_file():
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return "sha256:" + digest.hexdigest()
-    if path.is_dir():
+    if path is not None and path.is_dir():
         return "local:" + folder_digest(path, recursive=True)
-    if source.format == "jsonl":
-        raise UserError(f"data file not found: {source.source}")
+    if path is not None or source.format == "jsonl":
+        raise UserError(f"data file not found: {source.source} (format {source.format})")
     return resolve_hub_revision(source.source, source.revision, "dataset")
 
 
@@ -76,14 +78,10 @@ def check_data_source(source: DataSource | EvalSet) -> None:
     if source.format == "quickstart":
         next(iter(quickstart.generate(source.split)), None)
         return
-    path = Path(source.source).expanduser()
-    if path.is_dir():
+    path = local_data_path(source.source)
+    if (path is None and source.format != "jsonl") or (path is not None and path.is_dir()):
         return
-    if not path.is_file():
-        if source.format == "jsonl" or source.source.startswith(("/", ".", "~")):
-            raise UserError(f"data file not found: {source.source}")
-        return  # a Hub dataset id
-    first = next(iter(_records(source)), None)  # a local file's first row
+    first = next(iter(_records(source)), None)  # a local file's first row; a missing file raises there
     if first is None:
         raise UserError(f"{_describe(source)}: no rows (the data is empty)")
     if source.format != "stratos":  # a Stratos row that does not parse is skipped, not an error
@@ -108,29 +106,80 @@ def _with_ids(rows: Iterable[Row], limit: int | None) -> list[Row]:
 
 
 def _records(source: DataSource) -> Iterator[tuple[int, Any]]:
-    """(1-based row number, record): a local file is JSON Lines; anything else (a Hub id, a local
-    dataset folder) goes through `datasets.load_dataset`."""
-    path = Path(source.source).expanduser()
-    if source.format == "jsonl" or path.is_file():
-        yield from _jsonl_records(path, source)
+    """(1-based row number, record): a local file by `file_records`; a Hub id or a local dataset
+    folder through `datasets.load_dataset`. A local path that does not exist is an error whatever
+    the format: it must not be mistaken for a Hub id."""
+    path = local_data_path(source.source)
+    if path is not None and path.is_file():
+        yield from file_records(path, source.source)
+    elif path is not None and not path.exists() or source.format == "jsonl" and path is None:
+        raise UserError(
+            f"data file not found: {source.source} (format {source.format}; a local file is JSON Lines, .json "
+            "or .parquet, a Hub dataset is named org/name with format: hub)"
+        )
     else:
         yield from enumerate(_hub_dataset(source), start=1)
 
 
-def _jsonl_records(path: Path, source: DataSource) -> Iterator[tuple[int, Any]]:
-    if not path.is_file():
-        raise UserError(
-            f"data file not found: {source.source} (format {source.format} reads a local JSON Lines file; "
-            "for a Hub dataset use format: hub)"
-        )
-    with path.open(encoding="utf-8") as handle:
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".txt", ".arrow")
+
+
+def local_data_path(text: str) -> Path | None:
+    """The local file or folder `text` names, or None for a Hub dataset id: a path that exists, or
+    one written as a path (./, /, ~, a data file's suffix, more than one '/')."""
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1 or path.suffix in DATA_SUFFIXES:
+        return path
+    return None
+
+
+def file_records(path: Path, label: str) -> Iterator[tuple[int, Any]]:
+    """(1-based row number, record) of a local file: parquet by its suffix; a .json file holding one
+    array; anything else JSON Lines (blank lines skipped, numbered by line)."""
+    if path.suffix == ".parquet":
+        yield from _parquet_records(path, label)
+        return
+    with path.open("rb") as handle:
+        if path.suffix == ".json" and handle.read(64).lstrip().startswith(b"["):
+            handle.seek(0)
+            records = _json_value(handle.read(), label, None)
+            if not isinstance(records, list):
+                raise UserError(f"{label}: a .json data file holds one array of row objects")
+            yield from enumerate(records, start=1)
+            return
+        handle.seek(0)
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{source.source} line {number}: not valid JSON ({exc.msg})") from None
+            if line.strip():
+                yield number, _json_value(line, label, number)
+
+
+def _json_value(raw: bytes, label: str, line: int | None) -> Any:
+    """One JSON value: a JSON Lines line (`line` its number) or a whole file (line None)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = line or 1 + raw.count(b"\n", 0, exc.start)
+        byte = raw[exc.start]
+        raise UserError(f"{label} line {at}: not UTF-8 text (byte 0x{byte:02x}); save the data as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{label} line {line or exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def _parquet_records(path: Path, label: str) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        number = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield number, record
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{label}: not a readable parquet file ({exc})") from None
 
 
 def _hub_dataset(source: DataSource):
@@ -193,7 +242,12 @@ def _mapped_row(source: DataSource | EvalSet, number: int, record: Any) -> Row:
 def _text(value: Any, source: DataSource, number: int, column: str, allow_number: bool) -> str:
     if allow_number and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    return text_cell(value, f"{_describe(source)} row {number}", column)
+
+
+def text_cell(value: Any, where: str, column: str) -> str:
+    """A cell that must hold text, stripped; `where` names the data and the row in the error."""
     if not isinstance(value, str) or not value.strip():
         shown = "empty" if isinstance(value, str) else f"{type(value).__name__} {value!r}"[:80]
-        raise UserError(f"{_describe(source)} row {number}: column {column!r} must be non-empty text, got {shown}")
+        raise UserError(f"{where}: column {column!r} must be non-empty text, got {shown}")
     return value.strip()

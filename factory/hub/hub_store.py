@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from factory.errors import UserError
+from factory.errors import UserError, scrub
 from factory.hub.content import RECORD_FILE, Target
 from factory.hub.store import TAG, Files, Head, Store, T, Version
 from factory.recipe import Recipe
@@ -48,7 +48,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}"
+    """One line for a log or an error; scrubbed, since a Hub answer may echo the request's headers."""
+    return scrub(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}")
 
 
 class HubStore(Store):
