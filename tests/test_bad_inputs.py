@@ -39,7 +39,10 @@ def assert_user_error(result, *fragments: str) -> str:
     assert "Traceback" not in output
     for fragment in fragments:
         assert fragment in output, (fragment, output)
-    return output.strip().splitlines()[0]
+    lines = output.strip().splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("error:") or "Invalid value" in line), 0)
+    detail = lines[at + 1].strip() if at + 1 < len(lines) and lines[at].endswith((":", "not valid", "errors)")) else ""
+    return f"{lines[at]} {detail}".strip()
 
 
 # ------------------------------------------------------------------------------------ recipes
