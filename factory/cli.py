@@ -228,13 +228,11 @@ def score(
     from factory.score import score as run_score
     from factory.score import settings_from
 
-    settings, teacher_system, student_system = settings_from(
-        recipe, set_, kl_estimator=kl_estimator, batch_size=batch_size
-    )
+    settings, formats = settings_from(recipe, set_, kl_estimator=kl_estimator, batch_size=batch_size)
     run_score(
-        teacher, student, data, out, dump_tokens, settings=settings, teacher_system=teacher_system,
-        student_system=student_system, split=split, limit=limit, device=device, dtype=dtype, console=console,
-    )  # fmt: skip
+        teacher, student, data, out, dump_tokens, settings=settings, formats=formats, split=split, limit=limit,
+        device=device, dtype=dtype, console=console,
+    )
 
 
 @command()

@@ -1,16 +1,28 @@
 """The two RLT chat formats (RLT.md, "The two chat formats"), as text and as token ids.
 
+Layouts follow the reference code (RLT.md, "What the reference code does, exactly"):
+- teacher: the assistant turn is prefilled with `<|begin_of_solution|>\n\n{solution}\n\n<|end_of_solution|>`,
+  a blank line and `<|begin_of_explanation|>` plus a blank line; the teacher writes the explanation
+  and closes it with `\n\n<|end_of_explanation|>`;
+- student (the reward student's and the distilled students' format, the Bespoke-Stratos layout):
+  `<|begin_of_thought|>{p}{explanation}{p}<|end_of_thought|>{sep}<|begin_of_solution|>{p}{solution}{p}<|end_of_solution|>`
+  with `p` and `sep` from `StudentFormat` (`\n\n` for both in the reference) and the system prompt
+  the reward student was trained with.
+
 Text builders (`teacher_messages`, `student_messages`) feed SFT and generation. The id builders
 splice the explanation's token ids between tokenised pieces of the rendered chat, so the scored
-spans are known exactly: a sampled explanation is never decoded and re-tokenised (which can merge
-tokens across a tag and shift spans). Scoring sequences end at their last scored token, since what
-follows cannot change a causal model's log-probabilities there.
+spans are known exactly: a sampled explanation is never decoded and re-tokenised. As in the
+reference, a span runs up to its closing tag: the explanation is every token the teacher wrote
+before `<|end_of_explanation|>` (its padding included), the solution is `{solution}\n\n` up to
+`<|end_of_solution|>`. A piece of text is tokenised together with the tag that follows it
+(`_ids_of_text`), so no scored token ever holds a tag character. Scoring sequences end at their
+last scored token, since what follows cannot change a causal model's log-probabilities there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from factory.errors import UserError
 
@@ -20,6 +32,7 @@ EXPLANATION_OPEN = "<|begin_of_explanation|>"
 EXPLANATION_CLOSE = "<|end_of_explanation|>"
 THOUGHT_OPEN = "<|begin_of_thought|>"
 THOUGHT_CLOSE = "<|end_of_thought|>"
+TEACHER_PADDING = "\n\n"  # after the opened explanation tag and before its closing tag (reference layout)
 
 DEFAULT_TEACHER_SYSTEM = (
     "You are a teacher. The reference solution to the problem is already written at the start of "
@@ -34,9 +47,22 @@ DEFAULT_STUDENT_SYSTEM = (
 )
 
 
+# ----------------------------------------------------------------------------------------- teacher
+
+
 def teacher_prefill(solution: str) -> str:
     """The assistant text the teacher continues from: solution first, explanation tag opened."""
-    return f"{SOLUTION_OPEN}{solution}{SOLUTION_CLOSE}\n\n{EXPLANATION_OPEN}\n\n"
+    p = TEACHER_PADDING
+    return f"{SOLUTION_OPEN}{p}{solution.strip()}{p}{SOLUTION_CLOSE}\n\n{EXPLANATION_OPEN}{p}"
+
+
+def teacher_target(explanation: str) -> str:
+    """What the teacher writes after its prefill: the explanation, padded, and the closing tag.
+
+    The padding keeps the closing tag's first token apart from the explanation's last one (without
+    it BPE merges e.g. `.<`, a token that both ends the explanation and starts the tag).
+    """
+    return f"{explanation.strip()}{TEACHER_PADDING}{EXPLANATION_CLOSE}"
 
 
 def teacher_messages(
@@ -45,7 +71,7 @@ def teacher_messages(
     """Teacher chat; with `explanation` the assistant turn is complete (warm-up SFT target)."""
     assistant = teacher_prefill(solution)
     if explanation is not None:
-        assistant += f"{explanation}{EXPLANATION_CLOSE}"
+        assistant += teacher_target(explanation)
     return [
         {"role": "system", "content": DEFAULT_TEACHER_SYSTEM if system is None else system},
         {"role": "user", "content": question},
@@ -53,16 +79,52 @@ def teacher_messages(
     ]
 
 
-def student_messages(question: str, explanation: str, solution: str, system: str | None = None) -> list[dict[str, str]]:
+# ----------------------------------------------------------------------------------------- student
+
+
+@dataclass(frozen=True)
+class StudentFormat:
+    """The student chat format: system prompt, padding inside every tag pair, thought/solution separator."""
+
+    system: str = DEFAULT_STUDENT_SYSTEM
+    padding: str = "\n\n"
+    separator: str = "\n\n"
+
+    def assistant(self, explanation: str, solution: str) -> str:
+        p = self.padding
+        return (
+            f"{THOUGHT_OPEN}{p}{explanation.strip()}{p}{THOUGHT_CLOSE}{self.separator}"
+            f"{SOLUTION_OPEN}{p}{solution.strip()}{p}{SOLUTION_CLOSE}"
+        )
+
+
+def student_format(formats: Any, rows: Iterable[dict[str, Any]] = ()) -> StudentFormat:
+    """The recipe's `formats` resolved: `student_system` unset takes the data's own `system` column
+    (Bespoke-Stratos-17k has one: the prompt the reward student was trained with), else factory's."""
+    system = formats.student_system
+    if system is None:
+        found = {row["system"] for row in rows if row.get("system")}
+        if len(found) > 1:
+            raise UserError(
+                f"data.train: the rows carry {len(found)} different `system` prompts; the student format has one: "
+                "set formats.student_system"
+            )
+        system = found.pop() if found else DEFAULT_STUDENT_SYSTEM
+    return StudentFormat(system, formats.student_padding, formats.student_separator)
+
+
+def student_messages(
+    question: str, explanation: str, solution: str, fmt: StudentFormat = StudentFormat()
+) -> list[dict[str, str]]:
     """Student chat, the distillation format (Bespoke-Stratos layout with the explanation as thought)."""
     return [
-        {"role": "system", "content": DEFAULT_STUDENT_SYSTEM if system is None else system},
+        {"role": "system", "content": fmt.system},
         {"role": "user", "content": question},
-        {
-            "role": "assistant",
-            "content": f"{THOUGHT_OPEN}{explanation}{THOUGHT_CLOSE}\n\n{SOLUTION_OPEN}{solution}{SOLUTION_CLOSE}",
-        },
+        {"role": "assistant", "content": fmt.assistant(explanation, solution)},
     ]
+
+
+# --------------------------------------------------------------------------------------- token ids
 
 
 def _render_open(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -89,9 +151,27 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _ids_of_text(tokenizer: Any, before: str, text: str, after: str) -> tuple[list[int], list[int]]:
+    """(ids of `before`, ids of `text`), tokenised as `before + text + after` and split at the first
+    token that starts inside `text`, which ends at the last token that starts inside it."""
+    encoded = tokenizer(before + text + after, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [start for start, _ in encoded["offset_mapping"]]
+    ids = encoded["input_ids"]
+    first = next((i for i, start in enumerate(starts) if start >= len(before)), len(ids))
+    end = next((i for i, start in enumerate(starts) if start >= len(before) + len(text)), len(ids))
+    return ids[:first], ids[first:end] if text else []
+
+
 def teacher_prompt_ids(tokenizer: Any, question: str, solution: str, system: str | None = None) -> list[int]:
     """Token ids of the teacher prompt: chat up to the opened explanation tag and its blank line."""
     return _ids(tokenizer, _render_open(tokenizer, teacher_messages(question, solution, system)))
+
+
+def explanation_ids(tokenizer: Any, explanation: str) -> list[int]:
+    """Ids of an explanation given as text: the tokens a teacher writes before its closing tag, padding
+    included (none for an empty explanation)."""
+    text = explanation.strip()
+    return _ids_of_text(tokenizer, "", text + TEACHER_PADDING, EXPLANATION_CLOSE)[1] if text else []
 
 
 @dataclass(frozen=True)
@@ -118,15 +198,26 @@ def build_teacher_sequence(
     return TeacherSequence(prompt + list(explanation_ids), (len(prompt), len(prompt) + len(explanation_ids)))
 
 
+def _missing_padding(text: str, padding: str) -> str:
+    """The part of `padding` that `text` does not already end with (a merged `.\\n\\n` brings its own)."""
+    for keep in range(len(padding), 0, -1):
+        if text.endswith(padding[:keep]):
+            return padding[keep:]
+    return padding
+
+
 def build_student_sequence(
-    tokenizer: Any, question: str, explanation_ids: list[int], solution: str, system: str | None = None
+    tokenizer: Any, question: str, explanation_ids: list[int], solution: str, fmt: StudentFormat = StudentFormat()
 ) -> StudentSequence:
-    """Student ids: chat head + thought tag, explanation ids, closing tags, solution ids."""
-    head_messages = student_messages(question, "", "", system)
-    head_messages[-1] = {"role": "assistant", "content": THOUGHT_OPEN}
+    """Student ids: chat head up to the padded thought tag, explanation ids, closing layout, solution ids."""
+    p = fmt.padding
+    head_messages = student_messages(question, "", "", fmt)
+    head_messages[-1] = {"role": "assistant", "content": THOUGHT_OPEN + p}
     head = _ids(tokenizer, _render_open(tokenizer, head_messages))
-    middle = _ids(tokenizer, f"{THOUGHT_CLOSE}\n\n{SOLUTION_OPEN}")
-    solution_ids = _ids(tokenizer, solution)
+    closing = (
+        f"{_missing_padding(tokenizer.decode(list(explanation_ids)), p)}{THOUGHT_CLOSE}{fmt.separator}{SOLUTION_OPEN}{p}"
+    )
+    middle, solution_ids = _ids_of_text(tokenizer, closing, solution.strip() + p, SOLUTION_CLOSE)
     explanation_end = len(head) + len(explanation_ids)
     solution_start = explanation_end + len(middle)
     return StudentSequence(
@@ -136,10 +227,13 @@ def build_student_sequence(
     )
 
 
+# ------------------------------------------------------------------------------------- parsing
+
+
 def parse_teacher_completion(text: str) -> tuple[str, bool]:
-    """Split generated teacher text into (explanation, closed): text before the closing tag."""
+    """Split generated teacher text into (explanation, closed): text before the closing tag, unpadded."""
     explanation, tag, _ = text.partition(EXPLANATION_CLOSE)
-    return explanation, bool(tag)
+    return explanation.strip(), bool(tag)
 
 
 def split_completion_ids(tokenizer: Any, completion_ids: list[int]) -> tuple[list[int], bool]:
@@ -147,25 +241,28 @@ def split_completion_ids(tokenizer: Any, completion_ids: list[int]) -> tuple[lis
 
     The closing tag is plain text that the model may spell with various tokens, so it is found in
     the decoded text; the explanation is the longest id prefix whose text ends before the tag (a
-    token straddling the tag is dropped). Unclosed completions lose only trailing special tokens
-    (end of turn, padding).
+    token straddling the tag is dropped), its padding included as in the reference. Unclosed
+    completions lose trailing special tokens (end of turn, padding). An explanation of whitespace
+    only is empty: it must pay the empty explanation's KL penalty, not score a padding token.
     """
     ids = list(completion_ids)
     text = tokenizer.decode(ids)
     cut = text.find(EXPLANATION_CLOSE)
-    if cut < 0:
+    closed = cut >= 0
+    if closed:
+        low, high = 0, len(ids)  # invariant: ids[:low] ends before the tag, ids[:high+1] does not
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(tokenizer.decode(ids[:middle])) <= cut:
+                low = middle
+            else:
+                high = middle - 1
+        ids = ids[:low]
+    else:
         special = set(tokenizer.all_special_ids)
         while ids and ids[-1] in special:
             ids.pop()
-        return ids, False
-    low, high = 0, len(ids)  # invariant: ids[:low] ends before the tag, ids[:high+1] does not
-    while low < high:
-        middle = (low + high + 1) // 2
-        if len(tokenizer.decode(ids[:middle])) <= cut:
-            low = middle
-        else:
-            high = middle - 1
-    return ids[:low], True
+    return (ids if tokenizer.decode(ids).strip() else []), closed
 
 
 def check_same_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any) -> None:

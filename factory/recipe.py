@@ -130,10 +130,17 @@ class Data(Section):
 
 
 class Formats(Section):
-    """System prompts of the two chat formats; None keeps factory's own wording."""
+    """The two chat formats (factory/formats.py). The student format is the reward student's and the
+    distilled students' own: the reference scores Bespoke-Stratos-7B in the layout it was trained on."""
 
-    teacher_system: str | None = None
-    student_system: str | None = None
+    teacher_system: str | None = Field(default=None, description="the teacher's system prompt; None: factory's")
+    student_system: str | None = Field(
+        default=None,
+        description="the student's system prompt; None: the train data's `system` column when it has one "
+        "(Bespoke-Stratos-17k does), else factory's",
+    )
+    student_padding: str = Field(default="\n\n", description="inside every tag pair of the student format")
+    student_separator: str = Field(default="\n\n", description="between the thought's closing and the solution's opening tag")
 
 
 class Reward(Section):
@@ -144,8 +151,18 @@ class Reward(Section):
     kl_estimator: Literal["k1", "k3", "full"] = "k1"
     teacher_temperature: float = Field(default=0.7, gt=0)
     student_temperature: float = Field(default=0.7, gt=0)
-    missing_tag_penalty: float = -1.0
-    max_length: int = Field(default=16384, ge=16, description="longest scored sequence, tokens")
+    missing_tag_penalty: float = Field(default=-1.0, description="added when the explanation never closes its tag")
+    empty_span_penalty: float = Field(
+        default=-1.0,
+        description="the reference's not_matched_penalty: an empty solution span scores it per r_SS term, an empty "
+        "explanation pays its negative per KL term (so it never escapes the KL penalty)",
+    )
+    max_length: int | None = Field(
+        default=None,
+        ge=16,
+        description="longest scored sequence, tokens; unset: stages.teacher_rl.max_prompt_length + the longest "
+        "explanation (teacher_rl.max_completion_length, generate.max_new_tokens), so nothing is cut; a smaller value is refused",
+    )
     batch_size: int = Field(default=8, ge=1, description="most items per forward")
     max_padding: float = Field(
         default=0.1, gt=0, le=1, description="a batch is closed early rather than be more than this share padding"
@@ -384,6 +401,28 @@ class Recipe(Section):
                     f"baseline before_rl_traces distills a student on the traces of the teacher before RL; it needs "
                     f"{', '.join(f'{key}: true' for key in missing)}",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _reward_length(self) -> "Recipe":
+        """The reward scores whole sequences (RLT.md, "Lengths"): its cap defaults to the longest teacher
+        sequence the RL and generate settings allow, and a smaller explicit cap is refused."""
+        rl, generate = self.stages.teacher_rl, self.stages.generate
+        explanations = [rl.max_completion_length] if rl.enabled or not generate.enabled else []
+        explanations += [generate.max_new_tokens] if generate.enabled else []
+        if self.reward.max_length is None:
+            self.reward.max_length = rl.max_prompt_length + max(explanations)
+            return self
+        # without teacher RL no setting bounds a prompt, so only the explanation's length is certain
+        needed = (rl.max_prompt_length if rl.enabled else 0) + max(explanations)
+        if self.reward.max_length < needed:
+            what = "stages.teacher_rl.max_prompt_length + the longest explanation" if rl.enabled else "the longest explanation"
+            raise _combination_error(
+                "reward.max_length",
+                f"{self.reward.max_length} would cut explanations before they are scored: the longest teacher sequence "
+                f"is at least {what} = {needed} tokens; remove the key (it then defaults to "
+                f"{rl.max_prompt_length + max(explanations)}) or raise it",
+            )
         return self
 
 

@@ -10,10 +10,14 @@ For each item (question, solution, explanation ids, closed):
 
 Each model's log-probs are taken at its own temperature (logits / T). `penalty` is
 `missing_tag_penalty` when the explanation never closed its tag (it is still scored, as if closed).
-An empty span contributes 0 to its terms (no solution token: r_ss_* = 0; no explanation token:
-kl_* = 0), so no result is ever NaN.
+Empty spans get the values the reference intends (RLT.md, "Empty spans"), never a free pass: no
+solution token scores `empty_span_penalty` (-1) per r_SS term, no explanation token pays
+-`empty_span_penalty` (+1) per KL term, so an explanation that closes at once is not rewarded for
+escaping the KL penalty. No result is ever NaN.
 
-Truncation rule (`max_length`, per sequence): the solution is what the student is scored on, so it is
+Truncation rule (`max_length`, per sequence; None: nothing is cut. A recipe's cap is at least the
+longest teacher sequence its lengths allow, so it can only cut a student sequence that its longer
+system prompt pushed past the cap): the solution is what the student is scored on, so it is
 kept whole and the explanation is cut from its end, the same prefix in both sequences, until the
 teacher sequence (prompt + explanation) and the student sequence (head + explanation + tags +
 solution) both fit. Only when question and solution alone overflow the student sequence is the
@@ -44,7 +48,13 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import torch
 
 from factory.errors import UserError
-from factory.formats import StudentSequence, TeacherSequence, build_student_sequence, build_teacher_sequence
+from factory.formats import (
+    StudentFormat,
+    StudentSequence,
+    TeacherSequence,
+    build_student_sequence,
+    build_teacher_sequence,
+)
 from factory.recipe import Reward
 
 RewardSettings = Reward  # the recipe's `reward` section is the settings object
@@ -70,8 +80,10 @@ class ScoringSequences:
     truncated: bool
 
 
-def fit_to_length(teacher: TeacherSequence, student: StudentSequence, max_length: int) -> ScoringSequences:
+def fit_to_length(teacher: TeacherSequence, student: StudentSequence, max_length: int | None) -> ScoringSequences:
     """Apply the truncation rule of the module docstring."""
+    if max_length is None:
+        return ScoringSequences(teacher, student, False)
     prompt = teacher.explanation_span[0]
     head, explanation_end = student.explanation_span
     solution_start, solution_end = student.solution_span
@@ -120,6 +132,7 @@ class RLTReward:
     restored module by module, under no_grad) and may be the very object passed as student.
     `student_tokenizer` (default: `tokenizer`) renders the student format when the student's chat
     template differs; both must share the vocabulary (`formats.check_same_vocabulary`).
+    `student_format` is the reward student's own (`formats.student_format`).
     """
 
     def __init__(
@@ -129,7 +142,7 @@ class RLTReward:
         tokenizer: Any,
         settings: Reward | None = None,
         teacher_system: str | None = None,
-        student_system: str | None = None,
+        student_format: StudentFormat | None = None,
         *,
         student_tokenizer: Any = None,
     ):
@@ -142,14 +155,14 @@ class RLTReward:
         self.settings = settings or Reward()
         self.work = ForwardWork()
         self.teacher_system = teacher_system
-        self.student_system = student_system
+        self.student_format = student_format or StudentFormat()
 
     def sequences(self, item: RewardItem | tuple) -> ScoringSequences:
         """The exact token sequences and spans an item is scored on (also what `--dump-tokens` writes)."""
         question, solution, explanation_ids, _ = RewardItem(*item)
         explanation_ids = [int(i) for i in explanation_ids]  # also accepts a tensor
         teacher = build_teacher_sequence(self.tokenizer, question, solution, explanation_ids, self.teacher_system)
-        student = build_student_sequence(self.student_tokenizer, question, explanation_ids, solution, self.student_system)
+        student = build_student_sequence(self.student_tokenizer, question, explanation_ids, solution, self.student_format)
         return fit_to_length(teacher, student, self.settings.max_length)
 
     def score(self, items: Sequence[RewardItem | tuple]) -> list[dict[str, Any]]:
@@ -203,8 +216,9 @@ class RLTReward:
         self, built: ScoringSequences, closed: bool, kl: torch.Tensor, solution_lp: torch.Tensor
     ) -> dict[str, Any]:
         s = self.settings
-        r_ss_mean, r_ss_min = (solution_lp.mean().item(), solution_lp.min().item()) if solution_lp.numel() else (0.0, 0.0)
-        kl_mean, kl_max = (kl.mean().item(), kl.max().item()) if kl.numel() else (0.0, 0.0)
+        empty = s.empty_span_penalty
+        r_ss_mean, r_ss_min = (solution_lp.mean().item(), solution_lp.min().item()) if solution_lp.numel() else (empty, empty)
+        kl_mean, kl_max = (kl.mean().item(), kl.max().item()) if kl.numel() else (-empty, -empty)
         penalty = 0.0 if closed else s.missing_tag_penalty
         return {
             "r_ss_mean": r_ss_mean,

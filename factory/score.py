@@ -20,7 +20,7 @@ from typing import Any
 from factory.data.loaders import file_records, local_data_path, text_cell
 from factory.errors import UserError
 from factory.paths import refuse_input_as_output
-from factory.recipe import Reward
+from factory.recipe import Formats, Reward
 
 COLUMNS = ("question", "solution", "explanation")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -104,12 +104,12 @@ def check_options(data: str, out: Path, device: str | None, dtype: str | None) -
 
 def settings_from(
     recipe: str | Path | None = None, overrides: list[str] | None = None, **changes: Any
-) -> tuple[Reward, str | None, str | None]:
-    """(reward settings, teacher system, student system): a recipe's `reward` and `formats` sections
+) -> tuple[Reward, Formats]:
+    """(reward settings, formats): a recipe's `reward` and `formats` sections
     (factory's defaults without a recipe), then `changes` to reward keys (None leaves a key as is)."""
     from pydantic import ValidationError
 
-    from factory.recipe import Formats, load_recipe
+    from factory.recipe import load_recipe
 
     if recipe is not None:
         loaded = load_recipe(recipe, overrides or [])
@@ -125,17 +125,16 @@ def settings_from(
             f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r} (reward.{e['loc'][0]}): {e['msg']}" for e in exc.errors()
         ]
         raise UserError("; ".join(problems)) from None
-    return reward, formats.teacher_system, formats.student_system
+    return reward, formats
 
 
 def _item(tokenizer: Any, row: dict[str, Any]):
-    from factory.formats import parse_teacher_completion
+    from factory.formats import explanation_ids, parse_teacher_completion
     from factory.reward import RewardItem
 
     explanation, tagged = parse_teacher_completion(row["explanation"])
     closed = bool(row["closed"]) if isinstance(row.get("closed"), bool) else True
-    ids = tokenizer(explanation, add_special_tokens=False)["input_ids"]
-    return RewardItem(row["question"], row["solution"], ids, closed or tagged)
+    return RewardItem(row["question"], row["solution"], explanation_ids(tokenizer, explanation), closed or tagged)
 
 
 def score(
@@ -146,8 +145,7 @@ def score(
     dump_tokens: bool = False,
     *,
     settings: Reward | None = None,
-    teacher_system: str | None = None,
-    student_system: str | None = None,
+    formats: Formats | None = None,
     split: str = "train",
     limit: int | None = None,
     device: str | None = None,
@@ -162,12 +160,12 @@ def score(
     from rich.console import Console
     from rich.progress import track
 
-    from factory.formats import check_same_vocabulary
+    from factory.formats import check_same_vocabulary, student_format
     from factory.models import load_causal_lm, load_tokenizer
     from factory.reward import RLTReward
 
     console = console or Console()
-    settings = settings or Reward()
+    settings, formats = settings or Reward(), formats or Formats()
     out = Path(out) if out else Path(f"{Path(data).stem if Path(data).suffix else data.replace('/', '__')}.scores.jsonl")
     device, dtype = check_options(data, out, device, dtype)
     rows = load_rows(data, split, limit)
@@ -177,8 +175,8 @@ def score(
     teacher_model = load_causal_lm(teacher, dtype=dtype, device=device)
     student_model = teacher_model if str(student) == str(teacher) else load_causal_lm(student, dtype=dtype, device=device)
     reward = RLTReward(
-        teacher_model, student_model, teacher_tokenizer, settings, teacher_system, student_system,
-        student_tokenizer=student_tokenizer,
+        teacher_model, student_model, teacher_tokenizer, settings, formats.teacher_system,
+        student_format(formats, rows), student_tokenizer=student_tokenizer,
     )  # fmt: skip
 
     items = [_item(teacher_tokenizer, row) for row in rows]

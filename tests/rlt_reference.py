@@ -28,6 +28,7 @@ def reference_components(
     kl_coef: float = 3.0,
     alpha: float = 0.01,
     missing_tag_penalty: float = -1.0,
+    empty_span_penalty: float = -1.0,
 ) -> dict[str, float]:
     with torch.no_grad():
         teacher_logits = teacher_model(torch.tensor([teacher_ids], device=teacher_model.device)).logits[0].float()
@@ -54,10 +55,12 @@ def reference_components(
             kl = [t - s for t, s in zip(teacher_tokens, student_tokens)]
         else:
             kl = [math.exp(s - t) - 1 - (s - t) for t, s in zip(teacher_tokens, student_tokens)]
-    r_ss_mean = sum(solution) / len(solution) if solution else 0.0
-    r_ss_min = min(solution) if solution else 0.0
-    kl_mean = sum(kl) / len(kl) if kl else 0.0
-    kl_max = max(kl) if kl else 0.0
+    # empty spans: the reference's NaN mean becomes not_matched_penalty; its min/max over an empty span
+    # (the float maximum) is its bug, so every term of an empty span takes the penalty's value here
+    r_ss_mean = sum(solution) / len(solution) if solution else empty_span_penalty
+    r_ss_min = min(solution) if solution else empty_span_penalty
+    kl_mean = sum(kl) / len(kl) if kl else -empty_span_penalty
+    kl_max = max(kl) if kl else -empty_span_penalty
     penalty = 0.0 if closed else missing_tag_penalty
     return {
         "r_ss_mean": r_ss_mean,
@@ -88,4 +91,5 @@ def reference_for(reward, item) -> dict[str, float]:
         kl_coef=s.kl_coef,
         alpha=s.alpha,
         missing_tag_penalty=s.missing_tag_penalty,
+        empty_span_penalty=s.empty_span_penalty,
     )

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from factory.errors import UserError
-from factory.formats import DEFAULT_STUDENT_SYSTEM, student_messages
+from factory.formats import DEFAULT_STUDENT_SYSTEM, StudentFormat, student_messages
 from factory.recipe import Recipe
 from factory.stages import distill_worker
 from factory.stages.base import ResolvedInput
@@ -67,7 +67,7 @@ def job_for(tmp_path: Path, model: Path, rows, *, packing: bool, max_length: int
     recipe = make_recipe(model, packing=packing, max_length=max_length)
     out = tmp_path / f"job-{model.name}-{packing}-{max_length}"
     out.mkdir()
-    (out / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in student_rows(rows, None)))
+    (out / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in student_rows(rows, StudentFormat())))
     return {"recipe": recipe.model_dump(mode="json"), "out_dir": str(out), "base": {"source": str(model)},
             "rows": ROWS_FILE, "counts": {"rows": len(rows)}, "run_name": "test", "title": "test"}
 
@@ -171,9 +171,9 @@ def test_trace_rows_from_a_generate_artifact(tmp_path):
     traces = ResolvedInput(role="traces", fingerprint="f", artifact_dir=tmp_path / "generate-x")
     rows = trace_rows(traces, print)
     assert [(r["id"], r["explanation"]) for r in rows] == [("a", "E1"), ("b", "E2")]  # candidates not read
-    prompt, completion = student_rows(rows, "SYS")[0].values()
+    prompt, completion = student_rows(rows, StudentFormat("SYS"))[0].values()
     assert [m["role"] for m in prompt] == ["system", "user"] and prompt[0]["content"] == "SYS"
-    assert completion == [student_messages("Q1", "E1", "\\boxed{1}", "SYS")[2]]
+    assert completion == [student_messages("Q1", "E1", "\\boxed{1}", StudentFormat("SYS"))[2]]
 
     pq.write_table(table.drop(["explanation"]), data / "train-00000.parquet")
     with pytest.raises(UserError, match="explanation"):

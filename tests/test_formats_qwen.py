@@ -98,7 +98,7 @@ def test_teacher_prompt_renders_through_qwen_template(qwen_tokenizer):
     prompt = formats.teacher_prompt_ids(qwen_tokenizer, QUESTION, solution, "Teach.")
     expected = (
         "<|im_start|>system\nTeach.<|im_end|>\n<|im_start|>user\nWhat is 1 + 2?<|im_end|>\n<|im_start|>assistant\n"
-        "<|begin_of_solution|>The answer is \\boxed{3}.<|end_of_solution|>\n\n<|begin_of_explanation|>\n\n"
+        "<|begin_of_solution|>\n\nThe answer is \\boxed{3}.\n\n<|end_of_solution|>\n\n<|begin_of_explanation|>\n\n"
     )
     assert prompt == encode(qwen_tokenizer, expected)
 
@@ -123,7 +123,8 @@ def test_student_sequence_is_the_reference_layout_tokenised_whole(qwen_tokenizer
         {"role": "assistant", "content": answer},
     ]
     rendered = tok.apply_chat_template(chat, tokenize=False)
-    solution_end = rendered.index(f"{solution.strip()}\n\n<|end_of_solution|>") + len(solution.strip())
+    # the reference scores the solution up to its closing tag, its padding included
+    solution_end = rendered.index(f"{solution.strip()}\n\n<|end_of_solution|>") + len(solution.strip()) + 2
     assert sequence.input_ids == tokens_through(tok, rendered, solution_end)
 
     (e_start, e_end), (s_start, s_end) = sequence.explanation_span, sequence.solution_span

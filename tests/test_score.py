@@ -66,6 +66,17 @@ def test_score_writes_lines_dump_and_summary(tiny_model_dir, tiny_student_dir, t
     assert f"{mean:.4f}" in reward_row
 
 
+def test_empty_explanation_pays_the_kl_penalty(tiny_model_dir, tiny_student_dir, tmp_path):
+    """An explanation that closes at once is scored: +1 per KL term (kl_mean = kl_max = 1), never a free pass."""
+    data = write_rows(tmp_path / "empty.jsonl", [{**ROWS[0], "explanation": f"\n\n{EXPLANATION_CLOSE}"}, ROWS[0]])
+    empty, real = score(str(tiny_model_dir), str(tiny_student_dir), str(data), tmp_path / "out.jsonl", console=Console())
+    assert empty["explanation_tokens"] == 0 and empty["closed"]
+    assert empty["kl_mean"] == empty["kl_max"] == 1.0
+    r_ss = empty["r_ss_mean"] + 0.01 * empty["r_ss_min"]
+    assert empty["reward"] == pytest.approx(r_ss - 3.0 * (1.0 + 0.01 * 1.0), abs=1e-6)  # r_SS - 3.03
+    assert real["explanation_tokens"] > 0
+
+
 def test_missing_column_names_column_and_file(tiny_model_dir, tmp_path):
     data = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "solution": "s", "thought": "t"}])
     with pytest.raises(UserError, match=r"bad\.jsonl: no column 'explanation'"):
@@ -81,9 +92,9 @@ def test_settings_from_recipe_and_flags(tmp_path):
         "data:\n  train: {source: quickstart, format: quickstart}\nstages:\n  evaluate: {enabled: false}\n"
         "formats:\n  student_system: Think.\n"
     )
-    settings, teacher_system, student_system = settings_from(recipe, ["reward.kl_coef=1.5"], kl_estimator="k3")
+    settings, formats = settings_from(recipe, ["reward.kl_coef=1.5"], kl_estimator="k3")
     assert (settings.kl_coef, settings.kl_estimator, settings.alpha) == (1.5, "k3", 0.01)
-    assert (teacher_system, student_system) == (None, "Think.")
+    assert (formats.teacher_system, formats.student_system) == (None, "Think.")
     with pytest.raises(UserError, match="kl_estimator"):
         settings_from(kl_estimator="k9")
     with pytest.raises(UserError, match="--set needs --recipe"):

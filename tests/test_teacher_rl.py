@@ -29,7 +29,7 @@ models:
   distill_base: {{source: {teacher}}}
 data:
   train: {{source: quickstart, format: quickstart, limit: 8}}
-reward: {{max_length: 2048, batch_size: 4}}
+reward: {{max_length: 2060, batch_size: 4}}
 stages:
   teacher_sft: {{enabled: false}}
   teacher_rl:

@@ -89,7 +89,7 @@ def test_sft_supervises_exactly_the_explanation_tokens(sft_artifact, tiny_model_
             text = tokenizer.decode(ids[:length])
             row = next(r for q, r in by_question.items() if q in text)
             prompt = teacher_prompt_ids(tokenizer, row["question"], row["solution"])
-            target = tokenizer(row["thought"] + EXPLANATION_CLOSE, add_special_tokens=False)["input_ids"]
+            target = tokenizer(row["thought"] + "\n\n" + EXPLANATION_CLOSE, add_special_tokens=False)["input_ids"]
             target.append(tokenizer.eos_token_id)
             assert ids[: len(prompt)] == prompt  # exactly the prompt teacher RL generates from
             assert tokenizer.decode(prompt).endswith(EXPLANATION_OPEN + "\n\n")
@@ -101,7 +101,7 @@ def test_sft_supervises_exactly_the_explanation_tokens(sft_artifact, tiny_model_
                     assert labels[position] == ids[position] == target[position - len(prompt)], position
             assert length == len(prompt) + len(target)
             assert tokenizer.decode([label for label in labels if label != -100]) == (
-                row["thought"] + EXPLANATION_CLOSE + tokenizer.eos_token
+                row["thought"] + "\n\n" + EXPLANATION_CLOSE + tokenizer.eos_token
             )
             seen.add(row["question"])
     assert seen == set(by_question)

@@ -1,5 +1,7 @@
 """The Bespoke-Stratos-17k row layout: `system` + `conversations` [{from: user|assistant, value}].
 
+`system` is kept on the row: it is the system prompt of the student format (RLT.md).
+
 The assistant value is `<|begin_of_thought|>TRACE<|end_of_thought|>` then
 `<|begin_of_solution|>SOLUTION<|end_of_solution|>`; it splits into the reference `thought` (for
 the teacher warm-up) and the `solution` the teacher is given. ShareGPT's human/gpt roles are
@@ -48,7 +50,11 @@ def parse_record(record: Any) -> dict[str, str]:
     if not question.strip():
         raise StratosParseError("the user turn is empty")
     thought, solution = split_assistant(answer)
-    return {"question": question.strip(), "thought": thought, "solution": solution}
+    row = {"question": question, "thought": thought, "solution": solution}  # the question verbatim, as the reference
+    system = record.get("system")
+    if isinstance(system, str) and system.strip():
+        row["system"] = system  # verbatim: the student format's system prompt (formats.student_format)
+    return row
 
 
 def _first_value(turns: list[Any], roles: tuple[str, ...]) -> str:

@@ -33,6 +33,7 @@ from factory.stages.base import (
 )
 
 if TYPE_CHECKING:
+    from factory.formats import StudentFormat
     from factory.recipe import Recipe
 
 WORKER = "factory.stages.distill_worker"
@@ -81,13 +82,13 @@ def _artifact_rows(folder: Path, config: str | None) -> list[dict[str, str]]:
     return rows
 
 
-def student_rows(rows: list[dict[str, str]], system: str | None) -> list[dict[str, Any]]:
+def student_rows(rows: list[dict[str, str]], fmt: "StudentFormat") -> list[dict[str, Any]]:
     """Conversational prompt/completion rows of the student format, as SFTTrainer takes them."""
     from factory.formats import student_messages
 
     out = []
     for row in rows:
-        messages = student_messages(row["question"], row["explanation"], row["solution"], system)
+        messages = student_messages(row["question"], row["explanation"], row["solution"], fmt)
         out.append({"prompt": messages[:2], "completion": messages[2:]})
     return out
 
@@ -114,6 +115,7 @@ def distill_model(
     The folder follows factory.training's layout (job.json, checkpoints/, result.json last); a
     folder whose result.json exists has nothing left to train and returns its metrics.
     """
+    from factory.data.student import student_format_of
     from factory.launch import run_worker
     from factory.training import last_checkpoint, model_entry, read_result, write_job, write_rows
 
@@ -121,7 +123,7 @@ def distill_model(
     if result is not None:
         return result
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_rows(out_dir / ROWS_FILE, student_rows(rows, recipe.formats.student_system))
+    write_rows(out_dir / ROWS_FILE, student_rows(rows, student_format_of(recipe, log)))
     job = write_job(
         out_dir,
         {
@@ -151,10 +153,12 @@ def distill_model(
 class DistillStage(Stage):
     name = "distill"
     consumes = ("traces", "distill_base")
-    version = 1
+    version = 2  # 2: the reference student format (padding inside tags, the data's system prompt)
 
     def config(self, recipe: "Recipe") -> dict[str, Any]:
-        return recipe_slice(recipe, "stages.distill", "formats.student_system")
+        return recipe_slice(
+            recipe, "stages.distill", "formats.student_system", "formats.student_padding", "formats.student_separator"
+        )
 
     def check(self, recipe: "Recipe") -> list[Problem]:
         problems = check_settings(recipe)

@@ -133,10 +133,9 @@ def write_score_plot(scores: dict[str, dict[str, Any]], sets: list[str], folder:
 def student_system(recipe: "Recipe") -> str:
     """The system prompt every evaluated model gets: the student format's, the one the students were
     distilled with (as SkyThought's `--system-prompt-name`). The one place evaluation resolves it."""
-    from factory.formats import DEFAULT_STUDENT_SYSTEM
+    from factory.data.student import student_format_of
 
-    system = recipe.formats.student_system
-    return DEFAULT_STUDENT_SYSTEM if system is None else system
+    return student_format_of(recipe).system
 
 
 def student_prompt_ids(tokenizer: Any, prompt: str, system: str) -> list[int]:

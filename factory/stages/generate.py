@@ -116,12 +116,15 @@ CONFIG_PATHS = (
     "reward.kl_coef",
     "reward.alpha",
     "reward.kl_estimator",
+    "formats.student_padding",
+    "formats.student_separator",
     "reward.teacher_temperature",
     "reward.student_temperature",
     "reward.missing_tag_penalty",
     "reward.max_length",
     "data.eval",
 )
+    "reward.empty_span_penalty",
 SPLIT = "train"
 ROWS_PER_FILE = 50_000
 MAIN_WORK = "work"  # the main pass's work folder; the initial teacher's is work/before_rl/
@@ -134,7 +137,7 @@ WAIT_S = 10.0  # how often a run looks at the claims it waits for
 class GenerateStage(Stage):
     name = "generate"
     consumes = ("teacher", "initial_teacher", "reward_student", "train_data")
-    version = 1
+    version = 2  # 2: the reference layouts (padded tags, spans up to the closing tags), empty spans penalised
 
     def config(self, recipe: "Recipe") -> dict[str, Any]:
         return recipe_slice(recipe, *CONFIG_PATHS)
@@ -475,6 +478,7 @@ def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str, lo
     if discarded:
         parts = ", ".join(f"{name} ({count})" for name, count in sorted(discarded.items()))
         log(
+    from factory.data.student import student_format_of
             f"generate: merge of {work.root}: discarded {sum(discarded.values())} duplicate rows, candidates another "
             f"part holds already (a question generated twice, e.g. by a run and a shard): {parts}"
         )
@@ -491,13 +495,12 @@ def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str, lo
         answer = final_answer(question["solution"], question.get("answer"))
         candidates = sorted(grouped[question["id"]], key=lambda c: c["candidate_index"])
         for candidate in candidates:
-            messages = student_messages(
-                question["question"], candidate["explanation"], question["solution"], recipe.formats.student_system
-            )
+            messages = student_messages(question["question"], candidate["explanation"], question["solution"], fmt)
             candidate.update(
                 question=question["question"], solution=question["solution"], prompt=messages[:2],
                 completion=messages[2:], answer_leaked=answer_leaked(candidate["explanation"], answer), **sampling,
             )  # fmt: skip
+    fmt = student_format_of(recipe)
             candidate["drop_reason"] = _drop_reason(candidate, settings)
             candidate["selected"] = False
             chosen.reasons[candidate["drop_reason"]] += 1

@@ -279,6 +279,7 @@ def build_reward(
     recipe: Recipe, teacher: ModelSpec | str, student: ModelSpec | str, tokenizers: tuple[Any, Any], teacher_model: Any = None
 ):
     """The RLT reward with the recipe's settings; loads the models not already loaded."""
+    from factory.data.student import student_format_of
     from factory.models import resolve_model_path
     from factory.reward import RLTReward
 
@@ -287,7 +288,7 @@ def build_reward(
     student_model = teacher_model if same else _load_lm(student)
     return RLTReward(
         teacher_model, student_model, tokenizers[0], recipe.reward, recipe.formats.teacher_system,
-        recipe.formats.student_system, student_tokenizer=tokenizers[1],
+        student_format_of(recipe), student_tokenizer=tokenizers[1],
     )  # fmt: skip
 
 

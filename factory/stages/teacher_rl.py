@@ -20,11 +20,12 @@ import os
 import signal
 import subprocess
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from factory.errors import UserError
-from factory.formats import check_same_vocabulary, teacher_prompt_ids
+from factory.formats import check_same_vocabulary, student_format, teacher_prompt_ids
 from factory.launch import run_worker
 from factory.recipe import Launch, Recipe
 from factory.stages.base import Problem, Stage, StageContext, StageResult, recipe_slice, register, vllm_problems
@@ -113,7 +114,7 @@ def vllm_server(recipe: Recipe, model_path: str, out_dir: Path, log: Callable[[s
 class TeacherRL(Stage):
     name = "teacher_rl"
     consumes = ("teacher", "reward_student", "train_data")
-    version = 1
+    version = 2  # 2: the reference layouts and spans, empty spans penalised, whole sequences scored
 
     def config(self, recipe):
         return recipe_slice(recipe, "stages.teacher_rl", "reward", "formats")
@@ -188,6 +189,7 @@ class TeacherRL(Stage):
                     "out_dir": str(ctx.out_dir.resolve()),
                     "teacher": model_entry(teacher),
                     "reward_student": model_entry(student),
+                    "student_format": asdict(student_format(recipe.formats, rows)),
                     "prompts": PROMPTS_FILE,
                     "counts": {"prompts": len(prompts), "prompts_dropped_too_long": dropped},
                     "run_name": f"{recipe.name}-teacher_rl-{ctx.fingerprint[:8]}",

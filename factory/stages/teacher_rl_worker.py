@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.distributed import DistributedBackend
 
-from factory.formats import split_completion_ids
+from factory.formats import StudentFormat, split_completion_ids
 from factory.models import load_causal_lm, load_tokenizer, resolve_model_path
 from factory.recipe import Recipe
 from factory.reward import RLTReward
@@ -171,9 +171,17 @@ class RLTRewardFunction:
 
     __name__ = "rlt"
 
-    def __init__(self, recipe: Recipe, tokenizer: Any, student_spec: Any, student_tokenizer: Any, rollouts: RolloutLog):
+    def __init__(
+        self,
+        recipe: Recipe,
+        tokenizer: Any,
+        student_spec: Any,
+        student_tokenizer: Any,
+        student_format: StudentFormat,
+        rollouts: RolloutLog,
+    ):
         self.recipe, self.tokenizer, self.rollouts = recipe, tokenizer, rollouts
-        self.student_spec, self.student_tokenizer = student_spec, student_tokenizer
+        self.student_spec, self.student_tokenizer, self.student_format = student_spec, student_tokenizer, student_format
         self.reward: RLTReward | None = None
         self.trainer: GRPOTrainer | None = None
 
@@ -186,7 +194,7 @@ class RLTRewardFunction:
             self.tokenizer,
             self.recipe.reward,
             self.recipe.formats.teacher_system,
-            self.recipe.formats.student_system,
+            self.student_format,
             student_tokenizer=self.student_tokenizer,
         )
 
@@ -305,7 +313,9 @@ def build_trainer(job: dict[str, Any]) -> tuple[RLTGRPOTrainer, Any, RolloutLog]
     rows = read_rows(out_dir / job["prompts"])
     args = grpo_config(recipe, out_dir, job["run_name"], teacher.trust_remote_code)
     rollouts = RolloutLog(out_dir / ROLLOUTS_FILE, args.process_index == 0)
-    reward = RLTRewardFunction(recipe, tokenizer, student, load_tokenizer(student), rollouts)
+    reward = RLTRewardFunction(
+        recipe, tokenizer, student, load_tokenizer(student), StudentFormat(**job["student_format"]), rollouts
+    )
     trainer = RLTGRPOTrainer(
         model=str(resolve_model_path(teacher)),
         reward_funcs=reward,

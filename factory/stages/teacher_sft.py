@@ -2,8 +2,8 @@
 
 Each row with a reference `thought` becomes one sequence: the teacher prompt exactly as teacher RL
 will generate from it (`formats.teacher_prompt_ids`: system, question, assistant turn prefilled with
-the solution and the opened explanation tag), followed by the target `thought + <|end_of_explanation|>
-+ eos`. Labels are -100 over the prompt (question and prefilled solution) and the token ids over the
+the solution and the opened explanation tag), followed by the target `thought + \n\n<|end_of_explanation|>
++ eos` (`formats.teacher_target`: the reference's padding, so no token straddles the closing tag). Labels are -100 over the prompt (question and prefilled solution) and the token ids over the
 target, so the teacher learns to write, close and end its explanation and nothing else. Rows without a
 thought are skipped with a count; so are rows whose prompt alone fills `max_length` (nothing left to
 supervise). Longer targets are cut at `max_length`. The worker (`teacher_sft_worker`) trains with
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import UserError
-from factory.formats import EXPLANATION_CLOSE, teacher_prompt_ids
+from factory.formats import teacher_prompt_ids, teacher_target
 from factory.launch import run_worker
 from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register, thought_problems
 from factory.training import check_sft_settings, model_entry, read_result, write_job, write_rows
@@ -28,7 +28,7 @@ IGNORE = -100
 def sft_example(tokenizer: Any, row: dict[str, str], system: str | None, max_length: int) -> dict[str, Any] | None:
     """{'id', 'input_ids', 'labels', 'truncated'} of one row, or None when truncation leaves no supervised token."""
     prompt = teacher_prompt_ids(tokenizer, row["question"], row["solution"], system)
-    full = tokenizer(row["thought"] + EXPLANATION_CLOSE, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    full = tokenizer(teacher_target(row["thought"]), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     target = full[: max(0, max_length - len(prompt))]
     if not target:
         return None
@@ -64,7 +64,7 @@ def sft_examples(
 class TeacherSFT(Stage):
     name = "teacher_sft"
     consumes = ("teacher", "train_data")
-    version = 1
+    version = 2  # 2: the reference layout (padded solution in the prompt, padded targets)
 
     def config(self, recipe):
         return recipe_slice(recipe, "stages.teacher_sft", "formats.teacher_system")
