@@ -187,7 +187,11 @@ def test_a_shard_started_during_a_run_leaves_its_questions_to_the_run(
     runs = tmp_path / "runs"
     plan = plan_for(recipe, runs)
     artifact = plan.stage("generate").artifact_dir
-    with generate.shard_claims(artifact).hold("run", "factory run of gen-test"):  # a live run, this process
-        message = generate.run_shard(plan, "1/2", log=lambda line: None)
+    claims, logs = generate.shard_claims(artifact), []
+    put_claim(claims, "s0of2", socket.gethostname(), dead_pid(), age=1)  # a dead shard's: removed on the way
+    with claims.hold("run", "factory run of gen-test"):  # a live run, this process
+        message = generate.run_shard(plan, "1/2", log=logs.append)
+        assert sorted(claims.holders()) == ["run"]  # s1of2 released, s0of2 removed
     assert "4 of its questions are claimed by run: factory run of gen-test" in message
-    assert not list((artifact / "work" / "generated").glob("*.parquet"))
+    assert any(line.startswith("generate: removed the stale claim s0of2 of another process") for line in logs)
+    assert not list((artifact / "work" / "generated").glob("*.parquet")) and claims.holders() == {}

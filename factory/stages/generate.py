@@ -113,18 +113,18 @@ CONFIG_PATHS = (
     "stages.generate.before_rl",
     "formats.teacher_system",
     "formats.student_system",
+    "formats.student_padding",
+    "formats.student_separator",
     "reward.kl_coef",
     "reward.alpha",
     "reward.kl_estimator",
-    "formats.student_padding",
-    "formats.student_separator",
     "reward.teacher_temperature",
     "reward.student_temperature",
     "reward.missing_tag_penalty",
+    "reward.empty_span_penalty",
     "reward.max_length",
     "data.eval",
 )
-    "reward.empty_span_penalty",
 SPLIT = "train"
 ROWS_PER_FILE = 50_000
 MAIN_WORK = "work"  # the main pass's work folder; the initial teacher's is work/before_rl/
@@ -189,7 +189,7 @@ class GenerateStage(Stage):
         passes = teacher_passes(ctx.inputs, recipe, ctx.log)
         claims = shard_claims(ctx.out_dir)
         with claims.hold(RUN_CLAIM, f"factory run of {recipe.name}", ctx.log) as own:
-            others = other_claims(claims, own)
+            others = other_claims(claims, own, ctx.log)
             skip = sorted(claimed_ids(questions, others))
             if others:
                 ctx.log(
@@ -310,7 +310,7 @@ def run_shard(plan: "Plan", shard: str, log: Callable[[str], None] = print) -> s
     questions = load_questions(plan.recipe, log=log)
     claims = shard_claims(planned.artifact_dir)
     with claims.hold(shard_claim(index, count), f"generate-shard {index}/{count}", log) as own:
-        others = other_claims(claims, own)
+        others = other_claims(claims, own, log)
         skip = claimed_ids(questions, others)
         left = [row["id"] for row in questions.owned(index, count) if row["id"] in skip]
         for teacher, work in teacher_passes(planned.inputs, plan.recipe, log):
@@ -335,9 +335,18 @@ def shard_claim(index: int, count: int) -> str:
     return f"s{index}of{count}"
 
 
-def other_claims(claims: "Claims", own: "Holder") -> dict[str, "Holder"]:
-    """The live claims besides `own`, read once `own` exists: any made later see `own` and leave its questions."""
-    return {name: holder for name, holder in claims.live().items() if name != own.name}
+def other_claims(claims: "Claims", own: "Holder", log: Callable[[str], None]) -> dict[str, "Holder"]:
+    """The live claims besides `own`, read once `own` exists: any made later see `own` and leave its questions.
+    Stale ones are removed on the way (their holders died; their finished parts stay)."""
+    live = {}
+    for name, holder in claims.holders().items():
+        if name == own.name:
+            continue
+        if holder.live():
+            live[name] = holder
+        elif claims.take_over(holder):
+            log(f"generate: removed the stale claim {name} of {holder.describe()}; its finished rows are kept")
+    return live
 
 
 def claimed_ids(questions: "Questions", holders: dict[str, "Holder"]) -> set[str]:
@@ -466,6 +475,7 @@ class Selection:
 def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str, log: Callable[[str], None]) -> Selection:
     """Check every scored candidate of one pass (its `WorkDir`) and keep the best passing one per question.
     Every kept question has exactly `n` candidates; what was discarded on the way is logged."""
+    from factory.data.student import student_format_of
     from factory.formats import student_messages
     from factory.qa import answer_leaked, answer_mentioned, final_answer
 
@@ -478,7 +488,6 @@ def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str, lo
     if discarded:
         parts = ", ".join(f"{name} ({count})" for name, count in sorted(discarded.items()))
         log(
-    from factory.data.student import student_format_of
             f"generate: merge of {work.root}: discarded {sum(discarded.values())} duplicate rows, candidates another "
             f"part holds already (a question generated twice, e.g. by a run and a shard): {parts}"
         )
@@ -490,6 +499,7 @@ def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str, lo
         )
 
     sampling = {"teacher": teacher, "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed}
+    fmt = student_format_of(recipe)
     chosen = Selection([], [], Counter(), 0, 0, sum(discarded.values()), [])
     for question in kept:
         answer = final_answer(question["solution"], question.get("answer"))
@@ -500,7 +510,6 @@ def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str, lo
                 question=question["question"], solution=question["solution"], prompt=messages[:2],
                 completion=messages[2:], answer_leaked=answer_leaked(candidate["explanation"], answer), **sampling,
             )  # fmt: skip
-    fmt = student_format_of(recipe)
             candidate["drop_reason"] = _drop_reason(candidate, settings)
             candidate["selected"] = False
             chosen.reasons[candidate["drop_reason"]] += 1
