@@ -97,7 +97,7 @@ def write_recipe(folder: Path, stage: str, teacher: Path, student: Path) -> Path
         "models": {"teacher": {"source": str(teacher)}, "student": {"source": str(student)},
                    "distill_base": {"source": str(student)}},
         "data": {"train": {"source": "quickstart", "format": "quickstart", "limit": 8}},
-        "reward": {"max_length": 2048, "batch_size": 4},
+        "reward": {"batch_size": 4},
         "stages": stages,
     }  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
