@@ -175,6 +175,8 @@ def test_killed_right_after_the_final_checkpoint(stage, references, tmp_path, ti
     final = STEPS[stage]
     assert checkpoints(folder) == sorted(f"checkpoint-{step}" for step in {*range(2, final, 2), final})
     assert not (folder / "result.json").exists()
+    saved = folder / "checkpoints"  # Adam's state only where training can go on from: not in the final checkpoint
+    assert (saved / "checkpoint-2" / "optimizer.pt").is_file() and not (saved / f"checkpoint-{final}" / "optimizer.pt").exists()
     assert_same_run(stage, run(recipe, runs, stage), references[stage], resumed_from=final)
 
 
