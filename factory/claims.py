@@ -42,6 +42,12 @@ class Holder:
     pid: int
     token: str
     heartbeat: float
+    claimed: float = 0.0  # when the claim was made; the heartbeat moves, this does not
+
+    def precedes(self, other: "Holder") -> bool:
+        """Whether this claim was made before `other` (ties broken by name): the earlier claim keeps the
+        questions both cover, whatever order the two processes read each other's claims in."""
+        return (self.claimed, self.name) < (other.claimed, other.name)
 
     def live(self, now: float | None = None) -> bool:
         if (now or time.time()) - self.heartbeat > STALE_S:
@@ -128,7 +134,8 @@ class Claims:
     def _create(self, name: str, what: str, log: Callable[[str], None]) -> Holder:
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # a lost race with another claimant: look again
-            holder = Holder(name, what, socket.gethostname(), os.getpid(), uuid.uuid4().hex, time.time())
+            now = time.time()
+            holder = Holder(name, what, socket.gethostname(), os.getpid(), uuid.uuid4().hex, now, now)
             tmp = self._write_aside(holder)
             try:
                 os.link(tmp, self.path(name))

@@ -195,3 +195,13 @@ def test_a_shard_started_during_a_run_leaves_its_questions_to_the_run(
     assert "4 of its questions are claimed by run: factory run of gen-test" in message
     assert any(line.startswith("generate: removed the stale claim s0of2 of another process") for line in logs)
     assert not list((artifact / "work" / "generated").glob("*.parquet")) and claims.holders() == {}
+
+
+def test_a_claim_made_later_never_takes_an_earlier_claims_questions(tmp_path):
+    """Whatever order two processes read each other's claims in (a shard paused between claiming and reading
+    sees the run's later claim), the earlier claim keeps the questions both cover."""
+    claims = Claims(tmp_path)
+    with claims.hold("s1of2", "generate-shard 1/2") as shard, claims.hold("run", "factory run") as run:
+        assert shard.precedes(run) and not run.precedes(shard)
+        assert generate.other_claims(claims, shard, print) == {}
+        assert set(generate.other_claims(claims, run, print)) == {"s1of2"}

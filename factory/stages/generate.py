@@ -61,7 +61,10 @@ seeds, scored with the same reward student and checked the same way, in its own 
 (`work/before_rl/`, resumable likewise), and writes config `before_rl` (`data/before_rl/`, the
 `default` schema; its `teacher` column names the initial teacher). Its figures go under the
 `before_rl` metrics key (same structure as the main pass's `qa` and `reward`), with
-`reward_gain_vs_before_rl` = selected reward mean after RL minus before, and
+`reward_gain_vs_before_rl` = selected reward mean after RL minus before,
+`reward_gain_vs_before_rl_paired` = the same difference over the questions selected in both passes with
+its 95% paired bootstrap interval (factory.qa.paired_bootstrap: questions, before, after, mean, low,
+high, level, resamples, seed), and
 `reward_before_after_rl.png` (+ CSV) overlays the two passes' reward histograms.
 """
 
@@ -336,14 +339,16 @@ def shard_claim(index: int, count: int) -> str:
 
 
 def other_claims(claims: "Claims", own: "Holder", log: Callable[[str], None]) -> dict[str, "Holder"]:
-    """The live claims besides `own`, read once `own` exists: any made later see `own` and leave its questions.
-    Stale ones are removed on the way (their holders died; their finished parts stay)."""
+    """The live claims made before `own`: their questions are theirs. Claims made after `own` leave its
+    questions to it, even when this process reads them first (it may have been paused between claiming and
+    reading). Stale ones are removed on the way (their holders died; their finished parts stay)."""
     live = {}
     for name, holder in claims.holders().items():
         if name == own.name:
             continue
         if holder.live():
-            live[name] = holder
+            if holder.precedes(own):
+                live[name] = holder
         elif claims.take_over(holder):
             log(f"generate: removed the stale claim {name} of {holder.describe()}; its finished rows are kept")
     return live
@@ -560,6 +565,7 @@ def merge_before_rl(
     log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """The initial teacher's pass: config `before_rl`, its figures and the before/after comparison, into `result`."""
+    from factory.qa import paired_bootstrap
     from factory.stages.generate_worker import WorkDir
 
     before = select(recipe, questions, WorkDir(out_dir, f"{MAIN_WORK}/{BEFORE_RL}"), teacher, log)
@@ -578,6 +584,9 @@ def merge_before_rl(
     result.files[BEFORE_RL] = f"data/{BEFORE_RL}"
     mean_after, mean_before = result.metrics["reward"]["selected"]["mean"], figures["reward"]["selected"]["mean"]
     result.metrics["reward_gain_vs_before_rl"] = mean_after - mean_before
+    result.metrics["reward_gain_vs_before_rl_paired"] = paired_bootstrap(
+        {row["id"]: row["reward"] for row in before.selected}, {row["id"]: row["reward"] for row in after.selected}
+    )
     result.summary += f"; before RL ({teacher}) {mean_before:.3f} -> after {mean_after:.3f}"
 
 
