@@ -217,7 +217,8 @@ def build_student_sequence(
     closing = (
         f"{_missing_padding(tokenizer.decode(list(explanation_ids)), p)}{THOUGHT_CLOSE}{fmt.separator}{SOLUTION_OPEN}{p}"
     )
-    middle, solution_ids = _ids_of_text(tokenizer, closing, solution.strip() + p, SOLUTION_CLOSE)
+    text = solution.strip()  # a whitespace-only solution is an empty span, not scored padding
+    middle, solution_ids = _ids_of_text(tokenizer, closing, text + p if text else "", SOLUTION_CLOSE)
     explanation_end = len(head) + len(explanation_ids)
     solution_start = explanation_end + len(middle)
     return StudentSequence(

@@ -408,10 +408,12 @@ class Recipe(Section):
         """The reward scores whole sequences (RLT.md, "Lengths"): its cap defaults to the longest teacher
         sequence the RL and generate settings allow, and a smaller explicit cap is refused."""
         rl, generate = self.stages.teacher_rl, self.stages.generate
-        explanations = [rl.max_completion_length] if rl.enabled or not generate.enabled else []
+        explanations = [rl.max_completion_length] if rl.enabled else []
         explanations += [generate.max_new_tokens] if generate.enabled else []
         if self.reward.max_length is None:
-            self.reward.max_length = rl.max_prompt_length + max(explanations)
+            self.reward.max_length = rl.max_prompt_length + max(explanations or [rl.max_completion_length])
+            return self
+        if not explanations:  # neither stage that scores explanations runs
             return self
         # without teacher RL no setting bounds a prompt, so only the explanation's length is certain
         needed = (rl.max_prompt_length if rl.enabled else 0) + max(explanations)

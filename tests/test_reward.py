@@ -58,7 +58,7 @@ def test_batched_matches_reference(models, items, estimator):
     results = reward.score(items)
     assert_matches_reference(reward, items, results)
     assert [r["explanation_tokens"] for r in results] == [37, 5, 64, 0, 18]
-    assert results[2]["solution_tokens"] == 1
+    assert results[2]["solution_tokens"] == 1 + len(tok("\n\n", add_special_tokens=False)["input_ids"])  # "7\n\n"
     assert [r["penalty"] for r in results] == [0.0, 0.0, -1.0, 0.0, 0.0]
     assert results[3]["kl_mean"] == results[3]["kl_max"] == 1.0  # empty explanation: +1 per KL term, no free pass
     empty = results[3]

@@ -41,10 +41,11 @@ def test_score_writes_lines_dump_and_summary(tiny_model_dir, tiny_student_dir, t
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     first = lines[0]
-    assert tok.decode(first["teacher_input_ids"][slice(*first["teacher_explanation_span"])]) == ROWS[0]["explanation"]
-    assert tok.decode(first["student_input_ids"][slice(*first["student_solution_span"])]) == ROWS[0]["solution"]
+    # spans run up to the closing tags, the padding before them included (as the reference scores them)
+    assert tok.decode(first["teacher_input_ids"][slice(*first["teacher_explanation_span"])]) == ROWS[0]["explanation"] + "\n\n"
+    assert tok.decode(first["student_input_ids"][slice(*first["student_solution_span"])]) == ROWS[0]["solution"] + "\n\n"
     assert tok.decode(lines[1]["student_input_ids"][slice(*lines[1]["student_explanation_span"])]) == (
-        "Count on from 3: 4, 5, 6, 7."
+        "Count on from 3: 4, 5, 6, 7.\n\n"
     )
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     student = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
