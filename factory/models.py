@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from factory.claims import process_running
 from factory.errors import UserError
 from factory.recipe import ModelSpec
 
@@ -291,18 +292,10 @@ def _remove_dead_partials(final: Path) -> None:
     """Delete half-written conversions (hundreds of MB each) left by processes that were killed."""
     for partial in final.parent.glob(f".{final.name}.partial-*"):
         match = re.search(r"\.partial-(\d+)-", partial.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_running(int(match.group(1))):
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------ loading
