@@ -91,7 +91,9 @@ def command(*args, **kwargs):
     return app.command(*args, cls=_Command, **kwargs)
 
 
-RecipeArg = typer.Argument(..., help="Path of the recipe YAML file.", show_default=False)
+RecipeArg = typer.Argument(
+    ..., help="Path of the recipe YAML file, or a bundled recipe's name (quickstart, aime, ...).", show_default=False
+)
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: --set stages.teacher_rl.steps=10 (repeatable).")
 RunDirOpt = typer.Option(Path("runs"), "--run-dir", help="Folder holding runs, artifacts and the local store.")
 ForceOpt = typer.Option(None, "--force", help="Re-run this stage even if cached (repeatable).")
@@ -146,13 +148,14 @@ def _plan(recipe: Path, overrides, run_dir: Path, force=(), from_stage=None, onl
 
 def _check_run_dir(loaded, recipe: Path, run_dir: Path) -> None:
     """The run writes under run_dir/<recipe name>: not a file, and never an input or inside one."""
+    from factory.bundled import recipe_file
     from factory.data.loaders import local_data_path
     from factory.models import source_kind
     from factory.paths import refuse_input_as_output
 
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is a file; give a folder (it holds runs, artifacts and the local store)")
-    inputs = [("the recipe", recipe)]
+    inputs = [("the recipe", recipe_file(recipe))]
     sets = [("data.train", loaded.data.train), *((f"data.eval {s.name}", s) for s in loaded.data.eval)]
     for key, source in sets:
         path = local_data_path(source.source) if source.format != "quickstart" else None

@@ -1,8 +1,9 @@
 """The compare Space from the package side: run it locally, or write / deploy it with its sources.
 
-The Space's code lives in spaces/compare/ (app.py, compare_data.py) so that folder deploys to the Hub
-unchanged; this module imports it from there. `write_space` and `deploy_space` are what publishing
-calls: they add a `sources.json` and list the Hub datasets in the Space card's `datasets:`.
+The Space's code lives in spaces/compare/ (app.py, compare_data.py), shipped as package data
+(factory.bundled), so that folder deploys to the Hub unchanged; this module imports it from there.
+`write_space` and `deploy_space` are what publishing calls: they add a `sources.json` and list the Hub
+datasets in the Space card's `datasets:`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from types import ModuleType
 
 import yaml
 
+from factory.bundled import bundled
 from factory.errors import UserError
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces" / "compare"
+SPACE_DIR = bundled("spaces", "compare")
 SPACE_FILES = ("app.py", "compare_data.py", "requirements.txt", "README.md")
 
 
 def space_module(name: str) -> ModuleType:
-    """Import `app` or `compare_data` from the Space folder (it is not part of the installed package)."""
+    """Import `app` or `compare_data` from the Space folder (package data, not modules of the package)."""
     path = SPACE_DIR / f"{name}.py"
     if not path.is_file():
-        raise UserError(f"the compare Space is missing at {path}: run factory from a checkout of its repository")
+        raise UserError(f"the compare Space is missing at {path}: this install of factory lacks its package data")
     module_name = name if name == "compare_data" else f"factory_space_{name}"  # app.py imports compare_data by name
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, path)

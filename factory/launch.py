@@ -3,7 +3,8 @@
 Training stages write their inputs to a JSON job file in the artifact folder and call
 `run_worker(launch, "factory.stages.x_worker", job_file)`. With one process (the CPU path) the
 worker's `main(job_file)` runs in this process; otherwise `accelerate launch` starts the world with
-the named preset from `recipes/accelerate/` (DeepSpeed ZeRO-3, FSDP2, DDP), on one or many machines.
+the named preset of the package's `recipes/accelerate/` (DeepSpeed ZeRO-3, FSDP2, DDP), on one or many
+machines.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from factory.bundled import bundled
 from factory.errors import UserError
 from factory.recipe import Launch
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "recipes" / "accelerate"
+PRESETS_DIR = bundled("recipes", "accelerate")
 PRESET_FILES = {"ddp": "ddp.yaml", "zero3": "zero3.yaml", "fsdp2": "fsdp2.yaml"}
 
 

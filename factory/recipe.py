@@ -2,7 +2,8 @@
 
 Errors name the key and the YAML line (`stages.teacher_rl.steps (recipes/x.yaml:12)`), so a user
 can fix a recipe without reading a traceback. Only `yaml.SafeLoader` is used. A recipe may
-`extends:` another (path relative to itself); mappings merge deeply, the child wins.
+`extends:` another (a path relative to itself, or a bundled recipe's name); mappings merge deeply, the
+child wins.
 `--set a.b.c=VALUE` overrides any existing key, with VALUE parsed as YAML and type-checked.
 """
 
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from factory.bundled import bundled_recipe, recipe_file
 from factory.errors import UserError
 
 STAGE_ORDER = ("teacher_sft", "teacher_rl", "generate", "distill", "evaluate")
@@ -619,6 +621,8 @@ def _load_tree(path: Path, located: _Located, seen: tuple[Path, ...] = ()) -> di
     if not isinstance(parent, str):
         raise UserError(f"extends ({parent_located.where(('extends',))}): give the path of one recipe file")
     base_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
+    if not base_path.is_file():
+        base_path = bundled_recipe(parent) or base_path  # `extends: quickstart`, the bundled recipe
     base = _load_tree(base_path, located, (*seen, path.resolve()))
     located.lines.update(parent_located.lines)  # the child's lines win where it sets a key
     return _deep_merge(base, data)
@@ -744,8 +748,9 @@ def _suggest(path: tuple[str, ...], located: _Located) -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, merge (`extends`), override (`--set`) and validate a recipe. Raises UserError."""
-    path = Path(path)
+    """Read, merge (`extends`), override (`--set`) and validate a recipe: a path, or a bundled recipe's
+    name (`quickstart`). Raises UserError."""
+    path = recipe_file(path)
     located = _Located()
     data = _load_tree(path, located)
     data = apply_overrides(data, overrides or [], located)
