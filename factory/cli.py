@@ -280,7 +280,21 @@ def generate_shard(
     """Generate and score one shard of the generate stage (spread over nodes); `factory run` merges."""
     from factory.stages.generate import run_shard
 
-    console.print(run_shard(_plan(recipe, set_, run_dir, running=True), shard, log=console.print))
+    plan = _plan(recipe, set_, run_dir, running=True)
+    index, count = _parse_shard(shard, plan.recipe.stages.generate.shards)
+    console.print(run_shard(plan, index, count, log=console.print))
+
+
+def _parse_shard(shard: str, default_count: int) -> tuple[int, int]:
+    """`--shard I` (of `default_count`) or `I/N` as (index, count)."""
+    text, _, count_text = shard.partition("/")
+    try:
+        index, count = int(text), int(count_text) if count_text else default_count
+    except ValueError:
+        raise UserError(f"--shard {shard!r}: write I or I/N, e.g. --shard 3/8") from None
+    if not 0 <= index < count:
+        raise UserError(f"--shard {shard!r}: the index must be in 0..{count - 1} (stages.generate.shards = {default_count})")
+    return index, count
 
 
 def _publisher(planned, run_dir: Path, push: bool):

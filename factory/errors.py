@@ -3,6 +3,10 @@
 The CLI turns a `UserError` into its message and exit code 2, with no traceback.
 Anything else is a bug and keeps its traceback. Every message and traceback the CLI prints goes
 through `scrub` first: a Hub error may echo the request's `authorization` header.
+
+A `Problem` is one such mistake found before any work (factory.pipeline.preflight gathers them
+from every stage's check into one UserError); it lives here, below the stages, so that the
+helpers the stages share (factory.training) can build one without importing factory.stages.
 """
 
 from __future__ import annotations
@@ -10,12 +14,26 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import dataclass
 
 
 class UserError(Exception):
     """Bad recipe, missing model, bad data row: something the user fixes, not a bug."""
 
     exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A mistake found before any work: the dotted recipe key to fix and what is wrong. A warning
+    is printed and the run goes on; anything else stops validate, plan and run with exit code 2,
+    except a `machine` problem (a package missing here, not a mistake in the recipe): `run` refuses
+    it, validate and plan only warn, since a recipe is often planned on another machine than its run."""
+
+    key: str
+    message: str
+    warning: bool = False
+    machine: bool = False
 
 
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")

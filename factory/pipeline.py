@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete, read_meta, write_json_atomic
 from factory.data import resolve_revision as resolve_data_revision
+from factory.dotted import changed_keys
 from factory.errors import UserError
 from factory.models import resolve_revision as resolve_model_revision
 from factory.recipe import STAGE_ORDER, DataSource, ModelSpec, Recipe, recipe_to_dict
@@ -42,22 +43,6 @@ Status = str  # "run" | "resume" | "cached" | "disabled" | "unregistered" | "blo
 
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level of dotted keys."""
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): data}
-
-
-def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose value differs between two config slices (added and removed keys too)."""
-    flat_old, flat_new = flatten(old), flatten(new)
-    return sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k, "<unset>") != flat_new.get(k, "<unset>"))
 
 
 # ----------------------------------------------------------------------------------- base inputs

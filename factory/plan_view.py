@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from factory.pipeline import Plan, PlannedStage, RunReport, flatten, gpu_hours
+from factory.dotted import flatten
+from factory.pipeline import Plan, PlannedStage, RunReport, gpu_hours
 
 STATUS_STYLE = {
     "cached": "green",

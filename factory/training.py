@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from factory.artifacts import write_json_atomic
+from factory.errors import Problem
 from factory.recipe import ModelSpec
 
 if TYPE_CHECKING:
-    from factory.stages.base import Problem, ResolvedInput
+    from factory.stages.base import ResolvedInput
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
@@ -89,10 +90,8 @@ def read_result(out_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def check_sft_settings(settings: Any, key: str, world_size: int) -> list["Problem"]:
+def check_sft_settings(settings: Any, key: str, world_size: int) -> list[Problem]:
     """Mistakes in an SFT-style section's settings (`key`: its recipe path), for the preflight."""
-    from factory.stages.base import Problem
-
     problems = check_report_to(settings.report_to, f"{key}.report_to")
     micro = settings.per_device_batch_size * world_size
     if settings.global_batch_size % micro:
@@ -109,10 +108,8 @@ def check_sft_settings(settings: Any, key: str, world_size: int) -> list["Proble
 # -------------------------------------------------------------------------------------- tracking
 
 
-def check_report_to(report_to: list[str], key: str) -> list["Problem"]:
+def check_report_to(report_to: list[str], key: str) -> list[Problem]:
     """A tracking backend whose package is not installed here, for the preflight."""
-    from factory.stages.base import Problem
-
     return [
         Problem(key, f"{name} is not installed on this machine: pip install {TRACKING_MODULES[name][0]}", machine=True)
         for name in report_to

@@ -251,7 +251,7 @@ def test_shards_on_separate_workers_then_merge(tmp_path, closing_teacher, tiny_s
     cli = CliRunner().invoke(app, ["generate-shard", str(recipe), "--shard", "1/2", "--run-dir", str(runs)])
     assert cli.exit_code == 0, cli.output
     assert "generate shard 1/2 done" in cli.output
-    assert "generate shard 0/2 done" in run_shard(plan_for(recipe, runs), "0/2", log=lambda m: None)
+    assert "generate shard 0/2 done" in run_shard(plan_for(recipe, runs), 0, 2, log=lambda m: None)
     artifact = plan_for(recipe, runs).stage("generate").artifact_dir
     assert not is_complete(artifact)  # shards alone do not complete the stage
     names = sorted(p.name for p in (artifact / "work" / "scored").glob("*.parquet"))
@@ -266,7 +266,7 @@ def test_shards_on_separate_workers_then_merge(tmp_path, closing_teacher, tiny_s
     assert report.ran == ["generate"] and merged == artifact
     assert sorted(p.name for p in (artifact / "work" / "generated").glob("*.parquet")) == names
     assert [row["id"] for row in read(artifact / "data")] == kept_ids(recipe)
-    assert "complete already" in run_shard(plan_for(recipe, runs), "1/2")
+    assert "complete already" in run_shard(plan_for(recipe, runs), 1, 2)
     changed = plan_for(recipe, runs, ["stages.generate.temperature=0.5"]).stage("generate")
     assert changed.status == "run" and "stages.generate.temperature" in changed.reason
 
@@ -338,7 +338,7 @@ def test_parts_are_atomic_and_temporaries_ignored(tmp_path):
 
 
 def test_shard_argument():
-    from factory.stages.generate import _parse_shard
+    from factory.cli import _parse_shard
 
     assert _parse_shard("3", 8) == (3, 8) and _parse_shard("1/2", 8) == (1, 2)
     for bad in ("8", "2/2", "x/3", "-1"):
@@ -440,7 +440,7 @@ def test_generate_shard_runs_both_passes(tmp_path, tiny_model_dir, closing_teach
     first = make_plan(load_recipe(recipe, overrides), runs, rl_registry(closing_teacher), only=("teacher_rl",))
     execute(first, str(recipe), log=lambda message: None)  # the teacher only: generate-shard needs it complete
     plan = make_plan(load_recipe(recipe, overrides), runs, rl_registry(closing_teacher))
-    assert "generate shard 1/2 done" in run_shard(plan, "1/2", log=lambda message: None)
+    assert "generate shard 1/2 done" in run_shard(plan, 1, 2, log=lambda message: None)
     artifact = plan.stage("generate").artifact_dir
     for work in (artifact / "work", artifact / "work" / "before_rl"):
         names = [p.name for p in (work / "scored").glob("*.parquet")]

@@ -154,7 +154,7 @@ def test_a_dead_holders_shard_is_taken_over_keeping_its_rows_and_the_merge_is_ex
     assert (artifact / "work" / "claims" / "s1of2.json").is_file()  # the dead holder's claim stays behind
 
     logs: list[str] = []
-    assert "generate shard 1/2 done" in generate.run_shard(plan_for(recipe, runs), "1/2", log=logs.append)
+    assert "generate shard 1/2 done" in generate.run_shard(plan_for(recipe, runs), 1, 2, log=logs.append)
     assert any(line.startswith("taking over the stale claim s1of2 of generate-shard 1/2") for line in logs)
     after = {part.name: part.stat().st_mtime_ns for part in generated.glob("s1of2-*.parquet")}
     assert {name: after[name] for name in before} == before  # the finished chunks were kept, not redone
@@ -190,7 +190,7 @@ def test_a_shard_started_during_a_run_leaves_its_questions_to_the_run(
     claims, logs = generate.shard_claims(artifact), []
     put_claim(claims, "s0of2", socket.gethostname(), dead_pid(), age=1)  # a dead shard's: removed on the way
     with claims.hold("run", "factory run of gen-test"):  # a live run, this process
-        message = generate.run_shard(plan, "1/2", log=logs.append)
+        message = generate.run_shard(plan, 1, 2, log=logs.append)
         assert sorted(claims.holders()) == ["run"]  # s1of2 released, s0of2 removed
     assert "4 of its questions are claimed by run: factory run of gen-test" in message
     assert any(line.startswith("generate: removed the stale claim s0of2 of another process") for line in logs)

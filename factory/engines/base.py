@@ -12,7 +12,9 @@ A completion's `token_ids` end with the token that stopped it (a stop/eos id, or
 stop string, which is kept in `text` too); `finish_reason` is "stop", or "length" when it ran out of
 `max_new_tokens`.
 
-`open_engine("auto", ...)` picks vLLM when it is installed and a GPU is visible, else transformers.
+`open_engine("auto", ...)` picks vLLM when it is installed and a GPU is visible, else transformers;
+open_engine and load_engine live in factory.engines, which knows the engine modules, so this
+interface module imports none of them.
 """
 
 from __future__ import annotations
@@ -20,13 +22,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from factory.errors import UserError
-
-if TYPE_CHECKING:
-    from factory.models import Source
-    from factory.recipe import Launch
 
 EngineKind = Literal["auto", "hf", "vllm"]
 FinishReason = Literal["stop", "length"]
@@ -126,46 +124,3 @@ def gpu_groups(tensor_parallel_size: int, devices: int | None = None) -> list[li
         )
     groups = devices // tensor_parallel_size
     return [list(range(g * tensor_parallel_size, (g + 1) * tensor_parallel_size)) for g in range(groups)]
-
-
-def open_engine(
-    kind: EngineKind,
-    model_source: "Source",
-    launch: "Launch | None" = None,
-    dtype: str = "auto",
-    *,
-    key: str = "engine",
-    **options: Any,
-) -> Engine:
-    """Load `model_source` into the engine `kind` resolves to (`key` names the recipe key in errors);
-    `options` as for `load_engine`."""
-    return load_engine(resolve_kind(kind, key), model_source, launch, dtype, **options)
-
-
-def load_engine(
-    kind: Literal["hf", "vllm"],
-    model_source: "Source",
-    launch: "Launch | None" = None,
-    dtype: str = "auto",
-    *,
-    batch_size: int = 16,
-    device: str | None = None,
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float | None = None,
-) -> Engine:
-    """Load an engine of an already resolved kind (a worker process told which one to use).
-
-    transformers: `batch_size` rows per forward, `device` (default: cuda when visible, else cpu).
-    vLLM: tensor parallel size from `launch`, its GPU memory share from `gpu_memory_utilization`
-    (default `launch.vllm_gpu_memory_utilization`); `max_model_len` caps the sequence length.
-    """
-    if kind == "vllm":
-        from factory.engines.vllm import VLLMEngine
-
-        return VLLMEngine(
-            model_source, launch=launch, dtype=dtype, max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-        )  # fmt: skip
-    from factory.engines.hf import HFEngine
-
-    return HFEngine.load(model_source, dtype=dtype, device=device, batch_size=batch_size)

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from factory.dotted import flatten
 from factory.hub.content import BEFORE_RL, PLOTS_DIR, Target, data_layout
-from factory.pipeline import flatten
 from factory.recipe import Recipe, recipe_to_dict
 
 HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")

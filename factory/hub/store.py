@@ -383,12 +383,3 @@ def _point(link: Path, target: Path) -> None:
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(target)
     os.replace(temporary, link)
-
-
-def open_store(recipe: Recipe, run_dir: Path, push: bool, log: Callable[[str], None] = print) -> Store:
-    """The Hub store (token checked now, before any upload) when pushing, else the local store of the run."""
-    if push:
-        from factory.hub.hub_store import HubStore
-
-        return HubStore(recipe, log=log)
-    return LocalStore(recipe, Path(run_dir) / recipe.name / "store", log=log)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+from factory.errors import Problem, UserError
+
 if TYPE_CHECKING:
     from factory.artifacts import ArtifactMeta
     from factory.recipe import DataSource, EvalSet, ModelSpec, Recipe
@@ -79,23 +81,8 @@ class StageResult:
     summary: str = ""  # the one line printed when the stage ends
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A mistake found before any work: the dotted recipe key to fix and what is wrong. A warning
-    is printed and the run goes on; anything else stops validate, plan and run with exit code 2,
-    except a `machine` problem (a package missing here, not a mistake in the recipe): `run` refuses
-    it, validate and plan only warn, since a recipe is often planned on another machine than its run."""
-
-    key: str
-    message: str
-    warning: bool = False
-    machine: bool = False
-
-
 def problems_of(key: str, check: Callable[[], object]) -> list[Problem]:
     """A check that raises UserError (factory.models, factory.data), as Problems at `key`."""
-    from factory.errors import UserError
-
     try:
         check()
     except UserError as exc:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from factory.stages.handoff import IGNORE
 from factory.training import (
     LOSS_COLUMNS,
     checkpoint_step,
@@ -76,11 +77,11 @@ def build_trainer(job: dict[str, Any]):
 
 
 def token_counts(dataset) -> dict[str, int]:
-    """Tokens and supervised tokens (labels != -100) of a prepared dataset, counted in Arrow."""
+    """Tokens and supervised tokens (labels != IGNORE) of a prepared dataset, counted in Arrow."""
     import pyarrow.compute as pc
 
     labels = pc.list_flatten(dataset.data.column("labels"))
-    return {"tokens": len(labels), "supervised_tokens": pc.sum(pc.not_equal(labels, -100)).as_py() or 0}
+    return {"tokens": len(labels), "supervised_tokens": pc.sum(pc.not_equal(labels, IGNORE)).as_py() or 0}
 
 
 def main(job_file: str | Path) -> None:

@@ -284,11 +284,11 @@ def teacher_label(item: "ResolvedInput") -> str:
 # ------------------------------------------------------------------------------------ shard CLI
 
 
-def run_shard(plan: "Plan", shard: str, log: Callable[[str], None] = print) -> str:
+def run_shard(plan: "Plan", index: int, count: int, log: Callable[[str], None] = print) -> str:
     """`factory generate-shard`: generate and score one shard (of each pass) into the stage's artifact folder.
 
     The stage is not completed here; `factory run` completes it (finishing anything left, then
-    merging). `shard` is "i" (of `stages.generate.shards`) or "i/n". The shard is claimed for the
+    merging). The shard is `index` of `count` (factory.cli parses `--shard`). It is claimed for the
     whole call; questions that live claims made before it cover (a running `factory run`, an
     overlapping shard of another count) are left to them.
     """
@@ -296,7 +296,6 @@ def run_shard(plan: "Plan", shard: str, log: Callable[[str], None] = print) -> s
     from factory.engines.base import resolve_kind
     from factory.stages.generate_worker import load_questions, run_job
 
-    index, count = _parse_shard(shard, plan.recipe.stages.generate.shards)
     planned = plan.stage("generate")
     if planned.status == "cached":
         return f"generate is complete already ({planned.artifact_dir}); nothing to do"
@@ -386,17 +385,6 @@ def wait_for_claims(claims: "Claims", waiting: dict[str, "Holder"], log: Callabl
 
 def _describe(holders: dict[str, "Holder"]) -> str:
     return "; ".join(f"{name}: {holder.describe()}" for name, holder in sorted(holders.items()))
-
-
-def _parse_shard(shard: str, default_count: int) -> tuple[int, int]:
-    text, _, count_text = shard.partition("/")
-    try:
-        index, count = int(text), int(count_text) if count_text else default_count
-    except ValueError:
-        raise UserError(f"--shard {shard!r}: write I or I/N, e.g. --shard 3/8") from None
-    if not 0 <= index < count:
-        raise UserError(f"--shard {shard!r}: the index must be in 0..{count - 1} (stages.generate.shards = {default_count})")
-    return index, count
 
 
 # ------------------------------------------------------------------------------------ merge

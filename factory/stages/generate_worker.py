@@ -191,7 +191,7 @@ def run_job(job: Job, log: Callable[[str], None] = print, questions: Questions |
     teacher_model = None
     skip = set(job.skip)
     if any(_todo(questions, work, shard, job.num_shards, skip) for shard in job.shards):
-        from factory.engines.base import load_engine
+        from factory.engines import load_engine
 
         settings = recipe.stages.generate
         engine = load_engine(

@@ -29,11 +29,10 @@ from factory.formats import check_same_vocabulary, student_format, teacher_promp
 from factory.launch import run_worker
 from factory.recipe import Launch, Recipe
 from factory.stages.base import Problem, Stage, StageContext, StageResult, recipe_slice, register, vllm_problems
+from factory.stages.handoff import ROLLOUTS_FILE, VLLM_SERVER_PORT
 from factory.training import LOGS, check_report_to, model_entry, read_result, write_job, write_rows
 
 PROMPTS_FILE = "rl_prompts.jsonl"
-ROLLOUTS_FILE = "rollouts.jsonl"
-VLLM_SERVER_PORT = 8000
 
 
 def teacher_prompts(

@@ -30,7 +30,7 @@ from factory.formats import StudentFormat, split_completion_ids
 from factory.models import load_causal_lm, load_tokenizer, resolve_model_path
 from factory.recipe import Recipe
 from factory.reward import RLTReward
-from factory.stages.teacher_rl import ROLLOUTS_FILE, VLLM_SERVER_PORT
+from factory.stages.handoff import ROLLOUTS_FILE, VLLM_SERVER_PORT
 from factory.training import (
     ExactResume,
     checkpoint_step,

@@ -19,10 +19,10 @@ from factory.errors import UserError
 from factory.formats import teacher_prompt_ids, teacher_target
 from factory.launch import run_worker
 from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register, thought_problems
+from factory.stages.handoff import IGNORE
 from factory.training import check_sft_settings, model_entry, read_result, write_job, write_rows
 
 DATA_FILE = "sft_rows.jsonl"
-IGNORE = -100
 
 
 def sft_example(tokenizer: Any, row: dict[str, str], system: str | None, max_length: int) -> dict[str, Any] | None:

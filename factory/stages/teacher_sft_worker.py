@@ -17,7 +17,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from factory.models import load_tokenizer, resolve_model_path
 from factory.recipe import Recipe
-from factory.stages.teacher_sft import IGNORE
+from factory.stages.handoff import IGNORE
 from factory.training import (
     LOSS_COLUMNS,
     checkpoint_step,
