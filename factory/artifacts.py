@@ -13,7 +13,7 @@ import os
 import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ class ArtifactMeta:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ArtifactMeta":
+    def from_json(cls, data: dict[str, Any]) -> ArtifactMeta:
         data = dict(data)
         data["inputs"] = [InputRef(**ref) for ref in data.get("inputs", [])]
         return cls(**data)
@@ -101,5 +101,5 @@ def mark_complete(folder: Path, meta: ArtifactMeta) -> None:
     if meta.kind not in KINDS:
         raise ValueError(f"artifact kind must be one of {KINDS}, got {meta.kind!r}")
     meta.versions = meta.versions or library_versions()
-    meta.created = meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta.created = meta.created or datetime.now(UTC).isoformat(timespec="seconds")
     write_json_atomic(folder / METADATA_FILE, meta.to_json())

@@ -21,10 +21,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from factory.errors import UserError
 
@@ -44,7 +44,7 @@ class Holder:
     heartbeat: float
     claimed: float = 0.0  # when the claim was made; the heartbeat moves, this does not
 
-    def precedes(self, other: "Holder") -> bool:
+    def precedes(self, other: Holder) -> bool:
         """Whether this claim was made before `other` (ties broken by name): the earlier claim keeps the
         questions both cover, whatever order the two processes read each other's claims in."""
         return (self.claimed, self.name) < (other.claimed, other.name)
@@ -145,7 +145,9 @@ class Claims:
                 if current is None:
                     continue
                 if current.live():
-                    raise UserError(f"{name} in {self.folder} is claimed by {current.describe()}; wait for it to finish")
+                    raise UserError(
+                        f"{name} in {self.folder} is claimed by {current.describe()}; wait for it to finish"
+                    ) from None
                 if self.take_over(current):
                     log(f"taking over the stale claim {name} of {current.describe()}")
             finally:

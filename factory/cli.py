@@ -11,7 +11,7 @@ import shutil
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -114,14 +114,14 @@ def _root(
     """factory: one YAML recipe from teacher RL to published students."""
 
 
-def _load(recipe: Path, overrides: Optional[list[str]]):
+def _load(recipe: Path, overrides: list[str] | None):
     from factory.recipe import load_recipe
 
     return load_recipe(recipe, overrides or [])
 
 
 @command()
-def validate(recipe: Path = RecipeArg, set_: Optional[list[str]] = SetOpt) -> None:
+def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     """Check a recipe: schema, types, combinations, the stages' settings, data files and model folders.
     Exit 2 with the key and line on error."""
     from factory.pipeline import preflight
@@ -174,11 +174,11 @@ def _warn(warnings: list[str]) -> None:
 @command()
 def plan(
     recipe: Path = RecipeArg,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
     run_dir: Path = RunDirOpt,
-    force: Optional[list[str]] = ForceOpt,
-    from_stage: Optional[str] = FromOpt,
-    only: Optional[list[str]] = OnlyOpt,
+    force: list[str] | None = ForceOpt,
+    from_stage: str | None = FromOpt,
+    only: list[str] | None = OnlyOpt,
 ) -> None:
     """Show what would run, what is cached and why not, what would be published, rough compute."""
     from factory.plan_view import render_plan
@@ -190,11 +190,11 @@ def plan(
 @command()
 def run(
     recipe: Path = RecipeArg,
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
     run_dir: Path = RunDirOpt,
-    force: Optional[list[str]] = ForceOpt,
-    from_stage: Optional[str] = FromOpt,
-    only: Optional[list[str]] = OnlyOpt,
+    force: list[str] | None = ForceOpt,
+    from_stage: str | None = FromOpt,
+    only: list[str] | None = OnlyOpt,
     push: bool = typer.Option(False, "--push", help="Publish artifacts to the Hub (HF_ENDPOINT, HF_TOKEN)."),
 ) -> None:
     """Run the recipe: every stage not already cached, then publish its artifacts."""
@@ -216,16 +216,16 @@ def score(
     teacher: str = typer.Option(..., "--teacher", help="Teacher: Hub id[@rev], local folder or packaged:NAME."),
     student: str = typer.Option(..., "--student", help="Reward student; must share the teacher's vocabulary."),
     data: str = typer.Option(..., "--data", help="JSONL/JSON/parquet file or Hub dataset id: question, solution, explanation."),
-    out: Optional[Path] = typer.Option(None, "--out", help="JSONL written, one line per row [default: <data>.scores.jsonl]."),
+    out: Path | None = typer.Option(None, "--out", help="JSONL written, one line per row [default: <data>.scores.jsonl]."),
     dump_tokens: bool = typer.Option(False, "--dump-tokens", help="Add token ids, spans and temperatures to each line."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take reward settings and system prompts from a recipe."),
-    set_: Optional[list[str]] = SetOpt,
-    kl_estimator: Optional[str] = typer.Option(None, "--kl-estimator", help="k1 (default), k3 or full."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sequences per forward pass."),
+    recipe: Path | None = typer.Option(None, "--recipe", help="Take reward settings and system prompts from a recipe."),
+    set_: list[str] | None = SetOpt,
+    kl_estimator: str | None = typer.Option(None, "--kl-estimator", help="k1 (default), k3 or full."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Sequences per forward pass."),
     split: str = typer.Option("train", "--split", help="Split of a Hub dataset."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N rows."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 ... [default: float32 on CPU]."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Score only the first N rows."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 ... [default: float32 on CPU]."),
 ) -> None:
     """RLT reward of every row of an explanation dataset: JSON lines and a summary table."""
     from factory.score import score as run_score
@@ -241,10 +241,10 @@ def score(
 @command()
 def compare(
     sources: list[str] = typer.Argument(..., help="Two or more trace datasets, each owner/name@rev, an artifact folder or a .parquet/.jsonl file, optionally as LABEL=SOURCE; SOURCE#CONFIG picks a dataset config (e.g. #before_rl)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port to serve on; by default the first free one from 7860."),
+    port: int | None = typer.Option(None, "--port", help="Port to serve on; by default the first free one from 7860."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 to share on the network)."),
     votes: Path = typer.Option(Path("compare-votes.jsonl"), "--votes", help="JSONL file the votes are appended to."),
-    votes_repo: Optional[str] = typer.Option(None, "--votes-repo", help="Hub dataset the Publish button pushes votes to."),
+    votes_repo: str | None = typer.Option(None, "--votes-repo", help="Hub dataset the Publish button pushes votes to."),
 ) -> None:
     """Serve the Gradio app comparing teachers' explanations side by side (the compare Space, locally)."""
     from factory.compare import launch, space_module
@@ -259,8 +259,8 @@ def compare(
 @command()
 def push(
     run_dir: Path = typer.Argument(..., help="The run folder (--run-dir of `factory run`) or one recipe's folder in it."),
-    recipe_name: Optional[str] = typer.Option(None, "--recipe", help="Which recipe's run, if the folder holds several."),
-    set_: Optional[list[str]] = SetOpt,
+    recipe_name: str | None = typer.Option(None, "--recipe", help="Which recipe's run, if the folder holds several."),
+    set_: list[str] | None = SetOpt,
 ) -> None:
     """Publish a finished run to the Hub (HF_ENDPOINT, HF_TOKEN); what is already there is skipped."""
     from factory.hub.push import push_run
@@ -274,7 +274,7 @@ def push(
 def generate_shard(
     recipe: Path = RecipeArg,
     shard: str = typer.Option(..., "--shard", help="I or I/N: shard I of N (default N: stages.generate.shards)."),
-    set_: Optional[list[str]] = SetOpt,
+    set_: list[str] | None = SetOpt,
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Generate and score one shard of the generate stage (spread over nodes); `factory run` merges."""

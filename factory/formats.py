@@ -21,8 +21,9 @@ last scored token, since what follows cannot change a causal model's log-probabi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from factory.errors import UserError
 

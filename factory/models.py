@@ -19,10 +19,11 @@ import re
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from factory.claims import process_running
 from factory.errors import UserError
@@ -368,7 +369,12 @@ def resolve_hub_revision(repo_id: str, revision: str | None, repo_type: Literal[
         return revision
     import httpx
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from huggingface_hub.file_download import repo_folder_name
 
     try:

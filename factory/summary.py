@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from factory.pipeline import Plan
 
 
-def run_summary(plan: "Plan", manifest: dict[str, Any]) -> list[str]:
+def run_summary(plan: Plan, manifest: dict[str, Any]) -> list[str]:
     """Plain-text lines (no markup) for the end of `factory run`."""
     lines: list[str] = []
     traces = _artifact(plan, manifest, "generate")
@@ -36,7 +36,7 @@ def run_summary(plan: "Plan", manifest: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _artifact(plan: "Plan", manifest: dict[str, Any], stage: str) -> tuple[dict[str, Any], Path] | None:
+def _artifact(plan: Plan, manifest: dict[str, Any], stage: str) -> tuple[dict[str, Any], Path] | None:
     """The manifest entry and folder of `stage`'s artifact, when it is the complete one this plan names."""
     planned = next((s for s in plan.stages if s.name == stage), None)
     entry = manifest.get("stages", {}).get(stage)

@@ -20,9 +20,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from factory.artifacts import write_json_atomic
 from factory.errors import Problem
@@ -42,7 +43,7 @@ TRACKING_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": (
 # ------------------------------------------------------------------------------------------- job
 
 
-def model_entry(item: "ResolvedInput") -> dict[str, Any]:
+def model_entry(item: ResolvedInput) -> dict[str, Any]:
     """A consumed model as JSON: an upstream artifact's absolute `model/` path, or the base ModelSpec."""
     source = item.model_source()
     if isinstance(source, ModelSpec):

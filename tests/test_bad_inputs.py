@@ -340,9 +340,9 @@ def test_outputs_never_overwrite_inputs(tmp_path, tiny_model_dir):
 
 
 def test_full_disk_names_the_path_and_the_rerun_resumes(tmp_path, tiny_model_dir, monkeypatch):
-    import factory.artifacts
     from test_hub_publish import RUN_RECIPE, payload_stages
 
+    import factory.artifacts
     from factory.stages import REGISTRY, load_stages
 
     load_stages()

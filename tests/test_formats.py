@@ -6,7 +6,6 @@ import pytest
 from tiny import CHAT_TEMPLATE, build_tokenizer
 
 from factory.errors import UserError
-from factory.recipe import Formats
 from factory.formats import (
     DEFAULT_STUDENT_SYSTEM,
     DEFAULT_TEACHER_SYSTEM,
@@ -16,8 +15,8 @@ from factory.formats import (
     SOLUTION_OPEN,
     THOUGHT_CLOSE,
     THOUGHT_OPEN,
-    build_student_sequence,
     StudentFormat,
+    build_student_sequence,
     build_teacher_sequence,
     check_same_vocabulary,
     explanation_ids,
@@ -28,6 +27,7 @@ from factory.formats import (
     teacher_messages,
     teacher_prompt_ids,
 )
+from factory.recipe import Formats
 
 QUESTION = "What is 12 + 7?"
 SOLUTION = "The answer is \\boxed{19}."

@@ -4,7 +4,8 @@ reward student Bespoke-Stratos-7B was trained with, RLT.md "The reward student's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from factory.formats import StudentFormat, student_format
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from factory.recipe import Recipe
 
 
-def student_format_of(recipe: "Recipe", log: Callable[[str], None] = print) -> StudentFormat:
+def student_format_of(recipe: Recipe, log: Callable[[str], None] = print) -> StudentFormat:
     """Reads the train rows only when their system prompt is needed (only the Stratos layout has one)."""
     rows = []
     if recipe.formats.student_system is None and recipe.data.train.format == "stratos":

@@ -19,8 +19,8 @@ __all__ = ["Completion", "Engine", "Sampling", "load_engine", "open_engine", "pr
 
 def open_engine(
     kind: EngineKind,
-    model_source: "Source",
-    launch: "Launch | None" = None,
+    model_source: Source,
+    launch: Launch | None = None,
     dtype: str = "auto",
     *,
     key: str = "engine",
@@ -33,8 +33,8 @@ def open_engine(
 
 def load_engine(
     kind: Literal["hf", "vllm"],
-    model_source: "Source",
-    launch: "Launch | None" = None,
+    model_source: Source,
+    launch: Launch | None = None,
     dtype: str = "auto",
     *,
     batch_size: int = 16,

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from factory.errors import UserError
 
@@ -79,7 +80,7 @@ class Engine:
     def close(self) -> None:
         """Free the model and its device memory (a later engine in this process needs it)."""
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:

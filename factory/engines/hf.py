@@ -21,7 +21,8 @@ tail of each row after every step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from factory.engines.attention import use_gqa_sdpa
 from factory.engines.base import Completion, Engine, Sampling, prompt_seed
@@ -76,8 +77,8 @@ class HFEngine(Engine):
 
     @classmethod
     def load(
-        cls, source: "Source", *, dtype: str = "auto", device: str | None = None, **options: Any
-    ) -> "HFEngine":
+        cls, source: Source, *, dtype: str = "auto", device: str | None = None, **options: Any
+    ) -> HFEngine:
         """Load model and tokenizer onto `device` (default: cuda when visible, else cpu)."""
         from factory.models import load_causal_lm, load_tokenizer
 
@@ -86,7 +87,7 @@ class HFEngine(Engine):
         return cls(model, load_tokenizer(source), **options)
 
     @property
-    def device(self) -> "torch.device":
+    def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def generate(
@@ -141,10 +142,10 @@ class HFEngine(Engine):
 
     def _decode_dynamic(
         self,
-        batch: "_LeftPadded",
+        batch: _LeftPadded,
         sampling: Sampling,
         stop_ids: set[int],
-        sampler: "_SeededSampler | None",
+        sampler: _SeededSampler | None,
         prefix: tuple[int, Any] | None,
     ) -> list[list[int]]:
         """The step loop of the module docstring; returns each row's generated ids, stop included."""
@@ -191,7 +192,7 @@ class HFEngine(Engine):
         return generated
 
     def _generate_static(
-        self, batch: "_LeftPadded", sampling: Sampling, stop_ids: set[int], sampler: "_SeededSampler | None"
+        self, batch: _LeftPadded, sampling: Sampling, stop_ids: set[int], sampler: _SeededSampler | None
     ) -> list[list[int]]:
         """transformers' `generate` with the static cache (and compiled decoding when asked)."""
         import torch
@@ -283,13 +284,13 @@ def _ends_with_stop(tokenizer: Any, ids: Sequence[int], stops: Sequence[str]) ->
 class _SeededSampler:
     """Temperature + top-p sampling with one torch.Generator per batch row."""
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: "torch.device"):
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
         import torch
 
         self.temperature, self.top_p = temperature, top_p
         self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
-    def sample(self, logits: "torch.Tensor", rows: Sequence[int]) -> "torch.Tensor":
+    def sample(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         """One token per row of `logits`; `rows[i]` is the batch row (the generator) of logits row i."""
         import torch
 
@@ -304,7 +305,7 @@ class _SeededSampler:
         tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(1), right=True)
         return tokens.clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
-    def __call__(self, input_ids: "torch.Tensor", scores: "torch.Tensor") -> "torch.Tensor":
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """As a `generate` logits processor: scores that allow only the sampled token, so generate's
         argmax takes it (generate's own sampling uses one global RNG)."""
         import torch
@@ -321,7 +322,7 @@ class _StopStrings:
         self.tokenizer, self.stops, self.prompt_width = tokenizer, tuple(stops), prompt_width
         self.stopped_at: dict[int, int] = {}
 
-    def __call__(self, input_ids: "torch.Tensor", scores: Any, **kwargs: Any) -> "torch.Tensor":
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         import torch
 
         length = input_ids.shape[1]

@@ -11,7 +11,8 @@ module (tests/vllm_standin/) that implements exactly this slice of the API.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from factory.engines.base import Completion, Engine, Sampling
 
@@ -25,9 +26,9 @@ class VLLMEngine(Engine):
 
     def __init__(
         self,
-        model_source: "Source",
+        model_source: Source,
         *,
-        launch: "Launch | None" = None,
+        launch: Launch | None = None,
         dtype: str = "auto",
         max_model_len: int | None = None,
         gpu_memory_utilization: float | None = None,

@@ -14,8 +14,9 @@ store.py (the versioning rules) never imports hub_store.py (the Hub client built
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from factory.hub.content import Target, target_for
 from factory.hub.store import LocalStore, PublishedRef, Store

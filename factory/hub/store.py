@@ -29,9 +29,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from factory.artifacts import ArtifactMeta, is_complete, read_meta
 from factory.errors import UserError

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-CREATED: list["LLM"] = []  # every LLM built, for tests to inspect constructor arguments
+CREATED: list[LLM] = []  # every LLM built, for tests to inspect constructor arguments
 
 
 @dataclass
