@@ -1,9 +1,11 @@
 """Plan and run: stages, fingerprints, cache decisions, the run directory and its manifest.
 
-The pipeline knows stages and artifacts, not ML. A stage's fingerprint hashes its own recipe slice,
-its inputs' fingerprints (upstream artifacts, or base models/datasets with their resolved
-revisions) and its code version. An artifact folder named after the fingerprint that holds an
-`artifact.json` is complete and is reused; one without it is resumed in place.
+The pipeline knows stages and artifacts, not ML; the stages' declarations give the graph
+(factory.graph). A stage's fingerprint hashes the recipe sections it declares minus the fields the
+schema marks result-neutral (factory.stages.base.section_config), its inputs' fingerprints
+(upstream artifacts, or base models/datasets with their resolved revisions) and its code version.
+An artifact folder named after the fingerprint that holds an `artifact.json` is complete and is
+reused; one without it is resumed in place.
 
 Run directory layout (`--run-dir`, default `./runs`)::
 
@@ -22,6 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -29,16 +32,28 @@ from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete
 from factory.data import resolve_revision as resolve_data_revision
 from factory.dotted import changed_keys
 from factory.errors import UserError
+from factory.graph import base_roles, base_spec, enabled, outputs, stage_order
 from factory.models import resolve_revision as resolve_model_revision
-from factory.recipe import STAGE_ORDER, DataSource, ModelSpec, Recipe, recipe_to_dict
-from factory.stages.base import STAGE_ROLES, Problem, ResolvedInput, Stage, StageContext, problems_of
+from factory.recipe import ModelSpec, Recipe, recipe_to_dict
+from factory.roles import Role
+from factory.stages.base import Problem, ResolvedInput, Stage, StageContext, problems_of, section_config
 
 MANIFEST = "manifest.json"
 # Peak dense bf16 of one H100 SXM and an MFU typical of LLM training: only for rough plan estimates.
 H100_BF16_FLOPS = 989e12
 ASSUMED_MFU = 0.35
 
-Status = str  # "run" | "resume" | "cached" | "disabled" | "unregistered" | "blocked"
+
+class Status(StrEnum):
+    """What the plan does with a stage; a str, so it prints and serialises as its value."""
+
+    RUN = "run"
+    RESUME = "resume"  # its folder holds an interrupted run with this fingerprint
+    CACHED = "cached"  # its folder holds a complete artifact with this fingerprint
+    DISABLED = "disabled"
+    UNREGISTERED = "unregistered"  # a recipe section whose stage this build lacks
+    BLOCKED = "blocked"  # an input cannot be had
+    SKIPPED = "skipped"  # not selected by --only
 
 
 def _hash(data: Any) -> str:
@@ -48,28 +63,8 @@ def _hash(data: Any) -> str:
 # ----------------------------------------------------------------------------------- base inputs
 
 
-# A role no enabled stage produces comes from the recipe: the key of its model or data set.
-BASE_ROLES: dict[str, str] = {
-    "teacher": "models.teacher",
-    "reward_student": "models.student",
-    "distill_base": "models.distill_base",
-    "student": "models.distill_base",  # with no distill stage, evaluate the base itself
-    "train_data": "data.train",
-    "traces": "data.train",  # with no generate stage, distill on the reference traces
-}
-
-
-def _base_spec(recipe: Recipe, role: str) -> ModelSpec | DataSource:
-    section: Any = recipe
-    for part in BASE_ROLES[role].split("."):
-        section = getattr(section, part)
-    return section
-
-
-def _base_input(role: str, recipe: Recipe, revisions: dict[str, str]) -> ResolvedInput:
-    if role not in BASE_ROLES:
-        raise UserError(f"no stage produces {role!r} and the recipe has no base input for it")
-    spec = _base_spec(recipe, role)
+def _base_input(role: Role, recipe: Recipe, revisions: dict[str, str]) -> ResolvedInput:
+    spec = base_spec(recipe, role)
     key = spec.model_dump_json()
     if key not in revisions:
         revisions[key] = resolve_model_revision(spec) if isinstance(spec, ModelSpec) else resolve_data_revision(spec)
@@ -83,21 +78,6 @@ def _base_input(role: str, recipe: Recipe, revisions: dict[str, str]) -> Resolve
 # -------------------------------------------------------------------------------------- preflight
 
 
-def _base_roles(recipe: Recipe, registry: dict[str, Stage]) -> list[str]:
-    """The roles enabled stages take from the recipe (no enabled stage upstream produces them)."""
-    produced: set[str] = set()
-    roles: list[str] = []
-    for name in STAGE_ORDER:
-        if not getattr(recipe.stages, name).enabled:
-            continue
-        stage = registry.get(name)
-        for role in stage.consumes if stage else ():
-            if role in BASE_ROLES and role not in produced and role not in roles:
-                roles.append(role)
-        produced.add(STAGE_ROLES[name])
-    return roles
-
-
 def preflight(recipe: Recipe, registry: dict[str, Stage], running: bool = False) -> list[str]:
     """Every check that needs no model, before any work (validate, plan and the start of run): the
     models and data sets the enabled stages read, then each enabled stage's own rules (`Stage.check`).
@@ -107,12 +87,13 @@ def preflight(recipe: Recipe, registry: dict[str, Stage], running: bool = False)
     from factory.models import check_model_source
 
     problems: list[Problem] = []
-    for role in _base_roles(recipe, registry):
-        spec = _base_spec(recipe, role)
+    order = stage_order(registry, recipe)
+    for role in base_roles(recipe, registry, order):
+        spec = base_spec(recipe, role)
         check = check_model_source if isinstance(spec, ModelSpec) else check_data_source
-        problems += problems_of(f"{BASE_ROLES[role]}.source", lambda: check(spec))
-    for name in STAGE_ORDER:
-        if getattr(recipe.stages, name).enabled and name in registry:
+        problems += problems_of(f"{role.recipe_key}.source", lambda: check(spec))
+    for name in order:
+        if enabled(recipe, name) and name in registry:
             problems += registry[name].check(recipe)
     problems = list(dict.fromkeys(problems))  # a rule two stages share (stages.distill) is said once
     fatal = [p for p in problems if not p.warning and (running or not p.machine)]
@@ -136,18 +117,19 @@ class PlannedStage:
     name: str
     stage: Stage | None
     enabled: bool
-    status: Status = "run"
+    status: Status = Status.RUN
     reason: str = ""
+    forced: bool = False  # by --force or --from: an earlier artifact of this fingerprint is set aside
     fingerprint: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    inputs: dict[str, ResolvedInput] = field(default_factory=dict)
+    inputs: dict[Role, ResolvedInput] = field(default_factory=dict)
     artifact_dir: Path | None = None
     changed: list[str] = field(default_factory=list)
     estimate: dict[str, float] = field(default_factory=dict)
 
     @property
     def will_run(self) -> bool:
-        return self.status in ("run", "resume")
+        return self.status in (Status.RUN, Status.RESUME)
 
 
 @dataclass
@@ -162,16 +144,16 @@ class Plan:
 
     def repo_for(self, planned: PlannedStage) -> str | None:
         """The Hub repo this stage's artifact is published to (None for reports and when no namespace)."""
-        from factory.hub.content import REPO_TYPES, target_for
+        from factory.hub.content import target_for
 
-        role, namespace = STAGE_ROLES[planned.name], self.recipe.hub.namespace
-        return target_for(namespace, self.recipe.name, role).repo if role in REPO_TYPES and namespace else None
+        role, namespace = planned.stage.produces if planned.stage else None, self.recipe.hub.namespace
+        return target_for(namespace, self.recipe.name, role).repo if role and role.repo_type and namespace else None
 
 
-def _check_stage_names(names: list[str], option: str) -> None:
+def _check_stage_names(names: list[str], order: list[str]) -> None:
     for name in names:
-        if name not in STAGE_ORDER:
-            raise UserError(f"{option} {name}: no such stage (stages: {', '.join(STAGE_ORDER)})")
+        if name not in order:
+            raise UserError(f"stage {name}: no such stage (stages: {', '.join(order)})")
 
 
 def load_manifest(recipe_dir: Path) -> dict[str, Any]:
@@ -194,35 +176,37 @@ def make_plan(
     """Decide, for every stage in order, whether it is cached, runs, resumes, or cannot run and why.
     The preflight runs first: a recipe with a mistake is refused before anything is read or written
     (`running`: the plan is for running here, see `preflight`)."""
-    _check_stage_names(list(force) + list(only) + ([from_stage] if from_stage else []), "stage")
+    order = stage_order(registry, recipe)
+    _check_stage_names(list(force) + list(only) + ([from_stage] if from_stage else []), order)
     warnings = preflight(recipe, registry, running)
     recipe_dir = run_dir / recipe.name
     previous = load_manifest(recipe_dir).get("stages", {})
     revisions: dict[str, str] = {}
-    produced: dict[str, PlannedStage] = {}  # role -> latest enabled upstream producer
+    produced: dict[Role, PlannedStage] = {}  # role -> latest enabled upstream producer
     forced = set(force)
     if from_stage:
-        forced.update(STAGE_ORDER[STAGE_ORDER.index(from_stage):])
+        forced.update(order[order.index(from_stage):])
     planned_all: list[PlannedStage] = []
+    missing: PlannedStage | None = None  # an enabled stage this build lacks: what it makes is unknown
 
-    for name in STAGE_ORDER:
-        enabled = getattr(recipe.stages, name).enabled
+    for name in order:
         stage = registry.get(name)
-        planned = PlannedStage(name=name, stage=stage, enabled=enabled)
+        planned = PlannedStage(name=name, stage=stage, enabled=enabled(recipe, name))
         planned_all.append(planned)
-        if not enabled:
-            planned.status, planned.reason = "disabled", "enabled: false in the recipe"
+        if not planned.enabled:
+            planned.status, planned.reason = Status.DISABLED, "enabled: false in the recipe"
             continue
         if stage is None:
-            planned.status, planned.reason = "unregistered", "stage not implemented in this build"
-            produced[STAGE_ROLES[name]] = planned
+            planned.status, planned.reason = Status.UNREGISTERED, "stage not implemented in this build"
+            missing = missing or planned
             continue
-        blocked = _resolve_inputs(planned, stage, recipe, produced, revisions)
-        produced[stage.role] = planned
+        blocked = f"comes after {missing.name}, which is {missing.status}" if missing else ""
+        blocked = blocked or _resolve_inputs(planned, stage, recipe, produced, revisions)
+        produced.update(dict.fromkeys(outputs(stage), planned))
         if blocked:
-            planned.status, planned.reason = "blocked", blocked
+            planned.status, planned.reason = Status.BLOCKED, blocked
             continue
-        planned.config = stage.config(recipe)
+        planned.config = section_config(recipe, stage.sections_for(recipe))
         planned.fingerprint = _hash(
             {
                 "stage": name,
@@ -238,7 +222,7 @@ def make_plan(
     if only:
         for planned in planned_all:
             if planned.name not in only and planned.will_run:
-                planned.status, planned.reason = "skipped", f"not selected by --only ({', '.join(only)})"
+                planned.status, planned.reason = Status.SKIPPED, f"not selected by --only ({', '.join(only)})"
     _require_upstream(planned_all, only, from_stage)
     return Plan(recipe=recipe, recipe_dir=recipe_dir, stages=planned_all, warnings=warnings)
 
@@ -247,49 +231,51 @@ def _resolve_inputs(
     planned: PlannedStage,
     stage: Stage,
     recipe: Recipe,
-    produced: dict[str, PlannedStage],
+    produced: dict[Role, PlannedStage],
     revisions: dict[str, str],
 ) -> str:
     """Fill `planned.inputs`; return why the stage cannot run, or '' when it can."""
     for role in stage.consumes:
-        if role == "initial_teacher":
-            continue  # derived from the teacher's producer, below
-        upstream = produced.get(role)
-        if upstream is None:
-            planned.inputs[role] = _base_input(role, recipe, revisions)
-        elif upstream.fingerprint is None:
-            return f"needs {role!r} from {upstream.name}, which is {upstream.status}"
-        else:
-            meta = read_meta(upstream.artifact_dir) if is_complete(upstream.artifact_dir) else None
-            planned.inputs[role] = ResolvedInput(
-                role=role, fingerprint=upstream.fingerprint, artifact_dir=upstream.artifact_dir, meta=meta
-            )
-    if "initial_teacher" in stage.consumes:
-        planned.inputs["initial_teacher"] = _initial_teacher(planned.inputs["teacher"], produced.get("teacher"))
+        found = _input(role, recipe, produced, revisions)
+        if isinstance(found, str):
+            return found
+        planned.inputs[role] = found
     return ""
 
 
-def _initial_teacher(teacher: ResolvedInput, producer: PlannedStage | None) -> ResolvedInput:
-    """The teacher before RL: what teacher_rl started from, or the current teacher when RL did not run.
-
-    Generating with both on the same questions is what shows RLT's effect (before/after traces).
-    """
-    start = producer.inputs.get("teacher") if producer is not None and producer.name == "teacher_rl" else None
-    return replace(start or teacher, role="initial_teacher")
+def _input(
+    role: Role, recipe: Recipe, produced: dict[Role, PlannedStage], revisions: dict[str, str]
+) -> ResolvedInput | str:
+    """`role` from the latest enabled upstream stage that produces it or passes it on (teacher RL's
+    initial teacher: the teacher it started from), else from the recipe; or why it cannot be had."""
+    upstream = produced.get(role)
+    if upstream is None:
+        if role.recipe_key:
+            return _base_input(role, recipe, revisions)
+        if role.fallback is None:
+            raise UserError(f"no stage produces {role!r} and the recipe has no base input for it")
+        found = _input(role.fallback, recipe, produced, revisions)
+        return found if isinstance(found, str) else replace(found, role=role)
+    if upstream.fingerprint is None:
+        return f"needs {role!r} from {upstream.name}, which is {upstream.status}"
+    if role in upstream.stage.passes_on:
+        return replace(upstream.inputs[upstream.stage.passes_on[role]], role=role)
+    meta = read_meta(upstream.artifact_dir) if is_complete(upstream.artifact_dir) else None
+    return ResolvedInput(role=role, fingerprint=upstream.fingerprint, artifact_dir=upstream.artifact_dir, meta=meta)
 
 
 def _decide(planned: PlannedStage, stage: Stage, last: dict[str, Any] | None, forced: set[str]) -> None:
     complete = is_complete(planned.artifact_dir)
     if complete and planned.name not in forced:
-        planned.status, planned.reason = "cached", "complete artifact with this fingerprint"
+        planned.status, planned.reason = Status.CACHED, "complete artifact with this fingerprint"
         return
     if planned.name in forced:
-        planned.status, planned.reason = "run", "forced"
+        planned.status, planned.reason, planned.forced = Status.RUN, "forced", True
         return
     if planned.artifact_dir.exists():
-        planned.status, planned.reason = "resume", "interrupted run with this fingerprint"
+        planned.status, planned.reason = Status.RESUME, "interrupted run with this fingerprint"
         return
-    planned.status = "run"
+    planned.status = Status.RUN
     if not last or not last.get("fingerprint"):
         planned.reason = "never run"
         return
@@ -311,7 +297,8 @@ def _require_upstream(stages: list[PlannedStage], only: tuple[str, ...], from_st
     """With --only/--from, inputs come from earlier runs: they must already be complete."""
     if not only and not from_stage:
         return
-    selected = set(only) if only else set(STAGE_ORDER[STAGE_ORDER.index(from_stage):])
+    order = [planned.name for planned in stages]
+    selected = set(only) if only else set(order[order.index(from_stage):])
     for planned in stages:
         if planned.name not in selected or not planned.will_run:
             continue
@@ -368,7 +355,7 @@ def execute(
         manifest.update(recipe_name=plan.recipe.name, recipe=recipe_to_dict(plan.recipe), recipe_path=recipe_path)
         entries = manifest.setdefault("stages", {})
         for planned in plan.stages:
-            if planned.status == "cached":
+            if planned.status is Status.CACHED:
                 report.cached.append(planned.name)
                 log(f"[cached] {planned.name}: {planned.reason} ({planned.artifact_dir.name})")
                 _refresh_inputs_meta(planned)
@@ -409,7 +396,7 @@ def _refresh_inputs_meta(planned: PlannedStage) -> None:
 
 def _run_stage(plan: Plan, planned: PlannedStage, entries: dict[str, Any], log: Callable[[str], None]) -> str:
     out_dir = planned.artifact_dir
-    if planned.reason == "forced" and out_dir.exists():
+    if planned.forced and out_dir.exists():
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         shutil.move(str(out_dir), str(out_dir.with_name(f"{out_dir.name}.replaced-{stamp}")))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -427,7 +414,7 @@ def _run_stage(plan: Plan, planned: PlannedStage, entries: dict[str, Any], log: 
     meta = ArtifactMeta(
         kind=planned.stage.kind,
         stage=planned.name,
-        role=planned.stage.role,
+        role=planned.stage.produces,
         fingerprint=planned.fingerprint,
         recipe_name=plan.recipe.name,
         config=planned.config,

@@ -6,16 +6,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from factory.dotted import flatten
-from factory.pipeline import Plan, PlannedStage, RunReport, gpu_hours
+from factory.pipeline import Plan, PlannedStage, RunReport, Status, gpu_hours
 
 STATUS_STYLE = {
-    "cached": "green",
-    "run": "yellow",
-    "resume": "yellow",
-    "disabled": "dim",
-    "skipped": "dim",
-    "unregistered": "red",
-    "blocked": "red",
+    Status.CACHED: "green",
+    Status.RUN: "yellow",
+    Status.RESUME: "yellow",
+    Status.DISABLED: "dim",
+    Status.SKIPPED: "dim",
+    Status.UNREGISTERED: "red",
+    Status.BLOCKED: "red",
 }
 
 
@@ -40,10 +40,10 @@ def render_plan(plan: Plan, console: Console, compact: bool = False) -> None:
     """Per stage: status and why (changed keys), fingerprint, destination, compute, settings."""
     console.print(f"[bold]plan[/bold] {plan.recipe.name}  (run dir {plan.recipe_dir})")
     for index, planned in enumerate(plan.stages, 1):
-        style = STATUS_STYLE.get(planned.status, "")
-        status = f"[{style}]{planned.status}[/{style}]" if style else planned.status
+        style = STATUS_STYLE[planned.status]
+        status = f"[{style}]{planned.status}[/{style}]"
         console.print(f"{index}. [bold]{planned.name:<12}[/bold] {status}: {escape(planned.reason)}")
-        if compact or planned.status == "disabled":
+        if compact or planned.status is Status.DISABLED:
             continue
         if planned.fingerprint:
             console.print(f"   fingerprint {planned.fingerprint[:12]}  artifact {planned.artifact_dir}")
@@ -53,9 +53,10 @@ def render_plan(plan: Plan, console: Console, compact: bool = False) -> None:
         if planned.inputs:
             inputs = ", ".join(f"{role} <- {item.describe()}" for role, item in planned.inputs.items())
             console.print(f"   inputs {escape(inputs)}")
-        settings = flatten(getattr(plan.recipe.stages, planned.name).model_dump(mode="json"))
-        text = ", ".join(f"{key}={value}" for key, value in settings.items() if key != "enabled")
-        console.print(f"   settings {escape(text)}", soft_wrap=True)
+        section = getattr(plan.recipe.stages, planned.name, None)  # a stage may have no section of its own
+        settings = flatten(section.model_dump(mode="json")) if section is not None else {}
+        if text := ", ".join(f"{key}={value}" for key, value in settings.items() if key != "enabled"):
+            console.print(f"   settings {escape(text)}", soft_wrap=True)
 
 
 def render_run_end(plan: Plan, report: RunReport, console: Console) -> None:

@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from factory.bundled import bundled_recipe, recipe_file
 from factory.errors import UserError
 
-STAGE_ORDER = ("teacher_sft", "teacher_rl", "generate", "distill", "evaluate")
+# The mark of a field that cannot change what a stage produces (throughput, memory, trackers): every stage's
+# fingerprint hashes its declared sections without these fields (factory.stages.base.section_config).
+RESULT_NEUTRAL = {"affects_results": False}
 
 
 class Section(BaseModel):
@@ -165,11 +167,17 @@ class Reward(Section):
         description="longest scored sequence, tokens; unset: stages.teacher_rl.max_prompt_length + the longest "
         "explanation (teacher_rl.max_completion_length, generate.max_new_tokens), so nothing is cut; a smaller value is refused",
     )
-    batch_size: int = Field(default=8, ge=1, description="most items per forward")
+    batch_size: int = Field(default=8, ge=1, description="most items per forward", json_schema_extra=RESULT_NEUTRAL)
     max_padding: float = Field(
-        default=0.1, gt=0, le=1, description="a batch is closed early rather than be more than this share padding"
+        default=0.1,
+        gt=0,
+        le=1,
+        description="a batch is closed early rather than be more than this share padding",
+        json_schema_extra=RESULT_NEUTRAL,
     )
-    chunk_size: int = Field(default=512, ge=1, description="positions per log-softmax chunk")
+    chunk_size: int = Field(
+        default=512, ge=1, description="positions per log-softmax chunk", json_schema_extra=RESULT_NEUTRAL
+    )
 
 
 # ----------------------------------------------------------------------------------------- stages
@@ -206,7 +214,9 @@ class TrainStage(OptimizedStage):
     )
     save_steps: int = Field(default=100, ge=1)
     seed: int = 42
-    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(default_factory=lambda: ["none"])
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(
+        default_factory=lambda: ["none"], json_schema_extra=RESULT_NEUTRAL
+    )
 
 
 class TeacherSFT(TrainStage):
@@ -249,7 +259,9 @@ class TeacherRL(OptimizedStage):
     save_steps: int = Field(default=25, ge=1)
     logging_steps: int = Field(default=1, ge=1)
     seed: int = 42
-    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(default_factory=lambda: ["none"])
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(
+        default_factory=lambda: ["none"], json_schema_extra=RESULT_NEUTRAL
+    )
 
     @property
     def rollouts_per_step(self) -> int:
@@ -262,9 +274,14 @@ class Generate(Stage):
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int = Field(default=16384, ge=1)
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, json_schema_extra=RESULT_NEUTRAL)
     seed: int = 42
-    shards: int = Field(default=1, ge=1, description="shards for `factory generate-shard RECIPE --shard i`")
+    shards: int = Field(
+        default=1,
+        ge=1,
+        description="shards for `factory generate-shard RECIPE --shard i`",
+        json_schema_extra=RESULT_NEUTRAL,
+    )
     limit: int | None = Field(default=None, ge=1, description="questions to generate for; all when unset")
     decontaminate_ngram: int = Field(default=13, ge=4)
     drop_unclosed: bool = True
@@ -273,7 +290,9 @@ class Generate(Stage):
         default=False,
         description="also generate with the teacher RL started from (dataset config before_rl): RLT's effect, shown",
     )
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM's GPU memory share")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vLLM's GPU memory share", json_schema_extra=RESULT_NEUTRAL
+    )
 
 
 class Distill(TrainStage):
@@ -294,14 +313,16 @@ class Evaluate(Stage):
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1)
     max_new_tokens: int = Field(default=32768, ge=1)
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, json_schema_extra=RESULT_NEUTRAL)
     seed: int = 42
     baselines: list[Literal["distill_base", "reference_traces", "before_rl_traces"]] = Field(
         default_factory=list,
         description="also evaluated: the untouched distillation base; students distilled with stages.distill's "
         "settings on the train set's reference thoughts, or on the traces of the teacher before RL",
     )
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM's GPU memory share")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vLLM's GPU memory share", json_schema_extra=RESULT_NEUTRAL
+    )
 
 
 class Stages(Section):
@@ -340,7 +361,7 @@ class Launch(Section):
     vllm_mode: Literal["off", "colocate", "server"] = "off"
     vllm_gpus: int = Field(default=0, ge=0, description="GPUs given to a vLLM server (server mode)")
     tensor_parallel_size: int = Field(default=1, ge=1)
-    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1, json_schema_extra=RESULT_NEUTRAL)
 
     @property
     def world_size(self) -> int:

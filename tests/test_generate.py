@@ -352,13 +352,12 @@ def test_shard_argument():
 def rl_registry(rl_teacher: Path) -> dict:
     """The real stages, with teacher_rl replaced by a copy of `rl_teacher` (RL itself is not under test
     here: what matters is that its artifact differs from the teacher it started from)."""
+    from factory.roles import Role
     from factory.stages.base import Stage, StageResult
 
     class CopiedTeacher(Stage):
-        name, consumes = "teacher_rl", ("teacher",)
-
-        def config(self, recipe):
-            return {"copied_from": str(rl_teacher)}
+        name, consumes, produces = "teacher_rl", (Role.TEACHER,), Role.TEACHER
+        passes_on = {Role.INITIAL_TEACHER: Role.TEACHER}  # as teacher RL: generate's before_rl pass uses it
 
         def run(self, ctx):
             shutil.copytree(rl_teacher, ctx.out_dir / "model", dirs_exist_ok=True)

@@ -449,6 +449,7 @@ stages:
 
 def payload_stages(model_dir: Path) -> dict:
     """Stages that write each kind's real payload (model/, data/*.parquet, report.json) without training."""
+    from factory.roles import Role
     from factory.stages.base import Stage, StageResult
 
     def write(name: str, ctx) -> dict:
@@ -467,18 +468,17 @@ def payload_stages(model_dir: Path) -> dict:
         (ctx.out_dir / "report.json").write_text(json.dumps(metrics))
         return metrics
 
-    consumes = {
-        "teacher_sft": ("teacher", "train_data"), "generate": ("teacher", "reward_student", "train_data"),
-        "distill": ("traces", "distill_base"), "evaluate": ("student", "distill_base", "train_data"),
-    }  # fmt: skip
+    roles = {
+        "teacher_sft": ((Role.TEACHER, Role.TRAIN_DATA), Role.TEACHER),
+        "generate": ((Role.TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA), Role.TRACES),
+        "distill": ((Role.TRACES, Role.DISTILL_BASE), Role.STUDENT),
+        "evaluate": ((Role.STUDENT, Role.DISTILL_BASE, Role.TRAIN_DATA), Role.REPORT),
+    }
     stages = {}
-    for stage_name, inputs in consumes.items():
+    for stage_name, (inputs, output) in roles.items():
 
         class PayloadStage(Stage):
-            name, consumes = stage_name, inputs
-
-            def config(self, recipe):
-                return getattr(recipe.stages, self.name).model_dump(mode="json")
+            name, consumes, produces, sections = stage_name, inputs, output, (f"stages.{stage_name}",)
 
             def run(self, ctx):
                 return StageResult(metrics=write(self.name, ctx), summary="payload written")

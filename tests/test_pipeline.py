@@ -1,4 +1,5 @@
-"""Pipeline engine with stages registered by the test: caching, invalidation, resume, lineage."""
+"""Pipeline engine with stages registered by the test: caching, invalidation, resume, lineage, the
+graph derived from the stages' declarations, one fingerprint rule."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from factory.artifacts import is_complete, read_meta
+from factory.dotted import flatten
 from factory.errors import UserError
-from factory.pipeline import execute, make_plan
+from factory.pipeline import Status, execute, make_plan
 from factory.recipe import load_recipe
-from factory.stages.base import Stage, StageResult
+from factory.roles import Role
+from factory.stages import base, load_stages
+from factory.stages.base import Stage, StageResult, register
 
 RECIPE = """\
 name: toy
@@ -33,14 +37,15 @@ class Recorder:
         self.calls: list[str] = []
 
 
-def make_stage(name: str, consumes: tuple[str, ...], section: str, recorder: Recorder, fail: bool = False) -> Stage:
+def make_stage(name: str, roles: tuple, recorder: Recorder, fail: bool = False) -> Stage:
+    """A stage named like a real one, with the declarations `roles` = (consumes, produces, passes_on)."""
+
     class ToyStage(Stage):
         """Writes a payload derived from its config and its inputs' payloads."""
 
         version = 1
-
-        def config(self, recipe):
-            return getattr(recipe.stages, section).model_dump(mode="json")
+        consumes, produces, passes_on = roles
+        sections = (f"stages.{name}",)
 
         def run(self, ctx):
             recorder.calls.append(self.name)
@@ -54,22 +59,22 @@ def make_stage(name: str, consumes: tuple[str, ...], section: str, recorder: Rec
             return StageResult(metrics={"calls": len(recorder.calls)}, summary=f"{self.name} ok")
 
     ToyStage.name = name
-    ToyStage.consumes = consumes
     return ToyStage()
 
 
+TOY_ROLES = {
+    "teacher_sft": ((Role.TEACHER, Role.TRAIN_DATA), Role.TEACHER, {}),
+    "teacher_rl": (
+        (Role.TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA), Role.TEACHER, {Role.INITIAL_TEACHER: Role.TEACHER}
+    ),
+    "generate": ((Role.TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA), Role.TRACES, {}),
+    "distill": ((Role.TRACES, Role.DISTILL_BASE), Role.STUDENT, {}),
+    "evaluate": ((Role.STUDENT,), Role.REPORT, {}),
+}
+
+
 def toy_registry(recorder: Recorder, failing: str | None = None) -> dict[str, Stage]:
-    specs = {
-        "teacher_sft": (("teacher", "train_data"), "teacher_sft"),
-        "teacher_rl": (("teacher", "reward_student", "train_data"), "teacher_rl"),
-        "generate": (("teacher", "reward_student", "train_data"), "generate"),
-        "distill": (("traces", "distill_base"), "distill"),
-        "evaluate": (("student",), "evaluate"),
-    }
-    return {
-        name: make_stage(name, consumes, section, recorder, fail=(name == failing))
-        for name, (consumes, section) in specs.items()
-    }
+    return {name: make_stage(name, roles, recorder, fail=(name == failing)) for name, roles in TOY_ROLES.items()}
 
 
 @pytest.fixture
@@ -112,8 +117,8 @@ def test_changed_hyperparameter_reruns_that_stage_and_downstream_only(recipe_pat
     plan = make_plan(recipe, tmp_path / "runs", registry)
     status = {s.name: s.status for s in plan.stages}
     assert status == {"teacher_sft": "cached", "teacher_rl": "cached", "generate": "run", "distill": "run", "evaluate": "run"}
-    assert plan.stage("generate").changed == ["temperature"]
-    assert "changed: temperature" in plan.stage("generate").reason
+    assert plan.stage("generate").changed == ["stages.generate.temperature"]
+    assert "changed: stages.generate.temperature" in plan.stage("generate").reason
     assert "input changed: traces" in plan.stage("distill").reason
 
     run(recipe_path, tmp_path / "runs", registry, ["stages.generate.temperature=0.9"])
@@ -193,14 +198,13 @@ def test_manifest_records_lineage_and_metadata(recipe_path, tmp_path):
     assert meta.kind == "model" and meta.role == "student"
     traces_ref = next(ref for ref in meta.inputs if ref.role == "traces")
     assert traces_ref.fingerprint == plan.stage("generate").fingerprint
-    assert "torch" in meta.versions and meta.config["epochs"] == 3.0
+    assert "torch" in meta.versions and meta.config["stages"]["distill"]["epochs"] == 3.0
 
 
 def test_initial_teacher_is_what_rl_started_from(recipe_path, tmp_path):
     registry = toy_registry(Recorder())
-    registry["generate"] = make_stage(
-        "generate", ("teacher", "initial_teacher", "reward_student", "train_data"), "generate", Recorder()
-    )
+    consumes = (Role.TEACHER, Role.INITIAL_TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA)
+    registry["generate"] = make_stage("generate", (consumes, Role.TRACES, {}), Recorder())
     plan = make_plan(load_recipe(recipe_path), tmp_path / "runs", registry)
     inputs = plan.stage("generate").inputs
     assert inputs["teacher"].fingerprint == plan.stage("teacher_rl").fingerprint
@@ -210,3 +214,79 @@ def test_initial_teacher_is_what_rl_started_from(recipe_path, tmp_path):
     no_rl = make_plan(load_recipe(recipe_path, ["stages.teacher_rl.enabled=false"]), tmp_path / "runs", registry)
     inputs = no_rl.stage("generate").inputs
     assert inputs["initial_teacher"].fingerprint == inputs["teacher"].fingerprint == no_rl.stage("teacher_sft").fingerprint
+
+
+class FilterTraces(Stage):
+    """A stage this file alone adds: it refines the traces before distillation. It has no recipe section
+    of its own (nothing turns it off) and reads an existing one; a stage with settings of its own adds a
+    `Section` subclass as field `stages.<name>` of recipe.Stages."""
+
+    name = "filter_traces"
+    consumes = (Role.TRACES,)
+    produces = Role.TRACES
+    sections = ("reward",)
+
+    def run(self, ctx):
+        upstream = (ctx.inputs[Role.TRACES].artifact_dir / "payload.txt").read_text()
+        (ctx.out_dir / "payload.txt").write_text(f"filter_traces[kl={ctx.recipe.reward.kl_coef}]({upstream})")
+        return StageResult(summary="filtered")
+
+
+def test_a_stage_added_by_one_module_is_placed_by_its_roles_planned_and_run(recipe_path, tmp_path, monkeypatch):
+    recorder = Recorder()
+    registry = toy_registry(recorder)
+    monkeypatch.setattr(base, "REGISTRY", registry)  # @register fills this test's registry, not the package's
+    register(FilterTraces)
+    plan, report, _ = run(recipe_path, tmp_path / "runs", registry)
+    order = ["teacher_sft", "teacher_rl", "generate", "filter_traces", "distill", "evaluate"]
+    assert [s.name for s in plan.stages] == order
+    assert plan.stage("distill").inputs[Role.TRACES].artifact_dir == plan.stage("filter_traces").artifact_dir
+    payload = (plan.stage("evaluate").artifact_dir / "payload.txt").read_text()
+    assert payload == "evaluate(distill(filter_traces[kl=3.0](generate(teacher_rl(teacher_sft())))))"
+    assert read_meta(plan.stage("filter_traces").artifact_dir).kind == "dataset"
+
+    plan, report, _ = run(recipe_path, tmp_path / "runs", registry, ["reward.batch_size=2", "reward.chunk_size=64"])
+    assert report.ran == [] and len(report.cached) == 6  # result-neutral keys of its section change nothing
+    plan = make_plan(load_recipe(recipe_path, ["reward.kl_coef=2.5"]), tmp_path / "runs", registry)
+    status = {s.name: s.status for s in plan.stages}
+    assert status["generate"] is Status.CACHED and status["filter_traces"] is Status.RUN
+    assert plan.stage("filter_traces").changed == ["reward.kl_coef"]
+    assert plan.stage("distill").reason == "input changed: traces"
+
+
+def test_register_takes_roles_and_the_graph_refuses_a_cycle(recipe_path, tmp_path):
+    class Untyped(Stage):
+        name, consumes, produces = "untyped", ("traces",), Role.REPORT
+
+    with pytest.raises(TypeError, match="Role members"):
+        register(Untyped)
+
+    class Backwards(Stage):  # makes traces from the student, which distill makes from the traces
+        name, consumes, produces = "backwards", (Role.STUDENT,), Role.TRACES
+
+    registry = {**toy_registry(Recorder()), "backwards": Backwards()}
+    with pytest.raises(ValueError, match="cycle: .*distill .*after backwards"):
+        make_plan(load_recipe(recipe_path), tmp_path / "runs", registry)
+
+
+def test_one_fingerprint_rule_result_neutral_fields_are_left_out(recipe_path, tmp_path):
+    """The real stages: fingerprints hash the declared sections minus the fields recipe.py marks."""
+    stages = ("teacher_rl", "generate", "distill", "evaluate")
+
+    def fingerprints(*overrides: str) -> dict[str, str]:
+        plan = make_plan(load_recipe(recipe_path, list(overrides)), tmp_path / "runs", load_stages())
+        return {name: plan.stage(name).fingerprint for name in stages}
+
+    before = fingerprints()
+    assert fingerprints("reward.batch_size=2", "reward.chunk_size=64", "reward.max_padding=0.5") == before
+    assert fingerprints("stages.generate.batch_size=3", "stages.generate.shards=4") == before
+    assert fingerprints("stages.teacher_rl.report_to=[tensorboard]")["teacher_rl"] == before["teacher_rl"]
+    changed = fingerprints("reward.kl_coef=2.5")
+    assert all(changed[name] != before[name] for name in stages)  # teacher_rl, generate, and downstream
+
+    plan = make_plan(load_recipe(recipe_path), tmp_path / "runs", load_stages())
+    for name in stages:  # every stage that builds student sequences hashes the student format
+        keys = flatten(plan.stage(name).config)
+        assert {"formats.student_system", "formats.student_padding", "formats.student_separator"} <= set(keys)
+    assert "reward.kl_coef" in flatten(plan.stage("teacher_rl").config)
+    assert "reward.batch_size" not in flatten(plan.stage("generate").config)

@@ -22,10 +22,11 @@ from typing import Any
 
 from factory.artifacts import ArtifactMeta
 from factory.errors import UserError
+from factory.roles import Role
 
 RECORD_FILE = "factory.json"
 CARD_FILE = "README.md"
-REPO_TYPES = {"teacher": "model", "traces": "dataset", "student": "model"}  # role -> repo type; suffix = role
+REPO_TYPES = {role: role.repo_type for role in Role if role.repo_type}  # role -> repo type; suffix = role
 PLOT_SUFFIXES = (".png", ".csv")
 EVAL_DIR = "eval/"
 PLOTS_DIR = "plots/"

@@ -16,7 +16,7 @@ from typing import Callable
 from factory.artifacts import is_complete, write_json_atomic
 from factory.errors import UserError
 from factory.hub.store import PublishedRef
-from factory.recipe import STAGE_ORDER, recipe_from_dict
+from factory.recipe import recipe_from_dict
 
 MANIFEST = "manifest.json"
 
@@ -52,9 +52,8 @@ def push_run(
     recipe = recipe_from_dict(manifest["recipe"], overrides, origin=f"{manifest_path} (recipe)")
     store = HubStore(recipe, log=log)
     results: dict[str, PublishedRef | None] = {}
-    for stage in STAGE_ORDER:
-        entry = manifest.get("stages", {}).get(stage)
-        if not entry or entry.get("status") != "complete":
+    for stage, entry in manifest.get("stages", {}).items():  # in plan order (factory.pipeline.execute)
+        if entry.get("status") != "complete":
             continue
         artifact_dir = manifest_path.parent / entry["artifact_dir"]
         if not is_complete(artifact_dir):

@@ -1,16 +1,17 @@
 """The stage contract and registry: how a stage plugs into the pipeline without touching it.
 
-A stage is a registered object with one entry point, `run(ctx) -> StageResult`. Its name fixes the
-role of what it produces (`teacher`, `traces`, `student`, `report`); it declares the roles it consumes, the
-slice of the recipe that determines its output (hashed into its fingerprint) and a code version
-(bump it when a change makes old artifacts stale). The pipeline resolves each consumed role to the
-artifact of the nearest enabled upstream stage producing it, or to the recipe's base input.
+A stage is a registered object with one entry point, `run(ctx) -> StageResult`, and declarations the
+pipeline reads (factory.graph, factory.pipeline): the roles it consumes and the one it produces
+(factory.roles.Role), the recipe sections that determine its output and a code version (bump it when
+a change makes old artifacts stale). Its fingerprint hashes those sections minus the fields the schema
+marks result-neutral (`section_config`), with its inputs' fingerprints and its version: one rule for
+every stage. The pipeline resolves each consumed role to the artifact of the nearest enabled upstream
+stage producing it, or to the recipe's base input.
 
 `check(recipe)` holds the stage's own rules on the recipe (batch sizes that divide, settings that
 must agree): pure and cheap, so `validate`, `plan` and `run` report every mistake together before
 any stage does work (factory.pipeline.preflight), instead of one stage failing hours into a run.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,8 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from factory.errors import Problem, UserError
+from factory.roles import Role
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from factory.artifacts import ArtifactMeta
     from factory.recipe import DataSource, EvalSet, ModelSpec, Recipe
 
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
 class ResolvedInput:
     """One consumed role: an upstream artifact folder, or a base model / dataset of the recipe."""
 
-    role: str
+    role: Role
     fingerprint: str
     artifact_dir: Path | None = None
     meta: "ArtifactMeta | None" = None
@@ -70,7 +74,7 @@ class StageContext:
     run_dir: Path
     out_dir: Path
     fingerprint: str
-    inputs: dict[str, ResolvedInput]
+    inputs: dict[Role, ResolvedInput]
     log: Callable[[str], None] = print
 
 
@@ -126,35 +130,33 @@ def thought_problems(recipe: "Recipe", who: str) -> list[Problem]:
     return []
 
 
-# What each stage produces: the role names the Hub repo suffix and what downstream stages consume.
-STAGE_ROLES = {
-    "teacher_sft": "teacher",
-    "teacher_rl": "teacher",
-    "generate": "traces",
-    "distill": "student",
-    "evaluate": "report",
-}
-ROLE_KINDS = {"teacher": "model", "traces": "dataset", "student": "model", "report": "report"}
-
-
 class Stage:
-    """Base class; subclasses set `name`, `consumes`, `version` and implement `config` and `run`."""
+    """Base class: a subclass sets the declarations below and implements `run`.
+
+    name       its artifacts' folder prefix, its `--only`/`--from` name, and its recipe section
+               `stages.<name>` when it has one (with no section, nothing turns it off)
+    consumes   the roles it reads (`ctx.inputs` keys)
+    produces   the role of its artifact (its kind: model, dataset or report)
+    passes_on  roles it hands downstream from its own inputs: teacher RL's {INITIAL_TEACHER: TEACHER}
+               (generate compares the teacher before and after RL)
+    sections   dotted recipe paths that determine its output: its fingerprint hashes them
+    version    bump when a code change makes old artifacts stale
+    """
 
     name: ClassVar[str]
-    consumes: ClassVar[tuple[str, ...]] = ()
+    consumes: ClassVar[tuple[Role, ...]] = ()
+    produces: ClassVar[Role]
+    passes_on: ClassVar[dict[Role, Role]] = {}
+    sections: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1
 
     @property
-    def role(self) -> str:
-        return STAGE_ROLES[self.name]
-
-    @property
     def kind(self) -> str:
-        return ROLE_KINDS[self.role]
+        return self.produces.kind
 
-    def config(self, recipe: "Recipe") -> dict[str, Any]:
-        """The recipe slice that determines this stage's output (its fingerprint's own part)."""
-        raise NotImplementedError
+    def sections_for(self, recipe: "Recipe") -> tuple[str, ...]:
+        """The sections it reads with this recipe: `sections`, plus any that only some settings read."""
+        return self.sections
 
     def check(self, recipe: "Recipe") -> list[Problem]:
         """This stage's mistakes in `recipe`, found without a model or a full read of any data."""
@@ -168,18 +170,18 @@ class Stage:
         raise NotImplementedError
 
 
-def recipe_slice(recipe: "Recipe", *paths: str) -> dict[str, Any]:
-    """The parts of the recipe at the dotted `paths`, nested as in the recipe.
-
-    A stage's `config` returns this, so `plan` reports a changed key by its real recipe path
-    (`stages.generate.temperature`, `reward.kl_coef`).
-    """
-    data = recipe.model_dump(mode="json")
+def section_config(recipe: "Recipe", sections: tuple[str, ...]) -> dict[str, Any]:
+    """The recipe at the dotted `sections`, nested as in the recipe, without the fields the schema marks
+    result-neutral (recipe.RESULT_NEUTRAL): the part of a stage's fingerprint that is its own. Nested by
+    real path, so `plan` names a changed key as the recipe spells it (`reward.kl_coef`)."""
+    data = recipe.model_dump(mode="json", exclude=_neutral_fields(recipe))
     sliced: dict[str, Any] = {}
-    for path in paths:
+    for path in sections:
         parts = path.split(".")
         value: Any = data
         for part in parts:
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"section {path!r}: the recipe has no such key, or it is marked result-neutral")
             value = value[part]
         target = sliced
         for part in parts[:-1]:
@@ -188,12 +190,36 @@ def recipe_slice(recipe: "Recipe", *paths: str) -> dict[str, Any]:
     return sliced
 
 
+def _neutral_fields(model: "BaseModel") -> dict[str, Any]:
+    """pydantic's `exclude` tree of the result-neutral fields in `model` and the sections under it."""
+    from pydantic import BaseModel
+
+    tree: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("affects_results") is False:
+            tree[name] = True
+        elif isinstance(value, BaseModel):
+            tree[name] = _neutral_fields(value)
+        elif isinstance(value, list):
+            items = (_neutral_fields(item) if isinstance(item, BaseModel) else {} for item in value)
+            tree[name] = {index: sub for index, sub in enumerate(items) if sub}
+    return {name: sub for name, sub in tree.items() if sub}
+
+
+# The student format's keys (factory.formats.StudentFormat): a stage that builds student sequences hashes them.
+STUDENT_FORMAT = ("formats.student_system", "formats.student_padding", "formats.student_separator")
+
 REGISTRY: dict[str, Stage] = {}
 
 
 def register(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage known to the pipeline under its `name`."""
-    if cls.name not in STAGE_ROLES:
-        raise ValueError(f"unknown stage name {cls.name!r}; stages: {', '.join(STAGE_ROLES)}")
+    """Class decorator: make a stage known to the pipeline under its `name`; its roles must be Roles."""
+    roles = [getattr(cls, "produces", None), *cls.consumes, *cls.passes_on, *cls.passes_on.values()]
+    if not all(isinstance(role, Role) for role in roles):
+        raise TypeError(f"stage {cls.__name__}: produces, consumes and passes_on take factory.roles.Role members")
+    if not set(cls.passes_on.values()) <= set(cls.consumes):
+        raise ValueError(f"stage {cls.name}: passes_on hands on roles it does not consume")
     REGISTRY[cls.name] = cls()
     return cls

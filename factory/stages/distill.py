@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from factory.errors import UserError
+from factory.roles import Role
 from factory.stages.base import (
+    STUDENT_FORMAT,
     Problem,
     ResolvedInput,
     Stage,
     StageContext,
     StageResult,
-    recipe_slice,
     register,
     thought_problems,
 )
@@ -152,13 +153,10 @@ def distill_model(
 @register
 class DistillStage(Stage):
     name = "distill"
-    consumes = ("traces", "distill_base")
+    consumes = (Role.TRACES, Role.DISTILL_BASE)
+    produces = Role.STUDENT
+    sections = ("stages.distill", *STUDENT_FORMAT)
     version = 2  # 2: the reference student format (padding inside tags, the data's system prompt)
-
-    def config(self, recipe: "Recipe") -> dict[str, Any]:
-        return recipe_slice(
-            recipe, "stages.distill", "formats.student_system", "formats.student_padding", "formats.student_separator"
-        )
 
     def check(self, recipe: "Recipe") -> list[Problem]:
         problems = check_settings(recipe)

@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from factory.errors import UserError
+from factory.roles import Role
 from factory.stages.base import (
+    STUDENT_FORMAT,
     Problem,
     Stage,
     StageContext,
     StageResult,
     eval_set_problems,
-    recipe_slice,
     register,
     thought_problems,
     vllm_problems,
@@ -327,14 +328,16 @@ def _distill_baseline(ctx: StageContext, name: str) -> str:
 class EvaluateStage(Stage):
     name = "evaluate"
     # distill_base: the `distill_base` baseline; train_data and traces: the distilled baselines' rows
-    consumes = ("student", "distill_base", "train_data", "traces")
+    consumes = (Role.STUDENT, Role.DISTILL_BASE, Role.TRAIN_DATA, Role.TRACES)
+    produces = Role.REPORT
+    # the student format: the system prompt of the questions, and the distilled baselines' training rows
+    sections = ("stages.evaluate", "data.eval", *STUDENT_FORMAT, "models.distill_base.dtype")
     version = 3  # 3: prompts in SkyThought's templates, GPQA options from columns, protocol recorded
 
-    def config(self, recipe: "Recipe") -> dict[str, Any]:
-        paths = ["stages.evaluate", "data.eval", "formats.student_system", "models.distill_base.dtype"]
-        if set(DISTILLED_BASELINES) & set(recipe.stages.evaluate.baselines):
-            paths.append("stages.distill")
-        return recipe_slice(recipe, *paths)
+    def sections_for(self, recipe: "Recipe") -> tuple[str, ...]:
+        """stages.distill too when a distilled baseline trains with it."""
+        distilled = set(DISTILLED_BASELINES) & set(recipe.stages.evaluate.baselines)
+        return self.sections + ("stages.distill",) * bool(distilled)
 
     def check(self, recipe: "Recipe") -> list[Problem]:
         """The eval sets, the engine; for a distilled baseline, the distill settings it trains with and its rows."""

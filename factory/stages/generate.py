@@ -83,13 +83,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from factory.errors import UserError
 from factory.hub.content import BEFORE_RL
+from factory.roles import Role
 from factory.stages.base import (
     Problem,
     Stage,
     StageContext,
     StageResult,
     eval_set_problems,
-    recipe_slice,
     register,
     vllm_problems,
 )
@@ -101,33 +101,6 @@ if TYPE_CHECKING:
     from factory.stages.base import ResolvedInput
     from factory.stages.generate_worker import Job, Questions
 
-# What determines the traces; throughput knobs (batch_size, shards, gpu_memory_utilization) are left out.
-CONFIG_PATHS = (
-    "stages.generate.engine",
-    "stages.generate.n",
-    "stages.generate.temperature",
-    "stages.generate.top_p",
-    "stages.generate.max_new_tokens",
-    "stages.generate.seed",
-    "stages.generate.limit",
-    "stages.generate.decontaminate_ngram",
-    "stages.generate.drop_unclosed",
-    "stages.generate.drop_leaked",
-    "stages.generate.before_rl",
-    "formats.teacher_system",
-    "formats.student_system",
-    "formats.student_padding",
-    "formats.student_separator",
-    "reward.kl_coef",
-    "reward.alpha",
-    "reward.kl_estimator",
-    "reward.teacher_temperature",
-    "reward.student_temperature",
-    "reward.missing_tag_penalty",
-    "reward.empty_span_penalty",
-    "reward.max_length",
-    "data.eval",
-)
 SPLIT = "train"
 ROWS_PER_FILE = 50_000
 MAIN_WORK = "work"  # the main pass's work folder; the initial teacher's is work/before_rl/
@@ -139,11 +112,10 @@ WAIT_S = 10.0  # how often a run looks at the claims it waits for
 @register
 class GenerateStage(Stage):
     name = "generate"
-    consumes = ("teacher", "initial_teacher", "reward_student", "train_data")
+    consumes = (Role.TEACHER, Role.INITIAL_TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA)
+    produces = Role.TRACES
+    sections = ("stages.generate", "formats", "reward", "data.eval")  # data.eval: decontamination
     version = 2  # 2: the reference layouts (padded tags, spans up to the closing tags), empty spans penalised
-
-    def config(self, recipe: "Recipe") -> dict[str, Any]:
-        return recipe_slice(recipe, *CONFIG_PATHS)
 
     def check(self, recipe: "Recipe") -> list[Problem]:
         """The eval sets (read to decontaminate), the engine; sampling settings that disagree with the reward or RL."""

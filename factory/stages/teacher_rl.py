@@ -28,7 +28,8 @@ from factory.errors import UserError
 from factory.formats import check_same_vocabulary, student_format, teacher_prompt_ids
 from factory.launch import run_worker
 from factory.recipe import Launch, Recipe
-from factory.stages.base import Problem, Stage, StageContext, StageResult, recipe_slice, register, vllm_problems
+from factory.roles import Role
+from factory.stages.base import Problem, Stage, StageContext, StageResult, register, vllm_problems
 from factory.stages.handoff import ROLLOUTS_FILE, VLLM_SERVER_PORT
 from factory.training import LOGS, check_report_to, model_entry, read_result, write_job, write_rows
 
@@ -112,11 +113,11 @@ def vllm_server(recipe: Recipe, model_path: str, out_dir: Path, log: Callable[[s
 @register
 class TeacherRL(Stage):
     name = "teacher_rl"
-    consumes = ("teacher", "reward_student", "train_data")
+    consumes = (Role.TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA)
+    produces = Role.TEACHER
+    passes_on = {Role.INITIAL_TEACHER: Role.TEACHER}  # the teacher before RL, for generate's before_rl pass
+    sections = ("stages.teacher_rl", "reward", "formats")
     version = 2  # 2: the reference layouts and spans, empty spans penalised, whole sequences scored
-
-    def config(self, recipe):
-        return recipe_slice(recipe, "stages.teacher_rl", "reward", "formats")
 
     def check(self, recipe):
         rl, launch, reward = recipe.stages.teacher_rl, recipe.launch, recipe.reward

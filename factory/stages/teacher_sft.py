@@ -18,7 +18,8 @@ from typing import Any
 from factory.errors import UserError
 from factory.formats import teacher_prompt_ids, teacher_target
 from factory.launch import run_worker
-from factory.stages.base import Stage, StageContext, StageResult, recipe_slice, register, thought_problems
+from factory.roles import Role
+from factory.stages.base import Stage, StageContext, StageResult, register, thought_problems
 from factory.stages.handoff import IGNORE
 from factory.training import check_sft_settings, model_entry, read_result, write_job, write_rows
 
@@ -63,11 +64,10 @@ def sft_examples(
 @register
 class TeacherSFT(Stage):
     name = "teacher_sft"
-    consumes = ("teacher", "train_data")
+    consumes = (Role.TEACHER, Role.TRAIN_DATA)
+    produces = Role.TEACHER
+    sections = ("stages.teacher_sft", "formats.teacher_system")
     version = 2  # 2: the reference layout (padded solution in the prompt, padded targets)
-
-    def config(self, recipe):
-        return recipe_slice(recipe, "stages.teacher_sft", "formats.teacher_system")
 
     def check(self, recipe):
         problems = check_sft_settings(recipe.stages.teacher_sft, "stages.teacher_sft", recipe.launch.world_size)
