@@ -21,12 +21,14 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete, read_meta, write_json_atomic
 from factory.data import resolve_revision as resolve_data_revision
@@ -39,9 +41,6 @@ from factory.roles import Role
 from factory.stages.base import Problem, ResolvedInput, Stage, StageContext, problems_of, section_config
 
 MANIFEST = "manifest.json"
-# Peak dense bf16 of one H100 SXM and an MFU typical of LLM training: only for rough plan estimates.
-H100_BF16_FLOPS = 989e12
-ASSUMED_MFU = 0.35
 
 
 class Status(StrEnum):
@@ -91,7 +90,7 @@ def preflight(recipe: Recipe, registry: dict[str, Stage], running: bool = False)
     for role in base_roles(recipe, registry, order):
         spec = base_spec(recipe, role)
         check = check_model_source if isinstance(spec, ModelSpec) else check_data_source
-        problems += problems_of(f"{role.recipe_key}.source", lambda: check(spec))
+        problems += problems_of(f"{role.recipe_key}.source", partial(check, spec))
     for name in order:
         if enabled(recipe, name) and name in registry:
             problems += registry[name].check(recipe)
@@ -150,12 +149,6 @@ class Plan:
         return target_for(namespace, self.recipe.name, role).repo if role and role.repo_type and namespace else None
 
 
-def _check_stage_names(names: list[str], order: list[str]) -> None:
-    for name in names:
-        if name not in order:
-            raise UserError(f"stage {name}: no such stage (stages: {', '.join(order)})")
-
-
 def load_manifest(recipe_dir: Path) -> dict[str, Any]:
     path = recipe_dir / MANIFEST
     if not path.is_file():
@@ -177,7 +170,9 @@ def make_plan(
     The preflight runs first: a recipe with a mistake is refused before anything is read or written
     (`running`: the plan is for running here, see `preflight`)."""
     order = stage_order(registry, recipe)
-    _check_stage_names(list(force) + list(only) + ([from_stage] if from_stage else []), order)
+    for name in [*force, *only, *([from_stage] if from_stage else [])]:
+        if name not in order:
+            raise UserError(f"stage {name}: no such stage (stages: {', '.join(order)})")
     warnings = preflight(recipe, registry, running)
     recipe_dir = run_dir / recipe.name
     previous = load_manifest(recipe_dir).get("stages", {})
@@ -228,11 +223,7 @@ def make_plan(
 
 
 def _resolve_inputs(
-    planned: PlannedStage,
-    stage: Stage,
-    recipe: Recipe,
-    produced: dict[Role, PlannedStage],
-    revisions: dict[str, str],
+    planned: PlannedStage, stage: Stage, recipe: Recipe, produced: dict[Role, PlannedStage], revisions: dict[str, str]
 ) -> str:
     """Fill `planned.inputs`; return why the stage cannot run, or '' when it can."""
     for role in stage.consumes:
@@ -371,9 +362,9 @@ def execute(
             report.summaries[planned.name] = summary
             entries[planned.name] = _manifest_entry(plan, planned, None)
             _publish(publisher, planned, entries[planned.name])
-            manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
             write_json_atomic(plan.recipe_dir / MANIFEST, manifest)
-        manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
         write_json_atomic(plan.recipe_dir / MANIFEST, manifest)
     return report
 
@@ -397,7 +388,7 @@ def _refresh_inputs_meta(planned: PlannedStage) -> None:
 def _run_stage(plan: Plan, planned: PlannedStage, entries: dict[str, Any], log: Callable[[str], None]) -> str:
     out_dir = planned.artifact_dir
     if planned.forced and out_dir.exists():
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         shutil.move(str(out_dir), str(out_dir.with_name(f"{out_dir.name}.replaced-{stamp}")))
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"[{planned.status}] {planned.name}: {planned.reason}")
@@ -454,11 +445,3 @@ def _manifest_entry(plan: Plan, planned: PlannedStage, published: dict[str, Any]
         "input_sources": {role: item.describe() for role, item in planned.inputs.items()},
         "published": published,
     }
-
-
-# --------------------------------------------------------------------------------------- estimate
-
-
-def gpu_hours(flops: float) -> float:
-    """FLOPs -> H100-hours at an assumed MFU; a rough order of magnitude for `plan`."""
-    return flops / (H100_BF16_FLOPS * ASSUMED_MFU) / 3600

@@ -6,7 +6,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from factory.dotted import flatten
-from factory.pipeline import Plan, PlannedStage, RunReport, Status, gpu_hours
+from factory.pipeline import Plan, PlannedStage, RunReport, Status
+
+# Peak dense bf16 of one H100 SXM and an MFU typical of LLM training: only for rough plan estimates.
+H100_BF16_FLOPS = 989e12
+ASSUMED_MFU = 0.35
 
 STATUS_STYLE = {
     Status.CACHED: "green",
@@ -17,6 +21,11 @@ STATUS_STYLE = {
     Status.UNREGISTERED: "red",
     Status.BLOCKED: "red",
 }
+
+
+def gpu_hours(flops: float) -> float:
+    """FLOPs -> H100-hours at an assumed MFU; a rough order of magnitude for `plan`."""
+    return flops / (H100_BF16_FLOPS * ASSUMED_MFU) / 3600
 
 
 def _destination(plan: Plan, planned: PlannedStage) -> str:

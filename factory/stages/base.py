@@ -14,9 +14,10 @@ any stage does work (factory.pipeline.preflight), instead of one stage failing h
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from factory.errors import Problem, UserError
 from factory.roles import Role
@@ -35,16 +36,16 @@ class ResolvedInput:
     role: Role
     fingerprint: str
     artifact_dir: Path | None = None
-    meta: "ArtifactMeta | None" = None
-    model: "ModelSpec | None" = None
-    data: "DataSource | None" = None
+    meta: ArtifactMeta | None = None
+    model: ModelSpec | None = None
+    data: DataSource | None = None
     resolved_revision: str | None = None
 
     @property
     def is_artifact(self) -> bool:
         return self.artifact_dir is not None
 
-    def model_source(self) -> "ModelSpec | str":
+    def model_source(self) -> ModelSpec | str:
         """What `factory.models.load_*` takes: the artifact's `model/` folder, or the base ModelSpec."""
         if self.artifact_dir is not None:
             return str(self.artifact_dir / "model")
@@ -70,7 +71,7 @@ class StageContext:
     stage resumes from it (checkpoints, finished shards) instead of starting over.
     """
 
-    recipe: "Recipe"
+    recipe: Recipe
     run_dir: Path
     out_dir: Path
     fingerprint: str
@@ -94,7 +95,7 @@ def problems_of(key: str, check: Callable[[], object]) -> list[Problem]:
     return []
 
 
-def data_problems(source: "DataSource | EvalSet", key: str) -> list[Problem]:
+def data_problems(source: DataSource | EvalSet, key: str) -> list[Problem]:
     """A data set a stage reads: readable, with the columns it needs (its first row only); `key`
     names its `source`."""
     from factory.data import check_data_source
@@ -102,7 +103,7 @@ def data_problems(source: "DataSource | EvalSet", key: str) -> list[Problem]:
     return problems_of(key, lambda: check_data_source(source))
 
 
-def eval_set_problems(recipe: "Recipe") -> list[Problem]:
+def eval_set_problems(recipe: Recipe) -> list[Problem]:
     return [p for i, s in enumerate(recipe.data.eval) for p in data_problems(s, f"data.eval.{i}.source")]
 
 
@@ -115,7 +116,7 @@ def vllm_problems(wanted: bool, key: str) -> list[Problem]:
     return []
 
 
-def thought_problems(recipe: "Recipe", who: str) -> list[Problem]:
+def thought_problems(recipe: Recipe, who: str) -> list[Problem]:
     """`who` trains on the train set's reference thoughts: a jsonl/hub train set without a
     thought column has none (stratos and quickstart rows carry theirs)."""
     train = recipe.data.train
@@ -154,15 +155,15 @@ class Stage:
     def kind(self) -> str:
         return self.produces.kind
 
-    def sections_for(self, recipe: "Recipe") -> tuple[str, ...]:
+    def sections_for(self, recipe: Recipe) -> tuple[str, ...]:
         """The sections it reads with this recipe: `sections`, plus any that only some settings read."""
         return self.sections
 
-    def check(self, recipe: "Recipe") -> list[Problem]:
+    def check(self, recipe: Recipe) -> list[Problem]:
         """This stage's mistakes in `recipe`, found without a model or a full read of any data."""
         return []
 
-    def estimate(self, recipe: "Recipe") -> dict[str, float]:
+    def estimate(self, recipe: Recipe) -> dict[str, float]:
         """Rough compute for `plan`: {'tokens': ..., 'flops': ...}; empty when unknown."""
         return {}
 
@@ -170,7 +171,7 @@ class Stage:
         raise NotImplementedError
 
 
-def section_config(recipe: "Recipe", sections: tuple[str, ...]) -> dict[str, Any]:
+def section_config(recipe: Recipe, sections: tuple[str, ...]) -> dict[str, Any]:
     """The recipe at the dotted `sections`, nested as in the recipe, without the fields the schema marks
     result-neutral (recipe.RESULT_NEUTRAL): the part of a stage's fingerprint that is its own. Nested by
     real path, so `plan` names a changed key as the recipe spells it (`reward.kl_coef`)."""
@@ -190,7 +191,7 @@ def section_config(recipe: "Recipe", sections: tuple[str, ...]) -> dict[str, Any
     return sliced
 
 
-def _neutral_fields(model: "BaseModel") -> dict[str, Any]:
+def _neutral_fields(model: BaseModel) -> dict[str, Any]:
     """pydantic's `exclude` tree of the result-neutral fields in `model` and the sections under it."""
     from pydantic import BaseModel
 
