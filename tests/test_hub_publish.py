@@ -24,6 +24,7 @@ from factory.artifacts import ArtifactMeta, InputRef, mark_complete
 from factory.errors import UserError
 from factory.hub import LocalStore, open_store
 from factory.hub.hub_store import HubStore
+from factory.qa import paired_bootstrap
 from factory.recipe import Recipe, recipe_to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -545,6 +546,7 @@ def before_after_artifact(folder: Path, teacher: Path, after: list[float], befor
 
     gain = (sum(after) - sum(before)) / len(after)
     metrics = {**figures(after), "before_rl": figures(before), "reward_gain_vs_before_rl": gain}
+    metrics["reward_gain_vs_before_rl_paired"] = paired_bootstrap(dict(enumerate(before)), dict(enumerate(after)))
     inputs = [upstream(teacher, "teacher"), base_ref("initial_teacher"), base_ref("reward_student")]
     return finish(folder, "dataset", "generate", "traces", config, inputs, metrics)
 
@@ -589,6 +591,11 @@ def test_traces_before_and_after_rl_deploy_the_compare_space(store, hub_env, tmp
     card = dataset_card_text("v1")
     assert "## Before vs after RL" in card
     assert "before RL **1** → after RL **2** (+1; 3 vs 3 traces); all candidates: 0.75 → 1.75." in card
+    paired = paired_bootstrap({0: 0.5, 1: 0.5, 2: 2.0}, {0: 1.0, 1: 2.0, 2: 3.0})
+    assert (
+        f"Paired by question (3 questions with a trace in both): mean difference +1, 95% percentile bootstrap "
+        f"interval [{paired['low']:+.4g}, {paired['high']:+.4g}] (10,000 resamples, seed 0)." in card
+    )
     assert f"the Space [{SPACE_REPO}]({space_url})" in card
     assert f"`factory compare {TRACES_REPO}@v1 {TRACES_REPO}@v1#before_rl`" in card
     assert f'load_dataset("{TRACES_REPO}", "before_rl", revision="v1")' in card

@@ -342,6 +342,13 @@ def _before_after(metrics: dict[str, Any], comparison: dict[str, Any] | None) ->
             f"({metrics['reward_gain_vs_before_rl']:+.4g}; {before['rows']} vs {metrics['rows']} traces); "
             f"all candidates: {before_all:.4g} → {after_all:.4g}.\n"
         )
+        paired = metrics.get("reward_gain_vs_before_rl_paired")
+        if paired:
+            lines.append(
+                f"Paired by question ({paired['questions']} questions with a trace in both): mean difference "
+                f"{paired['mean']:+.4g}, {paired['level']:.0%} percentile bootstrap interval [{paired['low']:+.4g}, "
+                f"{paired['high']:+.4g}] ({paired['resamples']:,} resamples, seed {paired['seed']}).\n"
+            )
     else:
         lines.append(
             f"No explanation of the teacher before RL passed the checks; mean RLT reward of all candidates: "
