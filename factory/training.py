@@ -203,6 +203,21 @@ def tf32(on: bool) -> bool | None:
     return on if is_torch_tf32_available() else None
 
 
+def head_on_labelled_positions() -> None:
+    """Make TRL's fused LM head skip the positions without a label on CPU too, as it does on CUDA and XPU.
+
+    TRL 1.16 (`trl.trainer.utils.add_fused_lm_head`, used by the SFT and GRPO losses and GRPO's reference
+    forward) runs the output head over every position off Triton devices, so that tile shapes stay fixed for
+    compilers such as Neuron's, and zeroes the unlabelled ones after; eager CPU has nothing to recompile. The
+    log-probabilities of the labelled positions, hence the loss and its gradients, are the same; the head's
+    work on prompt tokens (four fifths of a teacher warm-up row, the whole prompt in GRPO) is not done.
+    """
+    import trl.trainer.utils as fused_head
+    from trl.kernels.chunked_logprob import _use_triton
+
+    fused_head._use_triton = lambda device: device.type == "cpu" or _use_triton(device)
+
+
 # ----------------------------------------------------------------------------------- checkpoints
 
 

@@ -19,6 +19,7 @@ from factory.training import (
     checkpoint_step,
     common_arguments,
     finish,
+    head_on_labelled_positions,
     history_rows,
     last_checkpoint,
     mean_loss,
@@ -68,6 +69,7 @@ def build_trainer(job: dict[str, Any]):
 
     from factory.models import load_tokenizer, resolve_model_path
 
+    head_on_labelled_positions()
     spec = model_spec(job["base"])
     tokenizer = load_tokenizer(spec)
     dataset = Dataset.from_list(read_rows(Path(job["out_dir"]) / job["rows"]))

@@ -36,6 +36,7 @@ from factory.training import (
     checkpoint_step,
     common_arguments,
     finish,
+    head_on_labelled_positions,
     history_rows,
     last_checkpoint,
     model_spec,
@@ -306,6 +307,7 @@ class RLTGRPOTrainer(ExactResume, GRPOTrainer):
 
 def build_trainer(job: dict[str, Any]) -> tuple[RLTGRPOTrainer, Any, RolloutLog]:
     """The trainer of a job (reward attached), the teacher tokenizer and the rollout log."""
+    head_on_labelled_positions()
     recipe = Recipe.model_validate(job["recipe"])
     out_dir = Path(job["out_dir"])
     teacher, student = model_spec(job["teacher"]), model_spec(job["reward_student"])

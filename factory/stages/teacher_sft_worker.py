@@ -23,6 +23,7 @@ from factory.training import (
     checkpoint_step,
     common_arguments,
     finish,
+    head_on_labelled_positions,
     history_rows,
     last_checkpoint,
     mean_loss,
@@ -75,6 +76,7 @@ def sft_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code: 
 
 def build_trainer(job: dict[str, Any]) -> tuple[SFTTrainer, Any]:
     """The SFTTrainer of a job, and the teacher tokenizer."""
+    head_on_labelled_positions()
     recipe = Recipe.model_validate(job["recipe"])
     out_dir = Path(job["out_dir"])
     spec = model_spec(job["teacher"])
