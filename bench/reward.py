@@ -2,7 +2,7 @@
 
 For each model: the same items (mixed lengths around --prompt/--explanation/--solution tokens)
 are scored by the reference (batch 1, full-vocabulary log-softmax over whole sequences) and by
-`factory.reward.RLTReward` at each --batches size; prints explanations/s, tokens/s (teacher +
+`factory.rewards.rlt.RLTReward` at each --batches size; prints explanations/s, tokens/s (teacher +
 student sequence tokens), peak memory above the starting point (CPU: resident set sampled every
 millisecond; CUDA: the allocator's peak), the largest component difference to the reference, and
 the arithmetic bound of the speed-up: reference / batched matmul FLOPs (RLTReward.work counts the
@@ -34,7 +34,7 @@ from rlt_reference import reference_for  # noqa: E402
 from tiny import build_model, build_tokenizer  # noqa: E402
 
 from factory.recipe import Reward  # noqa: E402
-from factory.reward import COMPONENTS, ForwardWork, RewardItem, RLTReward  # noqa: E402
+from factory.rewards.rlt import COMPONENTS, ForwardWork, RewardItem, RLTReward  # noqa: E402
 
 WORDS = "add the units then tens carry one so total is nine seven twelve speed distance time equals hence".split()
 

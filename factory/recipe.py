@@ -147,8 +147,30 @@ class Formats(Section):
     student_separator: str = Field(default="\n\n", description="between the thought's closing and the solution's opening tag")
 
 
+class CorrectGeneration(Section):
+    """The reference's optional correct-generation term (`correct_generation_coeff`, 0 and unimplemented
+    there): the reward student, given the question and the explanation, answers `rollouts` times; the
+    term is the fraction of answers math-verify finds equal to the reference solution's final answer."""
+
+    rollouts: int = Field(default=8, ge=1, description="answers per explanation (the reference's correct_generation_rollouts)")
+    temperature: float = Field(default=0.7, ge=0, description="the student's sampling temperature; 0: greedy")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=1024, ge=1, description="longest answer, tokens")
+    seed: int = Field(default=0, description="answers are seeded per question and explanation from this")
+
+
 class Reward(Section):
-    """The RLT reward (RLT.md): r = r_SS - lambda * r_KL with alpha-weighted min/max terms."""
+    """The reward: `terms` summed with coefficients. `rlt` (RLT.md) is r = r_SS - lambda * r_KL with
+    alpha-weighted min/max terms, its keys below; `correct_generation` is `correct_generation`'s section."""
+
+    terms: list[Literal["rlt", "correct_generation"]] = Field(
+        default_factory=lambda: ["rlt"],
+        min_length=1,
+        description="the reward's terms, summed: rlt weighs 1, correct_generation correct_generation_coeff; "
+        "one term of weight 1 is the reward itself (its components unprefixed)",
+    )
+    correct_generation_coeff: float = Field(default=1.0, description="the correct_generation term's weight in the sum")
+    correct_generation: CorrectGeneration = Field(default_factory=CorrectGeneration)
 
     kl_coef: float = Field(default=3.0, ge=0, description="lambda")
     alpha: float = Field(default=0.01, ge=0)
@@ -178,6 +200,13 @@ class Reward(Section):
     chunk_size: int = Field(
         default=512, ge=1, description="positions per log-softmax chunk", json_schema_extra=RESULT_NEUTRAL
     )
+
+    @field_validator("terms")
+    @classmethod
+    def _unique_terms(cls, terms: list[str]) -> list[str]:
+        if len(set(terms)) < len(terms):
+            raise ValueError(f"each term once: {terms}")
+        return terms
 
 
 # ----------------------------------------------------------------------------------------- stages
@@ -447,6 +476,18 @@ class Recipe(Section):
                 f"{self.reward.max_length} would cut explanations before they are scored: the longest teacher sequence "
                 f"is at least {what} = {needed} tokens; remove the key (it then defaults to "
                 f"{rl.max_prompt_length + max(explanations)}) or raise it",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reward_terms(self) -> "Recipe":
+        """The correct_generation term decodes with the reward student, step by step until each answer ends:
+        ranks would run different numbers of forwards, which a ZeRO-3-sharded student cannot."""
+        if "correct_generation" in self.reward.terms and self.stages.teacher_rl.enabled and self.launch.preset == "zero3":
+            raise _combination_error(
+                "reward.terms",
+                "correct_generation needs the reward student whole on each rank; teacher_rl under launch.preset "
+                "zero3 shards it: use ddp or fsdp2, or leave correct_generation out",
             )
         return self
 

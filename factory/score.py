@@ -1,7 +1,8 @@
-"""`factory score`: the RLT reward of every row of an explanation dataset.
+"""`factory score`: the reward of every row of an explanation dataset (the recipe's `reward.terms`,
+factory.rewards.build; the RLT reward without a recipe).
 
-Writes one JSON line per row (the reward components, and with `dump_tokens` the exact token ids,
-spans and temperatures, enough to recompute the reward without factory) and prints a summary
+Writes one JSON line per row (the reward components, and with `dump_tokens` the RLT term's exact
+token ids, spans and temperatures, enough to recompute it without factory) and prints a summary
 table. A dataset's explanations count as closed unless a boolean `closed` column says otherwise;
 an explanation that still contains its closing tag (a raw completion) is cut there.
 """
@@ -130,7 +131,7 @@ def settings_from(
 
 def _item(tokenizer: Any, row: dict[str, Any]):
     from factory.formats import explanation_ids, parse_teacher_completion
-    from factory.reward import RewardItem
+    from factory.rewards.base import RewardItem
 
     explanation, tagged = parse_teacher_completion(row["explanation"])
     closed = bool(row["closed"]) if isinstance(row.get("closed"), bool) else True
@@ -162,10 +163,12 @@ def score(
 
     from factory.formats import check_same_vocabulary, student_format
     from factory.models import load_causal_lm, load_tokenizer
-    from factory.reward import RLTReward
+    from factory.rewards.build import build_reward, find_term
 
     console = console or Console()
     settings, formats = settings or Reward(), formats or Formats()
+    if dump_tokens and "rlt" not in settings.terms:
+        raise UserError(f"--dump-tokens writes the RLT term's sequences; reward.terms is {settings.terms}")
     out = Path(out) if out else Path(f"{Path(data).stem if Path(data).suffix else data.replace('/', '__')}.scores.jsonl")
     device, dtype = check_options(data, out, device, dtype)
     rows = load_rows(data, split, limit)
@@ -174,10 +177,16 @@ def score(
     check_same_vocabulary(teacher_tokenizer, student_tokenizer)
     teacher_model = load_causal_lm(teacher, dtype=dtype, device=device)
     student_model = teacher_model if str(student) == str(teacher) else load_causal_lm(student, dtype=dtype, device=device)
-    reward = RLTReward(
-        teacher_model, student_model, teacher_tokenizer, settings, formats.teacher_system,
-        student_format(formats, rows), student_tokenizer=student_tokenizer,
-    )  # fmt: skip
+    reward = build_reward(
+        settings,
+        teacher_model=teacher_model,
+        student_model=student_model,
+        tokenizer=teacher_tokenizer,
+        student_tokenizer=student_tokenizer,
+        teacher_system=formats.teacher_system,
+        student_format=student_format(formats, rows),
+    )
+    rlt = find_term(reward, "rlt")
 
     items = [_item(teacher_tokenizer, row) for row in rows]
     records: list[dict[str, Any]] = []
@@ -187,8 +196,8 @@ def score(
         for start in track(range(0, len(items), step), description="scoring", console=console, transient=True):
             chunk = items[start : start + step]
             for offset, (item, result) in enumerate(zip(chunk, reward.score(chunk))):
-                built = reward.sequences(item)
-                tokens += len(built.teacher.input_ids) + len(built.student.input_ids)
+                built = rlt.sequences(item) if rlt else None
+                tokens += len(built.teacher.input_ids) + len(built.student.input_ids) if built else 0
                 record = {"row": start + offset, **result, "closed": item.closed}
                 if dump_tokens:
                     record.update(
@@ -206,27 +215,30 @@ def score(
                 handle.write(json.dumps(record) + "\n")
                 records.append(record)
     elapsed = time.perf_counter() - started
-    console.print(summary_table(records, f"RLT reward: {teacher} -> {student} on {data}"))
+    name = "RLT reward" if settings.terms == ["rlt"] else f"reward ({' + '.join(settings.terms)})"
+    console.print(summary_table(records, f"{name}: {teacher} -> {student} on {data}", reward.components))
     unclosed, truncated = sum(not r["closed"] for r in records), sum(r["truncated"] for r in records)
+    rlt_settings = (
+        f", {tokens / elapsed:.0f} tokens/s; lambda={settings.kl_coef} alpha={settings.alpha} "
+        f"kl={settings.kl_estimator} T_teacher={settings.teacher_temperature} T_student={settings.student_temperature}"
+        if rlt
+        else ""
+    )
     console.print(
         f"{len(records)} rows ({unclosed} unclosed, {truncated} truncated) in {elapsed:.1f} s: "
-        f"{len(records) / elapsed:.2f} rows/s, {tokens / elapsed:.0f} tokens/s; lambda={settings.kl_coef} "
-        f"alpha={settings.alpha} kl={settings.kl_estimator} T_teacher={settings.teacher_temperature} "
-        f"T_student={settings.student_temperature}; wrote {out}"
+        f"{len(records) / elapsed:.2f} rows/s{rlt_settings}; wrote {out}"
     )
     return records
 
 
-def summary_table(records: list[dict[str, Any]], title: str):
+def summary_table(records: list[dict[str, Any]], title: str, components: tuple[str, ...]):
     """Mean, std, min and max of each component over the rows."""
     from rich.table import Table
-
-    from factory.reward import COMPONENTS
 
     table = Table(title=title)
     for name in ("component", "mean", "std", "min", "max"):
         table.add_column(name, justify="left" if name == "component" else "right")
-    for key in (*COMPONENTS, "explanation_tokens", "solution_tokens"):
+    for key in (*components, *(key for key in ("explanation_tokens", "solution_tokens") if key in records[0])):
         values = [float(r[key]) for r in records]
         cells = (statistics.fmean(values), statistics.pstdev(values), min(values), max(values))
         table.add_row(key, *(f"{v:.4f}" for v in cells))

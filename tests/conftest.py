@@ -31,6 +31,16 @@ def tiny_student_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny-student"), seed=1)
 
 
+@pytest.fixture(scope="module")
+def reward_models(tiny_model_dir, tiny_student_dir):
+    """(teacher, reward student, tokenizer) loaded in eval mode, fresh for each test module."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    student = AutoModelForCausalLM.from_pretrained(tiny_student_dir).eval()
+    return teacher, student, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

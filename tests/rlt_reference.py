@@ -1,6 +1,6 @@
 """A plain RLT reward reference: one sample at a time, full forward logits, full log-softmax.
 
-Written independently of factory.reward's batching, chunking and hidden-state path, to check it
+Written independently of factory.rewards.rlt's batching, chunking and hidden-state path, to check it
 (tests/test_reward.py, tests/test_score.py) and to time it against (bench/reward.py). It takes the
 token sequences and spans as given (what `--dump-tokens` writes) and recomputes everything else.
 """

@@ -11,7 +11,7 @@ from rlt_reference import reference_for
 
 from factory.errors import UserError
 from factory.recipe import Reward
-from factory.reward import COMPONENTS, RewardItem, RLTReward
+from factory.rewards.rlt import COMPONENTS, RewardItem, RLTReward
 
 QUESTIONS = [
     ("What is 12 + 7?", "The answer is \\boxed{19}."),
@@ -23,18 +23,9 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model_dir, tiny_student_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    student = AutoModelForCausalLM.from_pretrained(tiny_student_dir).eval()
-    return teacher, student, AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def items(models):
+def items(reward_models):
     """Mixed explanation lengths, one unclosed explanation, one empty, one one-token solution."""
-    _, _, tok = models
+    _, _, tok = reward_models
     generator = torch.Generator().manual_seed(0)
     lengths, closed = [37, 5, 64, 0, 18], [True, True, False, True, True]
     explanations = [torch.randint(3, len(tok), (n,), generator=generator).tolist() for n in lengths]
@@ -51,8 +42,8 @@ def assert_matches_reference(reward: RLTReward, items, results, tolerance=1e-4):
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3", "full"])
-def test_batched_matches_reference(models, items, estimator):
-    teacher, student, tok = models
+def test_batched_matches_reference(reward_models, items, estimator):
+    teacher, student, tok = reward_models
     settings = Reward(kl_estimator=estimator, batch_size=3, chunk_size=7, student_temperature=0.9)
     reward = RLTReward(teacher, student, tok, settings)
     results = reward.score(items)
@@ -69,8 +60,8 @@ def test_batched_matches_reference(models, items, estimator):
         assert all(r["kl_mean"] > 0 for r in results if r["explanation_tokens"])
 
 
-def test_empty_solution_span_scores_the_penalty_per_r_ss_term(models, items):
-    teacher, student, tok = models
+def test_empty_solution_span_scores_the_penalty_per_r_ss_term(reward_models, items):
+    teacher, student, tok = reward_models
     reward = RLTReward(teacher, student, tok, Reward(empty_span_penalty=-1.0))
     item = RewardItem(items[0].question, "", items[0].explanation_ids, True)
     result = reward.score([item])[0]
@@ -80,8 +71,8 @@ def test_empty_solution_span_scores_the_penalty_per_r_ss_term(models, items):
     assert_matches_reference(reward, [item], [result])
 
 
-def test_reward_formula_and_defaults(models, items):
-    teacher, student, tok = models
+def test_reward_formula_and_defaults(reward_models, items):
+    teacher, student, tok = reward_models
     result = RLTReward(teacher, student, tok).score(items[:1])[0]
     expected = (result["r_ss_mean"] + 0.01 * result["r_ss_min"]) - 3.0 * (result["kl_mean"] + 0.01 * result["kl_max"])
     assert result["reward"] == pytest.approx(expected, abs=1e-9)
@@ -110,8 +101,8 @@ def record_forwards(teacher, student):
     return calls, hooks
 
 
-def test_one_forward_per_model_per_batch_after_the_shared_prefix_and_bounded_logits(models, items):
-    teacher, student, tok = models
+def test_one_forward_per_model_per_batch_after_the_shared_prefix_and_bounded_logits(reward_models, items):
+    teacher, student, tok = reward_models
     reward = RLTReward(teacher, student, tok, Reward(batch_size=2, chunk_size=16, max_padding=1.0))
     calls, hooks = record_forwards(teacher, student)
     try:
@@ -130,7 +121,7 @@ def test_one_forward_per_model_per_batch_after_the_shared_prefix_and_bounded_log
 
 def test_batches_close_early_rather_than_pad_past_max_padding():
     from factory.formats import StudentSequence, TeacherSequence
-    from factory.reward import ScoringSequences, _batches
+    from factory.rewards.rlt import ScoringSequences, _batches
 
     def item(length: int) -> ScoringSequences:
         return ScoringSequences(TeacherSequence([1] * length, (1, length)), StudentSequence([1] * length, (1, 2), (2, length)), False)
@@ -143,10 +134,10 @@ def test_batches_close_early_rather_than_pad_past_max_padding():
     assert _batches(order, built, size=8, max_padding=0.01) == [[0, 1], [2], [3], [4], [5], [6], [7], [8]]
 
 
-def test_a_question_group_runs_its_prompt_once(models):
+def test_a_question_group_runs_its_prompt_once(reward_models):
     """GRPO's group (one question, several explanations): the whole teacher prompt is the shared prefix,
     so the teacher's batched forward covers the explanations only; results equal the reference."""
-    teacher, student, tok = models
+    teacher, student, tok = reward_models
     generator = torch.Generator().manual_seed(1)
     question, solution = QUESTIONS[1]
     group = [RewardItem(question, solution, torch.randint(3, len(tok), (n,), generator=generator).tolist()) for n in (9, 30, 17, 4)]
@@ -169,8 +160,8 @@ def test_a_question_group_runs_its_prompt_once(models):
     assert reward.work.decoder_positions < full
 
 
-def test_truncation_keeps_the_solution_and_cuts_the_explanation(models, items):
-    teacher, student, tok = models
+def test_truncation_keeps_the_solution_and_cuts_the_explanation(reward_models, items):
+    teacher, student, tok = reward_models
     reward = RLTReward(teacher, student, tok)
     full = reward.sequences(items[2])
     head, end = full.student.explanation_span
@@ -189,8 +180,8 @@ def test_truncation_keeps_the_solution_and_cuts_the_explanation(models, items):
     assert_matches_reference(reward, items, results)
 
 
-def test_question_longer_than_max_length_gives_a_defined_result(models, items):
-    teacher, student, tok = models
+def test_question_longer_than_max_length_gives_a_defined_result(reward_models, items):
+    teacher, student, tok = reward_models
     reward = RLTReward(teacher, student, tok, Reward(max_length=16))
     result = reward.score(items[2:3])[0]
     assert result["truncated"] and result["explanation_tokens"] == result["solution_tokens"] == 0
@@ -200,8 +191,8 @@ def test_question_longer_than_max_length_gives_a_defined_result(models, items):
     assert len(built.teacher.input_ids) == len(built.student.input_ids) == 16
 
 
-def test_training_policy_is_scored_in_eval_mode_and_left_training(models, items):
-    teacher, student, tok = models
+def test_training_policy_is_scored_in_eval_mode_and_left_training(reward_models, items):
+    teacher, student, tok = reward_models
     expected = RLTReward(teacher, student, tok).score(items)
     policy = type(teacher)(teacher.config)
     policy.load_state_dict(teacher.state_dict())
@@ -217,14 +208,14 @@ def test_training_policy_is_scored_in_eval_mode_and_left_training(models, items)
         assert got["reward"] == pytest.approx(want["reward"], abs=1e-5)
 
 
-def test_teacher_and_student_may_be_one_model(models, items):
-    teacher, _, tok = models
+def test_teacher_and_student_may_be_one_model(reward_models, items):
+    teacher, _, tok = reward_models
     reward = RLTReward(teacher, teacher, tok, Reward(batch_size=8))
     assert_matches_reference(reward, items, reward.score(items))
 
 
-def test_bf16_models_accumulate_in_fp32(models, items):
-    teacher, student, tok = models
+def test_bf16_models_accumulate_in_fp32(reward_models, items):
+    teacher, student, tok = reward_models
     teacher16, student16 = (type(m)(m.config).to(torch.bfloat16) for m in (teacher, student))
     teacher16.load_state_dict(teacher.state_dict())
     student16.load_state_dict(student.state_dict())
@@ -235,8 +226,8 @@ def test_bf16_models_accumulate_in_fp32(models, items):
     assert all(abs(a["r_ss_mean"] - b["r_ss_mean"]) < 0.1 for a, b in zip(results, fp32))
 
 
-def test_models_with_logit_transforms_are_refused(models):
-    teacher, student, tok = models
+def test_models_with_logit_transforms_are_refused(reward_models):
+    teacher, student, tok = reward_models
     capped = type(teacher)(teacher.config.__class__.from_dict({**teacher.config.to_dict(), "final_logit_softcapping": 30.0}))
     with pytest.raises(UserError, match="final_logit_softcapping"):
         RLTReward(capped, student, tok)

@@ -1,4 +1,4 @@
-"""`factory score`: JSON lines, the token dump (recomputed without factory.reward), the summary, errors."""
+"""`factory score`: JSON lines, the token dump (recomputed without factory.rewards), the summary, errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rlt_reference import reference_components
 
 from factory.errors import UserError
 from factory.formats import EXPLANATION_CLOSE
-from factory.reward import COMPONENTS
+from factory.rewards.rlt import COMPONENTS
 from factory.score import score, settings_from
 
 ROWS = [

@@ -135,6 +135,30 @@ def test_grpo_with_rlt_reward_runs_two_steps_on_one_process(one_process):
     assert (artifact / "model" / "model.safetensors").is_file() and not list(artifact.glob("checkpoints/checkpoint-*"))
 
 
+def test_a_sum_of_reward_terms_trains_and_logs_every_component(tmp_path, tiny_model_dir, tiny_student_dir):
+    """reward.terms [rlt, correct_generation]: the worker builds the sum through factory.rewards.build and logs
+    each component per step; the rollouts hold the sum, the curve the terms."""
+    terms = ["reward.terms=[rlt, correct_generation]", "reward.correct_generation_coeff=0.5"]
+    generation = ["reward.correct_generation.rollouts=2", "reward.correct_generation.max_new_tokens=4"]
+    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir)
+    planned = run_rl(recipe, tmp_path / "runs", [*terms, *generation, "stages.teacher_rl.steps=1"])
+    records = rollouts(planned.artifact_dir)
+    assert len(records) == 8
+    for r in records:
+        assert r["reward"] == r["rlt.reward"] + 0.5 * r["correct_generation.reward"]
+        assert r["correct_generation.reward"] in (0.0, 0.5, 1.0) and r["correct_generation.answered"] in (0.0, 0.5, 1.0)
+        rlt = {name.removeprefix("rlt."): value for name, value in r.items() if name.startswith("rlt.")}
+        check_reward_components([{**r, **rlt}])
+    with (planned.artifact_dir / "reward_curve.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    for name in ("reward", "rlt.reward", "correct_generation.reward", "correct_generation.answered", "rlt.kl_mean"):
+        assert float(row[name]) == pytest.approx(sum(r[name] for r in records) / 8, rel=1e-5), name
+    assert float(row["r_ss"]) == pytest.approx(sum(r["rlt.r_ss_mean"] + 0.01 * r["rlt.r_ss_min"] for r in records) / 8)
+    metrics = read_meta(planned.artifact_dir).metrics
+    assert metrics["correct_generation.reward_first_third"] == pytest.approx(float(row["correct_generation.reward"]))
+    assert metrics["r_ss_first_third"] == pytest.approx(float(row["r_ss"]))
+
+
 def trainer_job(artifact: Path, out_dir: Path, steps: int) -> dict:
     """The job of a finished run, pointed at a fresh folder, for building trainers in the test process."""
     from factory.training import read_job

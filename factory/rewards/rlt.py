@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -56,19 +56,11 @@ from factory.formats import (
     build_teacher_sequence,
 )
 from factory.recipe import Reward
+from factory.rewards.base import RewardItem
 
 RewardSettings = Reward  # the recipe's `reward` section is the settings object
 
 COMPONENTS = ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty", "reward")
-
-
-class RewardItem(NamedTuple):
-    """One explanation to score; generated ids go through `formats.split_completion_ids` first."""
-
-    question: str
-    solution: str
-    explanation_ids: Sequence[int]
-    closed: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,7 +118,7 @@ class ForwardWork:
 
 
 class RLTReward:
-    """Scores teacher explanations for a fixed teacher, student and settings.
+    """Scores teacher explanations for a fixed teacher, student and settings (a `rewards.base.Reward`).
 
     `teacher_model` may be a policy in training mode (it is put in eval mode for the forward and
     restored module by module, under no_grad) and may be the very object passed as student.
@@ -134,6 +126,10 @@ class RLTReward:
     template differs; both must share the vocabulary (`formats.check_same_vocabulary`).
     `student_format` is the reward student's own (`formats.student_format`).
     """
+
+    name = "rlt"
+    components = COMPONENTS
+    summaries = ("r_ss", "r_kl")  # the two terms of the formula: mean + alpha min (solution), mean + alpha max (KL)
 
     def __init__(
         self,
@@ -164,6 +160,11 @@ class RLTReward:
         teacher = build_teacher_sequence(self.tokenizer, question, solution, explanation_ids, self.teacher_system)
         student = build_student_sequence(self.student_tokenizer, question, explanation_ids, solution, self.student_format)
         return fit_to_length(teacher, student, self.settings.max_length)
+
+    def summarise(self, result: dict[str, Any]) -> dict[str, float]:
+        """r_ss and r_kl of one scored item, before the coefficients."""
+        alpha = self.settings.alpha
+        return {"r_ss": result["r_ss_mean"] + alpha * result["r_ss_min"], "r_kl": result["kl_mean"] + alpha * result["kl_max"]}
 
     def score(self, items: Sequence[RewardItem | tuple]) -> list[dict[str, Any]]:
         """Per-item components, in the order given."""
@@ -234,7 +235,7 @@ class RLTReward:
 
 
 @contextlib.contextmanager
-def _frozen(model: Any) -> Iterator[None]:
+def frozen(model: Any) -> Iterator[None]:
     """Eval mode and no_grad for the duration; each module's own training flag is restored after."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
@@ -336,7 +337,7 @@ def _hidden_rows(
     item_index_t, positions_t = torch.tensor(item_index, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
     targets = batch[item_index_t, positions_t]
     device = _device(model)
-    with _frozen(model):
+    with frozen(model):
         decoder = model.get_decoder()
         if shared:
             cache = decoder(input_ids=batch[:1, :shared].to(device), use_cache=True).past_key_values

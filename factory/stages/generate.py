@@ -35,7 +35,8 @@ Columns (`_features` holds the exact types):
     explanation          str    the teacher's text before the closing tag (decoded explanation ids)
     prompt, completion   list of {role, content}: the student format (system + user / assistant),
                                 conversational prompt-completion rows for TRL's SFTTrainer
-    reward, r_ss_mean, r_ss_min, kl_mean, kl_max, penalty   float   the RLT reward and its parts
+    reward, its components   float  the reward in use (rewards.build; RLT: r_ss_mean, r_ss_min, kl_mean, kl_max,
+                                penalty; a sum: rlt.kl_mean, ...), each feature marked id "reward_component"
     closed               bool   the explanation closed its tag
     explanation_tokens   int    explanation ids scored; completion_tokens: all generated ids
     solution_tokens      int    solution ids the student was scored on
@@ -362,7 +363,11 @@ def _describe(holders: dict[str, "Holder"]) -> str:
 # ------------------------------------------------------------------------------------ merge
 
 
-def _features(candidates: bool):
+REWARD_COMPONENT = "reward_component"  # the feature id that marks a reward component column
+
+
+def _features(candidates: bool, components: tuple[str, ...]):
+    """The traces schema; `components` are the reward's (last: "reward"), written reward first."""
     from datasets import Features, List, Value
 
     message = {"role": Value("string"), "content": Value("string")}
@@ -373,7 +378,7 @@ def _features(candidates: bool):
         "explanation": Value("string"),
         "prompt": List(message),
         "completion": List(message),
-        **{name: Value("float64") for name in ("reward", "r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty")},
+        **{name: Value("float64", id=REWARD_COMPONENT) for name in ("reward", *components[:-1])},
         "closed": Value("bool"),
         "explanation_tokens": Value("int64"),
         "completion_tokens": Value("int64"),
@@ -495,6 +500,7 @@ def merge(
     recipe: "Recipe", questions: "Questions", out_dir: Path, teacher: str, log: Callable[[str], None]
 ) -> tuple[StageResult, Selection]:
     """The main pass: check, select one per question, write both configs, plots and figures."""
+    from factory.rewards.build import components_of
     from factory.stages.generate_worker import WorkDir
 
     settings = recipe.stages.generate
@@ -505,9 +511,11 @@ def merge(
             f"generate: no explanation of {len(chosen.candidates)} candidates passed the checks ({dropped}); "
             "raise stages.generate.max_new_tokens, or relax stages.generate.drop_unclosed / drop_leaked"
         )
-    _write_configs(out_dir, "data", {"": (chosen.selected, False), "candidates": (chosen.candidates, True)})
+    components = components_of(recipe.reward)
+    configs = {"": (chosen.selected, False), "candidates": (chosen.candidates, True)}
+    _write_configs(out_dir, "data", configs, components)
     files = {"data": "data", "candidates": "data/candidates", **_plots(out_dir, chosen.candidates, chosen.selected)}
-    metrics = _figures(questions, chosen, settings.n)
+    metrics = _figures(questions, chosen, settings.n, components)
     qa = metrics["qa"]
     summary = (
         f"{len(chosen.selected)} traces from {len(questions.rows)} questions (n={settings.n}): closed {qa['closed_rate']:.0%}, "
@@ -526,10 +534,12 @@ def merge_before_rl(
 ) -> None:  # fmt: skip
     """The initial teacher's pass: config `before_rl`, its figures and the before/after comparison, into `result`."""
     from factory.qa import paired_bootstrap
+    from factory.rewards.build import components_of
     from factory.stages.generate_worker import WorkDir
 
+    components = components_of(recipe.reward)
     before = select(recipe, questions, WorkDir(out_dir, f"{MAIN_WORK}/{BEFORE_RL}"), teacher, log)
-    figures = _figures(questions, before, recipe.stages.generate.n)
+    figures = _figures(questions, before, recipe.stages.generate.n, components)
     for shared in ("questions", "candidates_per_question"):  # properties of the questions, not of the teacher
         figures.pop(shared)
     for shared in ("contaminated_questions", "contaminated_by_eval_set"):
@@ -540,7 +550,7 @@ def merge_before_rl(
         log(f"generate: before_rl: no explanation of the initial teacher ({teacher}) passed the checks; no before_rl config")
         result.summary += f"; before RL: no passing explanation of {len(before.candidates)}"
         return
-    _write_configs(out_dir, f"data/{BEFORE_RL}", {"": (before.selected, False)})
+    _write_configs(out_dir, f"data/{BEFORE_RL}", {"": (before.selected, False)}, components)
     result.files[BEFORE_RL] = f"data/{BEFORE_RL}"
     mean_after, mean_before = result.metrics["reward"]["selected"]["mean"], figures["reward"]["selected"]["mean"]
     result.metrics["reward_gain_vs_before_rl"] = mean_after - mean_before
@@ -550,7 +560,9 @@ def merge_before_rl(
     result.summary += f"; before RL ({teacher}) {mean_before:.3f} -> after {mean_after:.3f}"
 
 
-def _write_configs(out_dir: Path, dest: str, configs: dict[str, tuple[list[dict[str, Any]], bool]]) -> None:
+def _write_configs(
+    out_dir: Path, dest: str, configs: dict[str, tuple[list[dict[str, Any]], bool]], components: tuple[str, ...]
+) -> None:
     """Write each config (sub-folder of `dest` -> rows, with the candidate flags) aside, then swap `dest` in whole."""
     import shutil
 
@@ -560,7 +572,7 @@ def _write_configs(out_dir: Path, dest: str, configs: dict[str, tuple[list[dict[
     shutil.rmtree(staging, ignore_errors=True)
     for sub, (rows, with_flags) in configs.items():
         folder = staging / sub
-        features = _features(with_flags)
+        features = _features(with_flags, components)
         dataset = Dataset.from_list([{name: row[name] for name in features} for row in rows], features=features)
         shards = max(1, math.ceil(len(dataset) / ROWS_PER_FILE))
         folder.mkdir(parents=True, exist_ok=True)
@@ -606,7 +618,7 @@ def _rate(count: int, total: int) -> float:
     return count / total if total else 0.0
 
 
-def _figures(questions: "Questions", chosen: Selection, n: int) -> dict[str, Any]:
+def _figures(questions: "Questions", chosen: Selection, n: int, components: tuple[str, ...]) -> dict[str, Any]:
     from factory.qa import summary
 
     candidates, selected, reasons = chosen.candidates, chosen.selected, chosen.reasons
@@ -637,8 +649,6 @@ def _figures(questions: "Questions", chosen: Selection, n: int) -> dict[str, Any
             "selected": reward_selected,
             # per question: the kept candidate's reward minus the mean of its n candidates
             "best_of_n_gain": summary(chosen.gains)["mean"],
-            "selected_components": {
-                key: summary([c[key] for c in selected])["mean"] for key in ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty")
-            },
+            "selected_components": {key: summary([c[key] for c in selected])["mean"] for key in components[:-1]},
         },
     }

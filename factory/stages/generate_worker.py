@@ -33,7 +33,6 @@ from factory.errors import UserError
 from factory.recipe import ModelSpec, Recipe
 
 GENERATED, SCORED = "generated", "scored"
-REWARD_COLUMNS = ("reward", "r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty")
 
 
 # ------------------------------------------------------------------------------------ questions
@@ -207,7 +206,7 @@ def run_job(job: Job, log: Callable[[str], None] = print, questions: Questions |
     prefixes = [(part_name(shard, job.num_shards, ""),) for shard in job.shards]
     if not any(_unscored(work, prefix) for prefix in prefixes) and not (job.score_all and _unscored(work, ("",))):
         return
-    reward = build_reward(recipe, teacher, student, tokenizers, teacher_model)
+    reward = load_reward(recipe, teacher, student, tokenizers, teacher_model)
     for prefix in prefixes:
         score_parts(reward, questions, work, _unscored(work, prefix))
     if job.score_all:  # parts of shard jobs that died between their two phases; rescoring one twice is harmless
@@ -275,21 +274,25 @@ def checked_tokenizers(teacher: ModelSpec | str, student: ModelSpec | str) -> tu
     return tokenizers
 
 
-def build_reward(
+def load_reward(
     recipe: Recipe, teacher: ModelSpec | str, student: ModelSpec | str, tokenizers: tuple[Any, Any], teacher_model: Any = None
 ):
-    """The RLT reward with the recipe's settings; loads the models not already loaded."""
+    """The recipe's reward (factory.rewards.build); loads the models not already loaded."""
     from factory.data.student import student_format_of
     from factory.models import resolve_model_path
-    from factory.reward import RLTReward
+    from factory.rewards.build import build_reward
 
     teacher_model = teacher_model if teacher_model is not None else _load_lm(teacher)
     same = resolve_model_path(student) == resolve_model_path(teacher)
-    student_model = teacher_model if same else _load_lm(student)
-    return RLTReward(
-        teacher_model, student_model, tokenizers[0], recipe.reward, recipe.formats.teacher_system,
-        student_format_of(recipe), student_tokenizer=tokenizers[1],
-    )  # fmt: skip
+    return build_reward(
+        recipe.reward,
+        teacher_model=teacher_model,
+        student_model=teacher_model if same else _load_lm(student),
+        tokenizer=tokenizers[0],
+        student_tokenizer=tokenizers[1],
+        teacher_system=recipe.formats.teacher_system,
+        student_format=student_format_of(recipe),
+    )
 
 
 def _load_lm(source: ModelSpec | str):
@@ -301,11 +304,12 @@ def _load_lm(source: ModelSpec | str):
 
 
 def score_parts(reward: Any, questions: Questions, work: WorkDir, parts: list[Path]) -> None:
-    """Phase 2: the RLT reward of every candidate of `parts`, written as scored parts."""
+    """Phase 2: the reward (a `rewards.base.Reward`) of every candidate of `parts`, written as scored parts
+    with one column per component."""
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    from factory.reward import RewardItem
+    from factory.rewards.base import RewardItem
 
     by_id = {row["id"]: row for row in questions.rows}
     tokenizer = reward.tokenizer
@@ -323,9 +327,9 @@ def score_parts(reward: Any, questions: Questions, work: WorkDir, parts: list[Pa
                     "explanation": tokenizer.decode(row["explanation_ids"]),
                     "completion_tokens": len(row["completion_ids"]),
                     "explanation_tokens": len(row["explanation_ids"]),
-                    "solution_tokens": result["solution_tokens"],
+                    "solution_tokens": result.get("solution_tokens"),  # the RLT reward's; None without it
                     "reward_truncated": bool(result["truncated"]),
-                    **{key: float(result[key]) for key in REWARD_COLUMNS},
+                    **{key: float(result[key]) for key in reward.components},
                 }
             )
         work.write(SCORED, part.stem, scored)

@@ -209,7 +209,12 @@ class TeacherRL(Stage):
                 "rollouts": ROLLOUTS_FILE,
             },
             summary=(
-                f"{result['steps']} steps, reward {result['reward_first_third']:.3f} -> {result['reward_last_third']:.3f}, "
-                f"r_SS {result['r_ss_first_third']:.3f} -> {result['r_ss_last_third']:.3f} (first vs last third)"
+                f"{result['steps']} steps, reward {result['reward_first_third']:.3f} -> {result['reward_last_third']:.3f}"
+                + (  # the RLT reward's solution term, when the reward has one
+                    f", r_SS {result['r_ss_first_third']:.3f} -> {result['r_ss_last_third']:.3f}"
+                    if "r_ss_first_third" in result
+                    else ""
+                )
+                + " (first vs last third)"
             ),
         )

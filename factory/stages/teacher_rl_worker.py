@@ -29,7 +29,8 @@ from trl.distributed import DistributedBackend
 from factory.formats import StudentFormat, split_completion_ids
 from factory.models import load_causal_lm, load_tokenizer, resolve_model_path
 from factory.recipe import Recipe
-from factory.reward import RLTReward
+from factory.rewards.base import Reward
+from factory.rewards.build import build_reward
 from factory.stages.handoff import ROLLOUTS_FILE, VLLM_SERVER_PORT
 from factory.training import (
     ExactResume,
@@ -48,19 +49,20 @@ from factory.training import (
 )
 
 REFERENCE_FILE = "reference.pt"
-REWARD_COLUMNS = {
-    "reward": "rlt/reward",
-    "reward_std": "reward_std",
-    "r_ss": "rlt/r_ss",
-    "r_kl": "rlt/r_kl",
-    "penalty_rate": "rlt/penalty_rate",
-    "explanation_tokens": "rlt/explanation_tokens",
-    "truncated_rate": "rlt/truncated_rate",
-    "kl_to_reference": "kl",
-    "entropy": "entropy",
-    "loss": "loss",
-    "learning_rate": "learning_rate",
-}
+ROLLOUT_FIGURES = ("penalty_rate", "explanation_tokens", "truncated_rate")  # of the rollouts, whatever the reward
+TRAINER_COLUMNS = {"kl_to_reference": "kl", "entropy": "entropy", "loss": "loss", "learning_rate": "learning_rate"}
+
+
+def reward_figures(reward: Reward) -> tuple[str, ...]:
+    """What the reward function logs per step, each as `rlt/<name>`: the reward, its summaries, its other
+    components, then the rollouts' figures."""
+    return tuple(dict.fromkeys(("reward", *reward.summaries, *reward.components[:-1], *ROLLOUT_FIGURES)))
+
+
+def curve_columns(reward: Reward) -> dict[str, str]:
+    """reward_curve.csv's columns and the logged names they read."""
+    figures = {name: f"rlt/{name}" for name in reward_figures(reward)}
+    return {"reward": figures.pop("reward"), "reward_std": "reward_std", **figures, **TRAINER_COLUMNS}
 
 
 def grpo_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code: bool) -> GRPOConfig:
@@ -161,13 +163,13 @@ class RolloutLog(TrainerCallback):
         self.pending = []
 
 
-class RLTRewardFunction:
-    """The RLT reward as a TRL reward function: scores this rank's completions and logs the components.
-
-    Per-step metrics (means over the gathered generation batch): rlt/reward, rlt/r_ss
-    (mean + alpha min of the student's solution log-probs), rlt/r_kl (mean + alpha max of the
-    teacher-student log-ratio), rlt/penalty_rate (unclosed explanations), rlt/explanation_tokens,
-    rlt/truncated_rate (items the reward had to cut to reward.max_length).
+class RewardFunction:
+    """The recipe's reward (factory.rewards.build) as a TRL reward function: scores this rank's completions
+    and logs, per step, means over the gathered generation batch (`reward_figures`): rlt/reward, each
+    summary (the RLT reward's rlt/r_ss, mean + alpha min of the student's solution log-probs, and rlt/r_kl,
+    mean + alpha max of the teacher-student log-ratio), each other component (rlt/kl_mean, ...; a sum's
+    rlt/rlt.kl_mean, rlt/correct_generation.reward, ...), rlt/penalty_rate (unclosed explanations),
+    rlt/explanation_tokens, rlt/truncated_rate (items the reward had to cut to reward.max_length).
     """
 
     __name__ = "rlt"
@@ -183,20 +185,20 @@ class RLTRewardFunction:
     ):
         self.recipe, self.tokenizer, self.rollouts = recipe, tokenizer, rollouts
         self.student_spec, self.student_tokenizer, self.student_format = student_spec, student_tokenizer, student_format
-        self.reward: RLTReward | None = None
+        self.reward: Reward | None = None
         self.trainer: GRPOTrainer | None = None
 
     def attach(self, trainer: GRPOTrainer) -> None:
         """Bind the live policy and place the reward student; call once the trainer exists."""
         self.trainer = trainer
-        self.reward = RLTReward(
-            trainer.model,
-            place_reward_student(self.student_spec, trainer.accelerator),
-            self.tokenizer,
+        self.reward = build_reward(
             self.recipe.reward,
-            self.recipe.formats.teacher_system,
-            self.student_format,
+            teacher_model=trainer.model,
+            student_model=place_reward_student(self.student_spec, trainer.accelerator),
+            tokenizer=self.tokenizer,
             student_tokenizer=self.student_tokenizer,
+            teacher_system=self.recipe.formats.teacher_system,
+            student_format=self.student_format,
         )
 
     def __call__(self, prompts, completions, completion_ids, question, solution, row_id, trainer_state, log_metric, **_):
@@ -211,21 +213,23 @@ class RLTRewardFunction:
             for identifier, result, (explanation, closed) in zip(row_id, scored, split)
         ]  # fmt: skip
         gathered = gather_object(local)
-        alpha = self.recipe.reward.alpha
-        count = len(gathered)
-        metrics = {
-            "rlt/reward": sum(r["reward"] for r in gathered) / count,
-            "rlt/r_ss": sum(r["r_ss_mean"] + alpha * r["r_ss_min"] for r in gathered) / count,
-            "rlt/r_kl": sum(r["kl_mean"] + alpha * r["kl_max"] for r in gathered) / count,
-            "rlt/penalty_rate": sum(not r["closed"] for r in gathered) / count,
-            "rlt/explanation_tokens": sum(r["explanation_tokens"] for r in gathered) / count,
-            "rlt/truncated_rate": sum(r["truncated"] for r in gathered) / count,
-        }
-        for name, value in metrics.items():
-            log_metric(name, value)  # the same value on every rank: TRL's cross-rank mean keeps it
+        for name in reward_figures(self.reward):
+            log_metric(f"rlt/{name}", self.step_mean(gathered, name))  # the same on every rank: TRL's mean keeps it
         if self.rollouts.is_main:
             self.rollouts.pending.extend(gathered)
         return [result["reward"] for result in scored]
+
+    def step_mean(self, gathered: list[dict[str, Any]], name: str) -> float:
+        """The mean of one of `reward_figures` over a step's rollouts."""
+        if name in self.reward.summaries:
+            values = [self.reward.summarise(record)[name] for record in gathered]
+        elif name == "penalty_rate":
+            values = [not record["closed"] for record in gathered]
+        elif name == "truncated_rate":
+            values = [record["truncated"] for record in gathered]
+        else:
+            values = [record[name] for record in gathered]
+        return sum(values) / len(values)
 
 
 def place_reward_student(spec: Any, accelerator: Any) -> Any:
@@ -315,7 +319,7 @@ def build_trainer(job: dict[str, Any]) -> tuple[RLTGRPOTrainer, Any, RolloutLog]
     rows = read_rows(out_dir / job["prompts"])
     args = grpo_config(recipe, out_dir, job["run_name"], teacher.trust_remote_code)
     rollouts = RolloutLog(out_dir / ROLLOUTS_FILE, args.process_index == 0)
-    reward = RLTRewardFunction(
+    reward = RewardFunction(
         recipe, tokenizer, student, load_tokenizer(student), StudentFormat(**job["student_format"]), rollouts
     )
     trainer = RLTGRPOTrainer(
@@ -350,25 +354,18 @@ def main(job_file: str | Path) -> None:
         if resume and trainer.restore_reference(resume) and trainer.accelerator.is_main_process:
             print(f"teacher_rl: reference model restored from {resume.name}", flush=True)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    rows = history_rows(trainer.state.log_history, REWARD_COLUMNS)
-    rewards = [row["reward"] for row in rows if row["reward"] is not None]
-    r_ss = [row["r_ss"] for row in rows if row["r_ss"] is not None]
-    penalties = [row["penalty_rate"] for row in rows if row["penalty_rate"] is not None]
-    result = {
-        **job["counts"],
-        "steps": trainer.state.global_step,
-        "rollouts_per_step": trainer.args.generation_batch_size,
-        "reward_first_third": thirds(rewards)[0],
-        "reward_last_third": thirds(rewards)[1],
-        "r_ss_first_third": thirds(r_ss)[0],
-        "r_ss_last_third": thirds(r_ss)[1],
-        "penalty_rate_first_third": thirds(penalties)[0],
-        "penalty_rate_last_third": thirds(penalties)[1],
-        "resumed_from_step": checkpoint_step(resume) if resume else 0,
-    }
+    reward = trainer.reward_funcs[0].reward
+    rows = history_rows(trainer.state.log_history, curve_columns(reward))
+    result = {**job["counts"], "steps": trainer.state.global_step, "rollouts_per_step": trainer.args.generation_batch_size}
+    for name in ("reward", *reward.summaries, "penalty_rate"):  # e.g. reward_first_third, r_ss_last_third
+        result[f"{name}_first_third"], result[f"{name}_last_third"] = thirds(
+            [row[name] for row in rows if row[name] is not None]
+        )
+    result["resumed_from_step"] = checkpoint_step(resume) if resume else 0
     if trainer.accelerator.is_main_process:
-        panels = [["reward"], ["r_ss", "r_kl"], ["penalty_rate"], ["explanation_tokens"]]
-        write_curve(rows, out_dir, "reward_curve", panels, "teacher RL: RLT reward per step")
+        panels = [["reward"], list(reward.summaries or reward.components[:-1]), ["penalty_rate"], ["explanation_tokens"]]
+        title = f"teacher RL: reward per step ({' + '.join(trainer.reward_funcs[0].recipe.reward.terms)})"
+        write_curve(rows, out_dir, "reward_curve", panels, title)
     finish(trainer, tokenizer, out_dir, result)
 
 

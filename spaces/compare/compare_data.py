@@ -27,12 +27,16 @@ import numpy as np
 import pandas as pd
 
 REQUIRED = ("id", "question", "solution", "explanation", "reward")
-COMPONENTS = ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty")
+# The reward's components are read from the data, whichever reward wrote it: the traces schema marks each
+# component column with this feature id (factory's generate stage). Data without the marks (written before
+# them, or a JSONL export) shows its float columns but these.
+REWARD_COMPONENT = "reward_component"
+NOT_COMPONENTS = ("reward", "temperature", "top_p")
 # Optional columns of the traces schema shown when present: generate's QA flags (answer_leaked,
 # reward_truncated), and `student_correct` (bool): whether the reward student answered correctly after
 # reading the explanation, where a stage recorded it.
 FLAGS = ("answer_leaked", "reward_truncated")
-OPTIONAL = (*COMPONENTS, "closed", "explanation_tokens", "finish_reason", "teacher", "student_correct", *FLAGS)
+OPTIONAL = ("closed", "explanation_tokens", "finish_reason", "teacher", "student_correct", *FLAGS)
 LATEX_DELIMITERS = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "\\[", "right": "\\]", "display": True},
@@ -66,6 +70,7 @@ class Source:
     ref: str  # repo@revision or an absolute local path: what a vote record names
     kind: str  # "hub" | "artifact" | "file"
     frame: pd.DataFrame
+    components: list[str]  # the reward's component columns but `reward`, in order
 
 
 def split_spec(spec: str) -> tuple[str | None, str]:
@@ -84,19 +89,39 @@ def split_config(location: str) -> tuple[str, str | None]:
     return location, None
 
 
-def _read_parquet(files: list[Path]) -> pd.DataFrame:
+def reward_components(features: dict[str, Any] | None, floats: dict[str, bool]) -> list[str]:
+    """The component columns but `reward`: those `features` (a datasets Features dict) mark, else the
+    float columns (`floats`: column -> is a float) but NOT_COMPONENTS."""
+    marked = [name for name, feature in (features or {}).items() if _marked(feature)]
+    if marked:
+        return [name for name in marked if name != "reward"]
+    return [name for name, is_float in floats.items() if is_float and name not in NOT_COMPONENTS]
+
+
+def _marked(feature: Any) -> bool:
+    return isinstance(feature, dict) and feature.get("id") == REWARD_COMPONENT
+
+
+def _shown(names: list[str], components: list[str]) -> list[str]:
+    return [c for c in (*REQUIRED, *components, *OPTIONAL) if c in names]
+
+
+def _read_parquet(files: list[Path]) -> tuple[pd.DataFrame, list[str]]:
     """Only the shown columns: prompt/completion repeat the text and would double the memory."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = []
+    tables, components = [], []
     for path in files:
-        names = set(pq.read_schema(path).names)
-        tables.append(pq.read_table(path, columns=[c for c in (*REQUIRED, *OPTIONAL) if c in names]))
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+        schema = pq.read_schema(path)
+        metadata = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
+        features = metadata.get("info", {}).get("features")
+        components = reward_components(features, {f.name: pa.types.is_floating(f.type) for f in schema})
+        tables.append(pq.read_table(path, columns=_shown(schema.names, components)))
+    return pa.concat_tables(tables, promote_options="default").to_pandas(), components
 
 
-def _read_local(path: Path, config: str | None = None) -> tuple[str, pd.DataFrame]:
+def _read_local(path: Path, config: str | None = None) -> tuple[str, pd.DataFrame, list[str]]:
     if path.is_dir():
         data = path / "data"
         if config is not None:
@@ -104,22 +129,23 @@ def _read_local(path: Path, config: str | None = None) -> tuple[str, pd.DataFram
             if not files:
                 found = ["default", *sorted(p.name for p in data.glob("*/") if any(p.glob("*.parquet")))]
                 raise SourceError(f"{path}: no config {config!r} (no parquet under {data / config}); configs: {', '.join(found)}")
-            return "artifact", _read_parquet(files)
+            return "artifact", *_read_parquet(files)
         files = sorted(data.glob("*.parquet")) if data.is_dir() else sorted(path.glob("*.parquet"))
         if not files:
             raise SourceError(f"{path}: no parquet files under {data} (is it a traces artifact folder?)")
-        return "artifact", _read_parquet(files)
+        return "artifact", *_read_parquet(files)
     if config is not None:
         raise SourceError(f"{path}#{config}: a #config applies to an artifact folder or a Hub dataset, not a file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return "file", _read_parquet([path])
+        return "file", *_read_parquet([path])
     if suffix in (".jsonl", ".json"):
-        return "file", pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+        frame = pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+        return "file", frame, reward_components(None, {c: pd.api.types.is_float_dtype(frame[c]) for c in frame.columns})
     raise SourceError(f"{path}: a local source is an artifact folder, a .parquet, a .jsonl or a .json file")
 
 
-def _read_hub(repo: str, revision: str, config: str | None = None) -> pd.DataFrame:
+def _read_hub(repo: str, revision: str, config: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     import datasets
 
     try:
@@ -128,8 +154,10 @@ def _read_hub(repo: str, revision: str, config: str | None = None) -> pd.DataFra
         where = f"{repo}@{revision}" + (f"#{config}" if config else "")
         raise SourceError(f"{where}: could not load the dataset from the Hub: {exc}") from exc
     split = loaded["train"] if "train" in loaded else loaded[next(iter(loaded))]
-    keep = [c for c in (*REQUIRED, *OPTIONAL) if c in split.column_names]
-    return split.select_columns(keep).to_pandas()
+    features = split.features.to_dict()
+    floats = {name: str(feature.get("dtype", "")).startswith("float") for name, feature in features.items()}
+    components = reward_components(features, floats)
+    return split.select_columns(_shown(split.column_names, components)).to_pandas(), components
 
 
 def _folder_label(path: Path) -> str:
@@ -147,7 +175,7 @@ def load_source(spec: str) -> Source:
     suffix = f"#{config}" if config else ""
     path = Path(location).expanduser()
     if path.exists():
-        kind, frame = _read_local(path, config)
+        kind, frame, components = _read_local(path, config)
         ref = str(path.resolve()) + suffix
         default_label = (path.stem if path.is_file() else _folder_label(path)) + suffix
     else:
@@ -155,7 +183,8 @@ def load_source(spec: str) -> Source:
         if not HUB_ID.match(repo):
             raise SourceError(f"{spec}: no such file or folder, and not a Hub dataset id (owner/name@revision)")
         revision = revision or "main"
-        kind, frame = "hub", _read_hub(repo, revision, config)
+        kind = "hub"
+        frame, components = _read_hub(repo, revision, config)
         ref = f"{repo}@{revision}{suffix}"
         default_label = f"{repo.split('/')[-1]}@{revision}{suffix}"
     missing = [c for c in REQUIRED if c not in frame.columns]
@@ -168,7 +197,8 @@ def load_source(spec: str) -> Source:
             f"{spec}: id {repeated.iloc[0]!r} appears more than once ({repeated.nunique()} repeated ids); "
             "give the `default` config (one explanation per question), not `candidates`"
         )
-    return Source(label=label or default_label, ref=ref, kind=kind, frame=frame.set_index("id", drop=False))
+    frame = frame.set_index("id", drop=False)
+    return Source(label=label or default_label, ref=ref, kind=kind, frame=frame, components=components)
 
 
 # ----------------------------------------------------------------------------------- alignment
@@ -274,7 +304,7 @@ class Comparison:
             "label": self.sources[index].label,
             "explanation": explanation,
             "reward": float(row["reward"]),
-            "components": {name: get(name) for name in COMPONENTS if name in row.index},
+            "components": {name: get(name) for name in self.sources[index].components if name in row.index},
             "tokens": get("explanation_tokens"),
             "chars": len(explanation),
             "closed": get("closed"),
