@@ -67,6 +67,23 @@ def test_score_writes_lines_dump_and_summary(tiny_model_dir, tiny_student_dir, t
     assert f"{mean:.4f}" in reward_row
 
 
+def test_score_takes_the_recipes_reward_terms(tiny_model_dir, tiny_student_dir, tmp_path):
+    """reward.terms [correct_generation]: its components, one line per row; the RLT token dump is refused."""
+    from factory.recipe import Reward
+
+    data = write_rows(tmp_path / "rows.jsonl", ROWS)
+    settings = Reward(terms=["correct_generation"], correct_generation={"rollouts": 2, "max_new_tokens": 4})
+    console = Console(record=True, width=160)
+    out = tmp_path / "out.jsonl"
+    records = score(str(tiny_model_dir), str(tiny_student_dir), str(data), out, settings=settings, console=console)
+    assert [set(r) for r in records] == [{"row", "answered", "reward", "explanation_tokens", "truncated", "closed"}] * 3
+    assert all(r["reward"] in (0.0, 0.5, 1.0) for r in records)
+    shown = console.export_text()
+    assert "reward (correct_generation)" in shown and "│ answered " in shown and "tokens/s" not in shown
+    with pytest.raises(UserError, match=r"--dump-tokens .*\['correct_generation'\]"):
+        score(str(tiny_model_dir), str(tiny_student_dir), str(data), out, True, settings=settings)
+
+
 def test_empty_explanation_pays_the_kl_penalty(tiny_model_dir, tiny_student_dir, tmp_path):
     """An explanation that closes at once is scored: +1 per KL term (kl_mean = kl_max = 1), never a free pass."""
     data = write_rows(tmp_path / "empty.jsonl", [{**ROWS[0], "explanation": f"\n\n{EXPLANATION_CLOSE}"}, ROWS[0]])
