@@ -47,7 +47,7 @@ class ModelSpec(Section):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
     @model_validator(mode="after")
-    def _split_revision(self) -> "ModelSpec":
+    def _split_revision(self) -> ModelSpec:
         if "@" in self.source and not self.source.startswith(("packaged:", "/", ".")):
             base, _, rev = self.source.partition("@")
             if self.revision and self.revision != rev:
@@ -105,7 +105,7 @@ class EvalSet(DataSource):
     shuffle_seed: int = Field(default=0, description="seed of the options' order (with distractor_columns)")
 
     @model_validator(mode="after")
-    def _choice_layout(self) -> "EvalSet":
+    def _choice_layout(self) -> EvalSet:
         if self.kind != "multiple_choice" and (self.distractor_columns or self.template == "skythought_gpqa"):
             what = "distractor_columns" if self.distractor_columns else "template: skythought_gpqa"
             raise ValueError(f"{what} needs kind: multiple_choice")
@@ -410,7 +410,7 @@ class Recipe(Section):
     reward: Reward = Field(default_factory=Reward)
     stages: Stages = Field(default_factory=Stages)
     launch: Launch = Field(default_factory=Launch)
-    _located: "_Located | None" = PrivateAttr(default=None)  # the YAML lines, set by load_recipe
+    _located: _Located | None = PrivateAttr(default=None)  # the YAML lines, set by load_recipe
 
     def where(self, key: str) -> str | None:
         """`file:line` (or `--set KEY`) of the dotted `key`, or of its nearest ancestor written in the
@@ -418,7 +418,7 @@ class Recipe(Section):
         return self._located.where(tuple(key.split("."))) if self._located else None
 
     @model_validator(mode="after")
-    def _combinations(self) -> "Recipe":
+    def _combinations(self) -> Recipe:
         rl, launch = self.stages.teacher_rl, self.launch
         if rl.enabled:
             micro = rl.per_device_batch_size * launch.world_size
@@ -456,7 +456,7 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
-    def _reward_length(self) -> "Recipe":
+    def _reward_length(self) -> Recipe:
         """The reward scores whole sequences (RLT.md, "Lengths"): its cap defaults to the longest teacher
         sequence the RL and generate settings allow, and a smaller explicit cap is refused."""
         rl, generate = self.stages.teacher_rl, self.stages.generate
@@ -480,7 +480,7 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
-    def _reward_terms(self) -> "Recipe":
+    def _reward_terms(self) -> Recipe:
         """The correct_generation term decodes with the reward student, step by step until each answer ends:
         ranks would run different numbers of forwards, which a ZeRO-3-sharded student cannot."""
         if "correct_generation" in self.reward.terms and self.stages.teacher_rl.enabled and self.launch.preset == "zero3":

@@ -28,7 +28,7 @@ import socket
 import threading
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ class HubError(Exception):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def git_blob_oid(content: bytes) -> str:
@@ -611,7 +611,7 @@ def _folder_json(commit: Commit, folder: str) -> dict[str, Any]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
         """Quiet: the request log is kept on the HubServer instead of stderr."""
@@ -695,7 +695,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    owner: "HubServer"
+    owner: HubServer
 
 
 class HubServer:
@@ -719,7 +719,7 @@ class HubServer:
         self.hub.endpoint = self.endpoint
         self._thread = threading.Thread(target=self._server.serve_forever, name="loopback-hub", daemon=True)
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         self._thread.start()
         return self
 

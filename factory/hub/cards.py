@@ -256,11 +256,11 @@ def dataset_card(
 ) -> str:  # fmt: skip
     """The card of a traces version: configs, features, sampling, QA figures, reward statistics, loading;
     with `comparison` (Store._comparison: sources, Space), how to see it before vs after RL."""
+    import pyarrow.parquet as pq
     from datasets import DatasetInfo, Features, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard, DatasetCardData
-    import pyarrow.parquet as pq
 
     layout = data_layout(files)
     infos, configs, rows_total = DatasetInfosDict(), MetadataConfigs(), 0

@@ -10,8 +10,8 @@ idempotent: what the Hub already holds is found by fingerprint and not uploaded 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from factory.artifacts import is_complete, write_json_atomic
 from factory.errors import UserError

@@ -17,8 +17,9 @@ factory.training (shared with teacher SFT/RL). Output: `model/` (weights + token
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from factory.errors import UserError
 from factory.roles import Role
@@ -83,7 +84,7 @@ def _artifact_rows(folder: Path, config: str | None) -> list[dict[str, str]]:
     return rows
 
 
-def student_rows(rows: list[dict[str, str]], fmt: "StudentFormat") -> list[dict[str, Any]]:
+def student_rows(rows: list[dict[str, str]], fmt: StudentFormat) -> list[dict[str, Any]]:
     """Conversational prompt/completion rows of the student format, as SFTTrainer takes them."""
     from factory.formats import student_messages
 
@@ -94,7 +95,7 @@ def student_rows(rows: list[dict[str, str]], fmt: "StudentFormat") -> list[dict[
     return out
 
 
-def check_settings(recipe: "Recipe") -> list[Problem]:
+def check_settings(recipe: Recipe) -> list[Problem]:
     """Mistakes in `stages.distill`, which the distill stage and evaluate's distilled baselines train with."""
     from factory.training import check_sft_settings
 
@@ -105,7 +106,7 @@ def distill_model(
     *,
     rows: list[dict[str, str]],
     base: ResolvedInput,
-    recipe: "Recipe",
+    recipe: Recipe,
     out_dir: Path,
     log: Callable[[str], None],
     run_name: str,
@@ -158,7 +159,7 @@ class DistillStage(Stage):
     sections = ("stages.distill", *STUDENT_FORMAT)
     version = 2  # 2: the reference student format (padding inside tags, the data's system prompt)
 
-    def check(self, recipe: "Recipe") -> list[Problem]:
+    def check(self, recipe: Recipe) -> list[Problem]:
         problems = check_settings(recipe)
         distill, generate = recipe.stages.distill, recipe.stages.generate
         if not generate.enabled:
@@ -171,7 +172,7 @@ class DistillStage(Stage):
             problems.append(Problem("stages.distill.max_length", message, warning=True))
         return problems
 
-    def estimate(self, recipe: "Recipe") -> dict[str, float]:
+    def estimate(self, recipe: Recipe) -> dict[str, float]:
         """Upper bound: every row a full `max_length` sequence, 6 FLOPs per parameter per token."""
         from factory.models import estimate_parameters
 

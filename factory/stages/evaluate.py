@@ -32,8 +32,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from factory.errors import UserError
 from factory.roles import Role
@@ -131,7 +132,7 @@ def write_score_plot(scores: dict[str, dict[str, Any]], sets: list[str], folder:
 # ------------------------------------------------------------------------------------ generation
 
 
-def student_system(recipe: "Recipe") -> str:
+def student_system(recipe: Recipe) -> str:
     """The system prompt every evaluated model gets: the student format's, the one the students were
     distilled with (as SkyThought's `--system-prompt-name`). The one place evaluation resolves it."""
     from factory.data.student import student_format_of
@@ -147,7 +148,7 @@ def student_prompt_ids(tokenizer: Any, prompt: str, system: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def load_eval_sets(recipe: "Recipe", log: Callable[[str], None]) -> dict[str, list[dict[str, str]]]:
+def load_eval_sets(recipe: Recipe, log: Callable[[str], None]) -> dict[str, list[dict[str, str]]]:
     """Rows of every eval set with their prompts (factory.data.eval_prompts), checked for reference
     answers before any model is loaded."""
     from factory.data import load_rows
@@ -176,7 +177,7 @@ def evaluate_model(
     label: str,
     source: Any,
     dtype: str,
-    recipe: "Recipe",
+    recipe: Recipe,
     sets: dict[str, list[dict[str, str]]],
     out_dir: Path,
     log: Callable[[str], None],
@@ -238,7 +239,7 @@ def evaluate_model(
     return {"sets": set_scores, "overall": overall(set_scores), **engine_info}
 
 
-def protocol(recipe: "Recipe") -> dict[str, Any]:
+def protocol(recipe: Recipe) -> dict[str, Any]:
     """How the scores were obtained, as a reader needs it to compare them with others' (RLT.md, "Evaluation")."""
     from factory.data.answers import grader
     from factory.data.eval_prompts import describe
@@ -285,7 +286,7 @@ def _baselines(ctx: StageContext) -> tuple[list[tuple[str, Any, str]], dict[str,
     return run, skipped
 
 
-def _student_is_reference(recipe: "Recipe") -> bool:
+def _student_is_reference(recipe: Recipe) -> bool:
     """The student itself is distilled on the reference traces: baseline reference_traces would repeat it."""
     return recipe.stages.distill.enabled and not recipe.stages.generate.enabled
 
@@ -334,12 +335,12 @@ class EvaluateStage(Stage):
     sections = ("stages.evaluate", "data.eval", *STUDENT_FORMAT, "models.distill_base.dtype")
     version = 3  # 3: prompts in SkyThought's templates, GPQA options from columns, protocol recorded
 
-    def sections_for(self, recipe: "Recipe") -> tuple[str, ...]:
+    def sections_for(self, recipe: Recipe) -> tuple[str, ...]:
         """stages.distill too when a distilled baseline trains with it."""
         distilled = set(DISTILLED_BASELINES) & set(recipe.stages.evaluate.baselines)
         return self.sections + ("stages.distill",) * bool(distilled)
 
-    def check(self, recipe: "Recipe") -> list[Problem]:
+    def check(self, recipe: Recipe) -> list[Problem]:
         """The eval sets, the engine; for a distilled baseline, the distill settings it trains with and its rows."""
         from factory.stages.distill import check_settings
 
@@ -354,7 +355,7 @@ class EvaluateStage(Stage):
             problems += thought_problems(recipe, "stages.evaluate.baselines: reference_traces")
         return problems
 
-    def estimate(self, recipe: "Recipe") -> dict[str, float]:
+    def estimate(self, recipe: Recipe) -> dict[str, float]:
         """Upper bound: every sample runs to max_new_tokens, 2 FLOPs per parameter per generated token;
         plus, in FLOPs, the distillation of each distilled baseline (as the distill stage estimates it)."""
         from factory.models import estimate_parameters

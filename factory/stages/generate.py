@@ -78,9 +78,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from factory.errors import UserError
 from factory.hub.content import BEFORE_RL
@@ -118,7 +119,7 @@ class GenerateStage(Stage):
     sections = ("stages.generate", "formats", "reward", "data.eval")  # data.eval: decontamination
     version = 2  # 2: the reference layouts (padded tags, spans up to the closing tags), empty spans penalised
 
-    def check(self, recipe: "Recipe") -> list[Problem]:
+    def check(self, recipe: Recipe) -> list[Problem]:
         """The eval sets (read to decontaminate), the engine; sampling settings that disagree with the reward or RL."""
         settings, rl, reward = recipe.stages.generate, recipe.stages.teacher_rl, recipe.reward
         problems = eval_set_problems(recipe) + vllm_problems(settings.engine == "vllm", "stages.generate.engine")
@@ -137,7 +138,7 @@ class GenerateStage(Stage):
             problems.append(Problem("stages.generate.max_new_tokens", message, warning=True))
         return problems
 
-    def estimate(self, recipe: "Recipe") -> dict[str, float]:
+    def estimate(self, recipe: Recipe) -> dict[str, float]:
         """Upper bound: every candidate runs to max_new_tokens; scoring = one forward of both models;
         twice with the before-RL pass."""
         from factory.models import estimate_parameters
@@ -190,8 +191,8 @@ class GenerateStage(Stage):
 
 
 def teacher_passes(
-    inputs: dict[str, "ResolvedInput"], recipe: "Recipe", log: Callable[[str], None]
-) -> list[tuple["ResolvedInput", str]]:
+    inputs: dict[str, ResolvedInput], recipe: Recipe, log: Callable[[str], None]
+) -> list[tuple[ResolvedInput, str]]:
     """(teacher, work folder) of each generation pass: the teacher's, then the initial teacher's when
     `before_rl` is on and RL changed the teacher in this recipe."""
     teacher, passes = inputs["teacher"], [(inputs["teacher"], MAIN_WORK)]
@@ -208,7 +209,7 @@ def teacher_passes(
 
 
 def _job_fields(
-    teacher: "ResolvedInput", student: "ResolvedInput", out_dir: Path, kind: str, recipe: "Recipe", work: str
+    teacher: ResolvedInput, student: ResolvedInput, out_dir: Path, kind: str, recipe: Recipe, work: str
 ) -> dict[str, Any]:
     from factory.stages.generate_worker import source_json
 
@@ -222,7 +223,7 @@ def _job_fields(
     }
 
 
-def _job(fields: dict[str, Any], **more: Any) -> "Job":
+def _job(fields: dict[str, Any], **more: Any) -> Job:
     from factory.stages.generate_worker import Job
 
     return Job(**fields, **more)
@@ -247,7 +248,7 @@ def _run_groups(groups: list[list[int]], fields: dict[str, Any], work: Any, log:
         )
 
 
-def teacher_label(item: "ResolvedInput") -> str:
+def teacher_label(item: ResolvedInput) -> str:
     """The `teacher` column: repo@resolved revision of a base model, stage@fingerprint of an artifact."""
     if item.artifact_dir is not None or item.model is None:
         return item.describe()
@@ -257,7 +258,7 @@ def teacher_label(item: "ResolvedInput") -> str:
 # ------------------------------------------------------------------------------------ shard CLI
 
 
-def run_shard(plan: "Plan", index: int, count: int, log: Callable[[str], None] = print) -> str:
+def run_shard(plan: Plan, index: int, count: int, log: Callable[[str], None] = print) -> str:
     """`factory generate-shard`: generate and score one shard (of each pass) into the stage's artifact folder.
 
     The stage is not completed here; `factory run` completes it (finishing anything left, then
@@ -299,7 +300,7 @@ def run_shard(plan: "Plan", index: int, count: int, log: Callable[[str], None] =
     return f"generate shard {index}/{count} done in {planned.artifact_dir}; `factory run` merges when all shards are done"
 
 
-def shard_claims(out_dir: Path) -> "Claims":
+def shard_claims(out_dir: Path) -> Claims:
     """The claims on one generate artifact's work (both passes): `run`, `s{i}of{n}`."""
     from factory.claims import Claims
 
@@ -310,7 +311,7 @@ def shard_claim(index: int, count: int) -> str:
     return f"s{index}of{count}"
 
 
-def other_claims(claims: "Claims", own: "Holder", log: Callable[[str], None]) -> dict[str, "Holder"]:
+def other_claims(claims: Claims, own: Holder, log: Callable[[str], None]) -> dict[str, Holder]:
     """The live claims made before `own`: their questions are theirs. Claims made after `own` leave its
     questions to it, even when this process reads them first (it may have been paused between claiming and
     reading). Stale ones are removed on the way (their holders died; their finished parts stay)."""
@@ -326,7 +327,7 @@ def other_claims(claims: "Claims", own: "Holder", log: Callable[[str], None]) ->
     return live
 
 
-def claimed_ids(questions: "Questions", holders: dict[str, "Holder"]) -> set[str]:
+def claimed_ids(questions: Questions, holders: dict[str, Holder]) -> set[str]:
     """Ids of the questions the claims cover: `run` all of them, `s{i}of{n}` shard i of n."""
     ids: set[str] = set()
     for name in holders:
@@ -336,7 +337,7 @@ def claimed_ids(questions: "Questions", holders: dict[str, "Holder"]) -> set[str
     return ids
 
 
-def wait_for_claims(claims: "Claims", waiting: dict[str, "Holder"], log: Callable[[str], None]) -> None:
+def wait_for_claims(claims: Claims, waiting: dict[str, Holder], log: Callable[[str], None]) -> None:
     """Until each claim in `waiting` has ended: released, or stale (its holder died; the claim is taken over and
     its finished parts stay)."""
     if waiting:
@@ -356,7 +357,7 @@ def wait_for_claims(claims: "Claims", waiting: dict[str, "Holder"], log: Callabl
             del pending[name]
 
 
-def _describe(holders: dict[str, "Holder"]) -> str:
+def _describe(holders: dict[str, Holder]) -> str:
     return "; ".join(f"{name}: {holder.describe()}" for name, holder in sorted(holders.items()))
 
 
@@ -442,7 +443,7 @@ class Selection:
     gains: list[float]  # per selected question: its reward minus the mean of its n candidates
 
 
-def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str, log: Callable[[str], None]) -> Selection:
+def select(recipe: Recipe, questions: Questions, work: Any, teacher: str, log: Callable[[str], None]) -> Selection:
     """Check every scored candidate of one pass (its `WorkDir`) and keep the best passing one per question.
     Every kept question has exactly `n` candidates; what was discarded on the way is logged."""
     from factory.data.student import student_format_of
@@ -497,7 +498,7 @@ def select(recipe: "Recipe", questions: "Questions", work: Any, teacher: str, lo
 
 
 def merge(
-    recipe: "Recipe", questions: "Questions", out_dir: Path, teacher: str, log: Callable[[str], None]
+    recipe: Recipe, questions: Questions, out_dir: Path, teacher: str, log: Callable[[str], None]
 ) -> tuple[StageResult, Selection]:
     """The main pass: check, select one per question, write both configs, plots and figures."""
     from factory.rewards.build import components_of
@@ -529,7 +530,7 @@ def merge(
 
 
 def merge_before_rl(
-    recipe: "Recipe", questions: "Questions", out_dir: Path, teacher: str, after: Selection, result: StageResult,
+    recipe: Recipe, questions: Questions, out_dir: Path, teacher: str, after: Selection, result: StageResult,
     log: Callable[[str], None],
 ) -> None:  # fmt: skip
     """The initial teacher's pass: config `before_rl`, its figures and the before/after comparison, into `result`."""
@@ -618,7 +619,7 @@ def _rate(count: int, total: int) -> float:
     return count / total if total else 0.0
 
 
-def _figures(questions: "Questions", chosen: Selection, n: int, components: tuple[str, ...]) -> dict[str, Any]:
+def _figures(questions: Questions, chosen: Selection, n: int, components: tuple[str, ...]) -> dict[str, Any]:
     from factory.qa import summary
 
     candidates, selected, reasons = chosen.candidates, chosen.selected, chosen.reasons

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from factory.errors import UserError
 from factory.recipe import ModelSpec, Recipe
@@ -151,7 +152,7 @@ class Job:
         return path
 
     @classmethod
-    def load(cls, path: Path) -> "Job":
+    def load(cls, path: Path) -> Job:
         return cls(**json.loads(Path(path).read_text()))
 
 

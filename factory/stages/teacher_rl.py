@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from factory.errors import UserError
 from factory.formats import check_same_vocabulary, student_format, teacher_prompt_ids

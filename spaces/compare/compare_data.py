@@ -19,7 +19,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -404,7 +404,7 @@ def math_markdown(text: str) -> str:
     out, start = [], 0
     while (begin := text.find("\\boxed{", start)) >= 0:
         depth, end = 0, begin + len("\\boxed")
-        for end in range(end, len(text)):
+        for end in range(begin + len("\\boxed"), len(text)):  # noqa: B007 - `end` is read after the loop
             depth += {"{": 1, "}": -1}.get(text[end], 0)
             if depth == 0:
                 break
@@ -474,7 +474,7 @@ class VoteStore:
             "left_reward": a["reward"], "right_reward": b["reward"],
             "question": comparison.question_text[pos], "solution": comparison.solution_text[pos],
             "left_explanation": a["explanation"], "right_explanation": b["explanation"],
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }  # fmt: skip
         line = json.dumps(entry, ensure_ascii=False) + "\n"
         with self._lock:
