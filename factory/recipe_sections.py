@@ -1,0 +1,387 @@
+"""The recipe's sections (models, data, formats, reward, stages, hub, launch): each a typed block of keys
+with its bounds and defaults. Split from factory.recipe so that the schema of one section is read apart from
+the checks across sections (factory.recipe) and the YAML reading (factory.recipe_yaml)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The mark of a field that cannot change what a stage produces (throughput, memory, trackers): every stage's
+# fingerprint hashes its declared sections without these fields (factory.stages.base.section_config).
+RESULT_NEUTRAL = {"affects_results": False}
+
+
+class Section(BaseModel):
+    """Every recipe section rejects unknown keys (a typo must not be silently ignored) and
+    non-finite numbers (`.nan`, `.inf` pass `ge`/`gt` bounds, then poison training)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+class ModelSpec(Section):
+    """Where a model comes from.
+
+    `source` is a Hub id (`Qwen/Qwen2.5-7B-Instruct`, optionally `id@revision`), a local folder
+    (`./ckpt`, `/abs/path`), or a packaged model (`packaged:smollm2-135m-instruct`).
+    """
+
+    source: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+    @model_validator(mode="after")
+    def _split_revision(self) -> ModelSpec:
+        if "@" in self.source and not self.source.startswith(("packaged:", "/", ".")):
+            base, _, rev = self.source.partition("@")
+            if self.revision and self.revision != rev:
+                raise ValueError(f"revision given twice: {rev!r} in source and {self.revision!r}")
+            object.__setattr__(self, "source", base)
+            object.__setattr__(self, "revision", rev)
+        return self
+
+
+class Models(Section):
+    teacher: ModelSpec
+    student: ModelSpec = Field(description="The reward student that scores explanations.")
+    distill_base: ModelSpec
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+DataFormat = Literal["stratos", "jsonl", "hub", "quickstart"]
+
+
+class DataSource(Section):
+    """A question/solution set: `source` is a Hub dataset id, a local file, or `quickstart`."""
+
+    source: str
+    format: DataFormat = "hub"
+    split: str = "train"
+    revision: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    question_column: str = "question"
+    solution_column: str = "solution"
+    thought_column: str | None = None
+
+
+class EvalSet(DataSource):
+    """A benchmark: how each question is asked and graded (factory.data.eval_prompts, factory.data.answers)."""
+
+    name: str
+    split: str = "test"
+    config: str | None = Field(default=None, description="the Hub dataset's config (subset), e.g. gpqa_diamond")
+    answer_column: str = Field(
+        default="answer", description="the reference answer; with distractor_columns, the correct option's text"
+    )
+    kind: Literal["math", "multiple_choice"] = "math"
+    template: Literal["skythought_math", "skythought_gpqa", "plain"] | None = Field(
+        default=None,
+        description="the user turn around the question; None: SkyThought's for the kind "
+        "(skythought_math, or skythought_gpqa for multiple_choice); plain: the question alone",
+    )
+    distractor_columns: list[str] = Field(
+        default_factory=list,
+        description="multiple choice with the options in columns: the wrong options' columns; the options are "
+        "shown after the question in a fixed order shuffled by shuffle_seed, the reference is the correct one's letter",
+    )
+    shuffle_seed: int = Field(default=0, description="seed of the options' order (with distractor_columns)")
+
+    @model_validator(mode="after")
+    def _choice_layout(self) -> EvalSet:
+        if self.kind != "multiple_choice" and (self.distractor_columns or self.template == "skythought_gpqa"):
+            what = "distractor_columns" if self.distractor_columns else "template: skythought_gpqa"
+            raise ValueError(f"{what} needs kind: multiple_choice")
+        if self.distractor_columns and len(self.distractor_columns) > 25:
+            raise ValueError("distractor_columns: at most 25 (the options are lettered A-Z)")
+        if self.template in (None, "skythought_gpqa") and self.distractor_columns and len(self.distractor_columns) != 3:
+            raise ValueError("template skythought_gpqa asks for A, B, C or D: distractor_columns needs 3 columns")
+        return self
+
+
+class Data(Section):
+    train: DataSource
+    eval: list[EvalSet] = Field(default_factory=list)
+
+    @field_validator("eval")
+    @classmethod
+    def _unique_names(cls, sets: list[EvalSet]) -> list[EvalSet]:
+        names = [s.name for s in sets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"eval set names must be unique, repeated: {duplicates}")
+        return sets
+
+
+# --------------------------------------------------------------------------------- formats/reward
+
+
+class Formats(Section):
+    """The two chat formats (factory/formats.py). The student format is the reward student's and the
+    distilled students' own: the reference scores Bespoke-Stratos-7B in the layout it was trained on."""
+
+    teacher_system: str | None = Field(default=None, description="the teacher's system prompt; None: factory's")
+    student_system: str | None = Field(
+        default=None,
+        description="the student's system prompt; None: the train data's `system` column when it has one "
+        "(Bespoke-Stratos-17k does), else factory's",
+    )
+    student_padding: str = Field(default="\n\n", description="inside every tag pair of the student format")
+    student_separator: str = Field(default="\n\n", description="between the thought's closing and the solution's opening tag")
+
+
+class CorrectGeneration(Section):
+    """The reference's optional correct-generation term (`correct_generation_coeff`, 0 and unimplemented
+    there): the reward student, given the question and the explanation, answers `rollouts` times; the
+    term is the fraction of answers math-verify finds equal to the reference solution's final answer."""
+
+    rollouts: int = Field(default=8, ge=1, description="answers per explanation (the reference's correct_generation_rollouts)")
+    temperature: float = Field(default=0.7, ge=0, description="the student's sampling temperature; 0: greedy")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=1024, ge=1, description="longest answer, tokens")
+    seed: int = Field(default=0, description="answers are seeded per question and explanation from this")
+
+
+class Reward(Section):
+    """The reward: `terms` summed with coefficients. `rlt` (RLT.md) is r = r_SS - lambda * r_KL with
+    alpha-weighted min/max terms, its keys below; `correct_generation` is `correct_generation`'s section."""
+
+    terms: list[Literal["rlt", "correct_generation"]] = Field(
+        default_factory=lambda: ["rlt"],
+        min_length=1,
+        description="the reward's terms, summed: rlt weighs 1, correct_generation correct_generation_coeff; "
+        "one term of weight 1 is the reward itself (its components unprefixed)",
+    )
+    correct_generation_coeff: float = Field(default=1.0, description="the correct_generation term's weight in the sum")
+    correct_generation: CorrectGeneration = Field(default_factory=CorrectGeneration)
+
+    kl_coef: float = Field(default=3.0, ge=0, description="lambda")
+    alpha: float = Field(default=0.01, ge=0)
+    kl_estimator: Literal["k1", "k3", "full"] = "k1"
+    teacher_temperature: float = Field(default=0.7, gt=0)
+    student_temperature: float = Field(default=0.7, gt=0)
+    missing_tag_penalty: float = Field(default=-1.0, description="added when the explanation never closes its tag")
+    empty_span_penalty: float = Field(
+        default=-1.0,
+        description="the reference's not_matched_penalty: an empty solution span scores it per r_SS term, an empty "
+        "explanation pays its negative per KL term (so it never escapes the KL penalty)",
+    )
+    max_length: int | None = Field(
+        default=None,
+        ge=16,
+        description="longest scored sequence, tokens; unset: stages.teacher_rl.max_prompt_length + the longest "
+        "explanation (teacher_rl.max_completion_length, generate.max_new_tokens), so nothing is cut; a smaller value is refused",
+    )
+    batch_size: int = Field(default=8, ge=1, description="most items per forward", json_schema_extra=RESULT_NEUTRAL)
+    max_padding: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="a batch is closed early rather than be more than this share padding",
+        json_schema_extra=RESULT_NEUTRAL,
+    )
+    chunk_size: int = Field(
+        default=512, ge=1, description="positions per log-softmax chunk", json_schema_extra=RESULT_NEUTRAL
+    )
+
+    @field_validator("terms")
+    @classmethod
+    def _unique_terms(cls, terms: list[str]) -> list[str]:
+        if len(set(terms)) < len(terms):
+            raise ValueError(f"each term once: {terms}")
+        return terms
+
+
+# ----------------------------------------------------------------------------------------- stages
+
+
+class Stage(Section):
+    enabled: bool = True
+
+
+class OptimizedStage(Stage):
+    """AdamW and gradient clipping of a training stage; the defaults are transformers' (the reference's
+    everywhere but its teacher warm-up, whose values recipes/aime.yaml sets)."""
+
+    weight_decay: float = Field(default=0.0, ge=0)
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1)
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(default=1e-8, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0, description="gradient-norm clip")
+
+
+class TrainStage(OptimizedStage):
+    learning_rate: float = Field(gt=0)
+    lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    global_batch_size: int = Field(default=16, ge=1)
+    per_device_batch_size: int = Field(default=1, ge=1)
+    max_length: int = Field(default=16384, ge=16)
+    gradient_checkpointing: bool = False
+    bf16: bool = True
+    save_strategy: Literal["steps", "epoch"] = Field(
+        default="steps", description="checkpoint every save_steps optimizer steps, or at the end of every epoch"
+    )
+    save_steps: int = Field(default=100, ge=1)
+    seed: int = 42
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(
+        default_factory=lambda: ["none"], json_schema_extra=RESULT_NEUTRAL
+    )
+
+
+class TeacherSFT(TrainStage):
+    learning_rate: float = Field(default=1e-5, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+
+
+class TeacherRL(OptimizedStage):
+    """GRPO with the RLT reward; every paper setting explicit (TRL's defaults differ)."""
+
+    steps: int = Field(default=125, ge=1)
+    prompts_per_step: int = Field(default=16, ge=1)
+    generations_per_prompt: int = Field(default=64, ge=2)
+    per_device_batch_size: int = Field(default=8, ge=1, description="rollouts per device per micro-batch")
+    iterations_per_generation: int = Field(default=1, ge=1, description="1 = strictly on-policy")
+    temperature: float = Field(default=0.7, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    learning_rate: float = Field(default=1e-6, gt=0)
+    lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "constant"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    beta: float = Field(default=0.04, ge=0, description="KL-to-reference coefficient (k3)")
+    ref_sync_steps: int = Field(default=32, ge=1)
+    ref_sync_mix: float = Field(default=0.9, ge=0, le=1, description="weight of the policy in the reference update")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    clip_epsilon: float = Field(default=0.2, gt=0, description="policy-ratio clip; inert when strictly on-policy")
+    kl_bias_correction: bool = Field(
+        default=False, description="weight the KL term by the policy ratio (on by default in TRL 1.16); off in the paper"
+    )
+    vllm_importance_sampling_correction: bool = Field(
+        default=False,
+        description="TRL 1.16's vLLM importance-sampling correction, on by default there: each rollout's loss is "
+        "weighted by the trainer's / vLLM's sequence probability ratio, and masked out above 3. Off in the paper, "
+        "whose GRPO is plain on-policy; acts only with launch.vllm_mode colocate or server",
+    )
+    max_prompt_length: int = Field(default=4096, ge=8)
+    max_completion_length: int = Field(default=16384, ge=1)
+    gradient_checkpointing: bool = True
+    bf16: bool = True
+    save_steps: int = Field(default=25, ge=1)
+    logging_steps: int = Field(default=1, ge=1)
+    seed: int = 42
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(
+        default_factory=lambda: ["none"], json_schema_extra=RESULT_NEUTRAL
+    )
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.prompts_per_step * self.generations_per_prompt
+
+
+class Generate(Stage):
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    n: int = Field(default=1, ge=1, description="explanations per question; the best by reward is kept")
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=16384, ge=1)
+    batch_size: int = Field(default=16, ge=1, json_schema_extra=RESULT_NEUTRAL)
+    seed: int = 42
+    shards: int = Field(
+        default=1,
+        ge=1,
+        description="shards for `factory generate-shard RECIPE --shard i`",
+        json_schema_extra=RESULT_NEUTRAL,
+    )
+    limit: int | None = Field(default=None, ge=1, description="questions to generate for; all when unset")
+    decontaminate_ngram: int = Field(default=13, ge=4)
+    drop_unclosed: bool = True
+    drop_leaked: bool = False
+    before_rl: bool = Field(
+        default=False,
+        description="also generate with the teacher RL started from (dataset config before_rl): RLT's effect, shown",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vLLM's GPU memory share", json_schema_extra=RESULT_NEUTRAL
+    )
+
+
+class Distill(TrainStage):
+    learning_rate: float = Field(default=1e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    epochs: float = Field(default=3.0, gt=0)
+    packing: bool = Field(
+        default=True,
+        description="best-fit decreasing packing (padding-free, no attention across sequences): a row then holds up "
+        "to max_length tokens of several sequences and global_batch_size counts rows, so an optimizer step covers "
+        "more sequences than global_batch_size. The paper's students: no packing, 96 sequences a step",
+    )
+
+
+class Evaluate(Stage):
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1)
+    max_new_tokens: int = Field(default=32768, ge=1)
+    batch_size: int = Field(default=16, ge=1, json_schema_extra=RESULT_NEUTRAL)
+    seed: int = 42
+    baselines: list[Literal["distill_base", "reference_traces", "before_rl_traces"]] = Field(
+        default_factory=list,
+        description="also evaluated: the untouched distillation base; students distilled with stages.distill's "
+        "settings on the train set's reference thoughts, or on the traces of the teacher before RL",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vLLM's GPU memory share", json_schema_extra=RESULT_NEUTRAL
+    )
+
+
+class Stages(Section):
+    teacher_sft: TeacherSFT = Field(default_factory=TeacherSFT)
+    teacher_rl: TeacherRL = Field(default_factory=TeacherRL)
+    generate: Generate = Field(default_factory=Generate)
+    distill: Distill = Field(default_factory=Distill)
+    evaluate: Evaluate = Field(default_factory=Evaluate)
+
+
+# ---------------------------------------------------------------------------------- hub / launch
+
+
+class Hub(Section):
+    namespace: str | None = None
+    private: bool = False
+    push: bool = False
+    license: str = "apache-2.0"
+    space: bool = True
+
+    @field_validator("namespace")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or " " in value):
+            raise ValueError("namespace is a user or organisation name, without '/' or spaces")
+        return value
+
+
+class Launch(Section):
+    preset: Literal["single", "ddp", "zero3", "fsdp2"] = "single"
+    num_processes: int = Field(default=1, ge=1, description="training processes per machine")
+    num_machines: int = Field(default=1, ge=1)
+    machine_rank: int = Field(default=0, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int = 29500
+    vllm_mode: Literal["off", "colocate", "server"] = "off"
+    vllm_gpus: int = Field(default=0, ge=0, description="GPUs given to a vLLM server (server mode)")
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1, json_schema_extra=RESULT_NEUTRAL)
+
+    @property
+    def world_size(self) -> int:
+        return self.num_processes * self.num_machines
+
