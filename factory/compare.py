@@ -1,7 +1,7 @@
 """The compare Space from the package side: run it locally, or write / deploy it with its sources.
 
-The Space's code lives in spaces/compare/ (app.py, compare_data.py), shipped as package data
-(factory.bundled), so that folder deploys to the Hub unchanged; this module imports it from there.
+The Space's code lives in spaces/compare/ (app.py, compare_data.py, compare_votes.py), shipped as package
+data (factory.bundled), so that folder deploys to the Hub unchanged; this module imports it from there.
 `write_space` and `deploy_space` are what publishing calls: they add a `sources.json` and list the Hub
 datasets in the Space card's `datasets:`.
 """
@@ -21,15 +21,15 @@ from factory.bundled import bundled
 from factory.errors import UserError
 
 SPACE_DIR = bundled("spaces", "compare")
-SPACE_FILES = ("app.py", "compare_data.py", "requirements.txt", "README.md")
+SPACE_FILES = ("app.py", "compare_data.py", "compare_votes.py", "requirements.txt", "README.md")
 
 
 def space_module(name: str) -> ModuleType:
-    """Import `app` or `compare_data` from the Space folder (package data, not modules of the package)."""
+    """Import `app`, `compare_data` or `compare_votes` from the Space folder (package data, not package modules)."""
     path = SPACE_DIR / f"{name}.py"
     if not path.is_file():
         raise UserError(f"the compare Space is missing at {path}: this install of factory lacks its package data")
-    module_name = name if name == "compare_data" else f"factory_space_{name}"  # app.py imports compare_data by name
+    module_name = f"factory_space_{name}" if name == "app" else name  # app.py imports its siblings by name
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
@@ -51,7 +51,7 @@ def build(sources: list[str], votes: str | Path, votes_repo: str | None = None):
     """The Gradio Blocks of the Space for these sources (not launched)."""
     comparison = load(sources)
     app = space_module("app")
-    return app.build_app(comparison, space_module("compare_data").VoteStore(votes), votes_repo)
+    return app.build_app(comparison, space_module("compare_votes").VoteStore(votes), votes_repo)
 
 
 def launch(sources: list[str], port: int | None, host: str, votes: str | Path, votes_repo: str | None) -> None:

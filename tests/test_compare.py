@@ -26,6 +26,7 @@ from factory.errors import UserError
 from factory.formats import student_messages
 
 cd = fc.space_module("compare_data")
+cv = fc.space_module("compare_votes")
 N = 60
 SPECIAL = {17: 3.0, 42: -2.5}  # rlt reward - base reward at these questions
 
@@ -184,7 +185,7 @@ def test_summary_and_figures(comparison):
 
 
 def test_votes_become_preference_pairs(comparison, tmp_path):
-    store = cd.VoteStore(tmp_path / "votes.jsonl")
+    store = cv.VoteStore(tmp_path / "votes.jsonl")
     p17, p42, p5 = (comparison.position(q) for q in ("q017", "q042", "q005"))
     store.record(comparison, p17, 0, 1, "left")
     store.record(comparison, p17, 0, 1, "right")  # changes its mind: the latest counts
@@ -194,7 +195,7 @@ def test_votes_become_preference_pairs(comparison, tmp_path):
         store.record(comparison, p5, 0, 0, "left")
     assert len(store.records()) == 4 and len(store.latest()) == 3
     assert store.vote_for("q017", *(s.ref for s in comparison.sources)) == "right"
-    pairs = {row["id"]: row for row in cd.preference_rows(store.latest())}
+    pairs = {row["id"]: row for row in cv.preference_rows(store.latest())}
     assert set(pairs) == {"q017", "q042"}  # the tie is not a preference pair
     assert pairs["q017"]["chosen"] == explanation("rlt", 17) and pairs["q017"]["rejected"] == explanation("base", 17)
     assert pairs["q042"]["chosen_source"] == comparison.sources[0].ref
@@ -284,7 +285,7 @@ def test_space_settings_and_written_space(traces, tmp_path, monkeypatch):
 
     specs = ["RLT=org/rlt-traces@v3", "org/base-traces@v1", str(traces["rlt"])]
     dest = fc.write_space(tmp_path / "space", specs, title="RLT vs base")
-    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "app.py", "compare_data.py", "requirements.txt", "sources.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "app.py", "compare_data.py", "compare_votes.py", "requirements.txt", "sources.json"]
     front = yaml.safe_load((dest / "README.md").read_text().split("---\n")[1])
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["sdk_version"] == gradio.__version__
     assert front["datasets"] == ["org/rlt-traces", "org/base-traces"] and front["title"] == "RLT vs base"
@@ -314,10 +315,10 @@ def test_loads_source_from_hub_by_revision_and_publishes(hub_env, traces, tmp_pa
     with pytest.raises(cd.SourceError, match="@v9: could not load"):
         cd.load_source(f"{repo}@v9")
 
-    store = cd.VoteStore(tmp_path / "votes.jsonl")
+    store = cv.VoteStore(tmp_path / "votes.jsonl")
     store.record(comparison, comparison.position("q017"), 0, 1, "right")
     store.record(comparison, comparison.position("q003"), 0, 1, "tie")
-    assert cd.publish_votes(store, "factory-org/toy-votes") == {"pairs": 1, "votes": 2}
+    assert cv.publish_votes(store, "factory-org/toy-votes") == {"pairs": 1, "votes": 2}
     pairs = datasets.load_dataset("factory-org/toy-votes", split="train")
     assert pairs["id"] == ["q017"] and pairs["chosen"] == [explanation("rlt", 17)]
     assert sorted(datasets.load_dataset("factory-org/toy-votes", "votes", split="train")["vote"]) == ["right", "tie"]

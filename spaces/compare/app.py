@@ -1,7 +1,7 @@
 """Gradio Space: compare teachers' explanations side by side.
 
-A thin layout over compare_data.py. Runs as a Hugging Face Space (`python app.py`, sources from the
-`SOURCES` variable or `sources.json` beside this file) and from `factory compare SOURCE ...`.
+A thin layout over compare_data.py and compare_votes.py. Runs as a Hugging Face Space (`python app.py`,
+sources from the `SOURCES` variable or `sources.json` beside this file) and from `factory compare SOURCE ...`.
 The browser only ever receives one question or one overview page: the data stays on the server.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_data as cd  # noqa: E402
+import compare_votes as cv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 25
@@ -38,7 +39,7 @@ def configured() -> dict[str, Any]:
     return settings
 
 
-def build_app(comparison: cd.Comparison, votes: cd.VoteStore, votes_repo: str | None = None, title: str | None = None) -> gr.Blocks:
+def build_app(comparison: cd.Comparison, votes: cv.VoteStore, votes_repo: str | None = None, title: str | None = None) -> gr.Blocks:
     """The page: shared search/sort/pair controls, then Question, Overview, Distributions and Votes tabs."""
     labels = comparison.labels
     pair = [(label, index) for index, label in enumerate(labels)]
@@ -97,7 +98,7 @@ def build_app(comparison: cd.Comparison, votes: cd.VoteStore, votes_repo: str | 
 
     def publish() -> str:
         try:
-            result = cd.publish_votes(votes, votes_repo)
+            result = cv.publish_votes(votes, votes_repo)
         except ValueError as exc:  # no votes yet
             return str(exc)
         return f"published {result['pairs']} preference pairs and {result['votes']} votes to `{votes_repo}`"
@@ -178,12 +179,12 @@ def _vote_line(vote: str | None, saved: bool = False) -> str:
     return f"{'saved' if saved else 'your vote'}: **{words[vote]}**"
 
 
-def _votes_summary(votes: cd.VoteStore) -> str:
+def _votes_summary(votes: cv.VoteStore) -> str:
     latest = votes.latest()
-    counts = {kind: sum(v["vote"] == kind for v in latest) for kind in cd.VOTES}
+    counts = {kind: sum(v["vote"] == kind for v in latest) for kind in cv.VOTES}
     return (
         f"{len(latest)} votes in `{votes.path}`: {counts['left']} left better, {counts['right']} right better, "
-        f"{counts['tie']} ties ({len(cd.preference_rows(latest))} preference pairs)"
+        f"{counts['tie']} ties ({len(cv.preference_rows(latest))} preference pairs)"
     )
 
 
@@ -214,7 +215,7 @@ def main() -> None:
         unconfigured_app().launch(ssr_mode=False)
         return
     comparison = cd.load_comparison(settings["sources"])
-    demo = build_app(comparison, cd.VoteStore(settings["votes_file"]), settings["votes_repo"], settings.get("title"))
+    demo = build_app(comparison, cv.VoteStore(settings["votes_file"]), settings["votes_repo"], settings.get("title"))
     demo.launch(ssr_mode=False, css=CSS)
 
 
