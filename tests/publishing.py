@@ -1,0 +1,163 @@
+"""Artifacts in the real format, and stages that write them without training, for the publishing tests.
+
+A tiny saved model under model/, parquet under data/, artifact.json written by mark_complete: what the
+Hub and local stores publish. Shared by tests/test_hub_publish*.py and the full-disk test of
+tests/test_bad_inputs_files.py; the `store` fixture (tests/conftest.py) publishes with `make_recipe()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+from factory.artifacts import ArtifactMeta, InputRef, mark_complete
+from factory.recipe import Recipe
+
+BASE = "Qwen/Qwen2.5-7B-Instruct"
+RECIPE = {
+    "name": "tiny",
+    "hub": {"namespace": "factory-tester", "license": "apache-2.0"},
+    "models": {"teacher": {"source": BASE}, "student": {"source": BASE}, "distill_base": {"source": BASE}},
+    "data": {
+        "train": {"source": "bespokelabs/Bespoke-Stratos-17k", "format": "stratos"},
+        "eval": [{"name": "aime24", "source": "HuggingFaceH4/aime_2024", "split": "train"}],
+    },
+}
+TEACHER_REPO, TRACES_REPO, STUDENT_REPO = "factory-tester/tiny-teacher", "factory-tester/tiny-traces", "factory-tester/tiny-student"
+WRITES = ("/commit/", "/tag/", "/preupload/", "/lfs")
+
+
+def make_recipe(**hub) -> Recipe:
+    return Recipe.model_validate({**RECIPE, "hub": {**RECIPE["hub"], **hub}})
+
+
+def png() -> bytes:
+    """A valid 1x1 PNG: plots are real image files on the cards."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
+
+
+def finish(folder: Path, kind: str, stage: str, role: str, config: dict, inputs: list[InputRef], metrics: dict) -> Path:
+    fingerprint = hashlib.sha256(json.dumps([stage, config, [i.fingerprint for i in inputs]]).encode()).hexdigest()
+    meta = ArtifactMeta(kind, stage, role, fingerprint, "tiny", config, inputs, metrics)
+    mark_complete(folder, meta)
+    return folder
+
+
+def upstream(folder: Path, role: str) -> InputRef:
+    meta = json.loads((folder / "artifact.json").read_text())
+    return InputRef(role=role, fingerprint=meta["fingerprint"], path=str(folder))
+
+
+def base_ref(role: str) -> InputRef:
+    return InputRef(role=role, fingerprint="base-" + role, source=BASE, revision="a" * 40)
+
+
+def model_artifact(folder: Path, model_dir: Path, stage: str, config: dict, inputs: list[InputRef]) -> Path:
+    shutil.copytree(model_dir, folder / "model")
+    (folder / "loss_curve.png").write_bytes(png())
+    (folder / "loss_curve.csv").write_text("step,loss\n1,2.5\n2,1.25\n")
+    role = "teacher" if stage.startswith("teacher") else "student"
+    return finish(folder, "model", stage, role, config, inputs, {"train_loss": 1.25, "steps": 2})
+
+
+def traces_artifact(folder: Path, questions: list[str], config: dict, teacher: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rewards = [0.5 + i for i in range(len(questions))]
+    rows = {"question": questions, "solution": ["\\boxed{1}"] * len(questions), "explanation": ["because"] * len(questions), "reward": rewards}
+    (folder / "data" / "candidates").mkdir(parents=True)
+    pq.write_table(pa.table(rows), folder / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({k: v * 2 for k, v in rows.items()}), folder / "data" / "candidates" / "train-00000-of-00001.parquet")
+    (folder / "reward_hist.png").write_bytes(png())
+    metrics = {"reward_mean": sum(rewards) / len(rewards), "reward_max": max(rewards), "closed_tag_rate": 1.0, "rows": len(questions)}
+    return finish(folder, "dataset", "generate", "traces", config, [upstream(teacher, "teacher"), base_ref("reward_student")], metrics)
+
+
+def report_artifact(folder: Path, student: InputRef, accuracy: float) -> Path:
+    folder.mkdir(parents=True)
+    metrics = {
+        "aime24": {"accuracy": accuracy, "mean_length": 812.0},
+        "overall": accuracy,
+        "baselines": {"before_rl_traces": {"aime24": 20.0, "overall": 20.0}},
+    }
+    (folder / "report.json").write_text(json.dumps(metrics))
+    (folder / "accuracy.png").write_bytes(png())
+    return finish(folder, "report", "evaluate", "report", {"temperature": 0.0}, [student], metrics)
+
+
+def writes(server, since: int) -> list[tuple]:
+    return [r for r in server.requests[since:] if any(w in r[1] for w in WRITES)]
+
+
+def assert_token_absent(token: str, text: str, *folders: Path) -> None:
+    """The token appears in no output and no file: run files, stores, caches, everything the Hub stored."""
+    assert token not in text
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert token.encode() not in path.read_bytes(), path
+
+
+RUN_RECIPE = """\
+name: tiny
+models:
+  teacher: {source: MODEL}
+  student: {source: MODEL}
+  distill_base: {source: MODEL}
+data:
+  train: {source: quickstart, format: quickstart}
+  eval:
+    - {name: held_out, source: quickstart, format: quickstart, split: eval}
+stages:
+  teacher_rl: {enabled: false}
+"""
+
+
+def payload_stages(model_dir: Path) -> dict:
+    """Stages that write each kind's real payload (model/, data/*.parquet, report.json) without training."""
+    from factory.roles import Role
+    from factory.stages.base import Stage, StageResult
+
+    def write(name: str, ctx) -> dict:
+        if name in ("teacher_sft", "distill"):
+            shutil.copytree(model_dir, ctx.out_dir / "model", dirs_exist_ok=True)
+            (ctx.out_dir / "loss_curve.png").write_bytes(png())
+            return {"train_loss": 1.0}
+        if name == "generate":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            (ctx.out_dir / "data").mkdir(exist_ok=True)
+            pq.write_table(pa.table({"question": ["q1", "q2"], "reward": [0.5, 1.5]}), ctx.out_dir / "data" / "train-00000-of-00001.parquet")
+            return {"reward": {"selected": {"mean": 1.0}}}
+        metrics = {"held_out": {"accuracy": 50.0}, "overall": 50.0}
+        (ctx.out_dir / "report.json").write_text(json.dumps(metrics))
+        return metrics
+
+    roles = {
+        "teacher_sft": ((Role.TEACHER, Role.TRAIN_DATA), Role.TEACHER),
+        "generate": ((Role.TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA), Role.TRACES),
+        "distill": ((Role.TRACES, Role.DISTILL_BASE), Role.STUDENT),
+        "evaluate": ((Role.STUDENT, Role.DISTILL_BASE, Role.TRAIN_DATA), Role.REPORT),
+    }
+    stages = {}
+    for stage_name, (inputs, output) in roles.items():
+
+        class PayloadStage(Stage):
+            name, consumes, produces, sections = stage_name, inputs, output, (f"stages.{stage_name}",)
+
+            def run(self, ctx):
+                return StageResult(metrics=write(self.name, ctx), summary="payload written")
+
+        stages[stage_name] = PayloadStage()
+    return stages
