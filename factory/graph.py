@@ -19,10 +19,17 @@ if TYPE_CHECKING:
     from factory.stages.base import Stage
 
 
-def enabled(recipe: Recipe, name: str) -> bool:
-    """`stages.<name>.enabled`; a stage with no section of its own has nothing to turn it off."""
+def why_disabled(recipe: Recipe, name: str, stage: Stage | None) -> str | None:
+    """Why the recipe leaves stage `name` out: `stages.<name>.enabled: false`, or the stage's own
+    `disabled_by` (a stage with no section of its own: whatever setting asks for it); None when it runs."""
     section = getattr(recipe.stages, name, None)
-    return section is None or section.enabled
+    if section is not None and not section.enabled:
+        return "enabled: false in the recipe"
+    return stage.disabled_by(recipe) if stage is not None else None
+
+
+def enabled(recipe: Recipe, name: str, stage: Stage | None) -> bool:
+    return why_disabled(recipe, name, stage) is None
 
 
 def outputs(stage: Stage) -> set[Role]:
@@ -75,7 +82,7 @@ def base_roles(recipe: Recipe, registry: Mapping[str, Stage], order: list[str]) 
     roles: list[Role] = []
     for name in order:
         stage = registry.get(name)
-        if stage is None or not enabled(recipe, name):
+        if stage is None or not enabled(recipe, name, stage):
             continue
         for role in stage.consumes:
             base = _base_role(role, produced)

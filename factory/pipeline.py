@@ -34,7 +34,7 @@ from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete
 from factory.data import resolve_revision as resolve_data_revision
 from factory.dotted import changed_keys
 from factory.errors import UserError
-from factory.graph import base_roles, base_spec, enabled, outputs, stage_order
+from factory.graph import base_roles, base_spec, enabled, outputs, stage_order, why_disabled
 from factory.models import resolve_revision as resolve_model_revision
 from factory.recipe import ModelSpec, Recipe, recipe_to_dict
 from factory.roles import Role
@@ -92,7 +92,7 @@ def preflight(recipe: Recipe, registry: dict[str, Stage], running: bool = False)
         check = check_model_source if isinstance(spec, ModelSpec) else check_data_source
         problems += problems_of(f"{role.recipe_key}.source", partial(check, spec))
     for name in order:
-        if enabled(recipe, name) and name in registry:
+        if name in registry and enabled(recipe, name, registry[name]):
             problems += registry[name].check(recipe)
     problems = list(dict.fromkeys(problems))  # a rule two stages share (stages.distill) is said once
     fatal = [p for p in problems if not p.warning and (running or not p.machine)]
@@ -186,10 +186,11 @@ def make_plan(
 
     for name in order:
         stage = registry.get(name)
-        planned = PlannedStage(name=name, stage=stage, enabled=enabled(recipe, name))
+        off = why_disabled(recipe, name, stage)
+        planned = PlannedStage(name=name, stage=stage, enabled=off is None)
         planned_all.append(planned)
-        if not planned.enabled:
-            planned.status, planned.reason = Status.DISABLED, "enabled: false in the recipe"
+        if off is not None:
+            planned.status, planned.reason = Status.DISABLED, off
             continue
         if stage is None:
             planned.status, planned.reason = Status.UNREGISTERED, "stage not implemented in this build"

@@ -4,8 +4,8 @@ A stage declares the roles it consumes and the one it produces (factory.stages.b
 pipeline joins them into the graph. A role no enabled stage produces comes from the recipe: its
 `recipe_key` (a model or data set), or the role it `falls back` to (with no distill stage, the
 `student` evaluated is the distillation base itself). `repo_type` says which produced roles get a
-Hub repo of their own, named after the role (`{namespace}/{recipe}-teacher`); a report is published
-into its student's repo instead.
+Hub repo of their own, named after the role with dashes (`{namespace}/{recipe}-teacher`,
+`{recipe}-student-before-rl`); a report is published into its student's repo instead.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class Role(StrEnum):
     TRAIN_DATA = "train_data", "dataset", "data.train"
     TRACES = "traces", "dataset", None, "train_data", True  # no generate stage: the reference traces
     STUDENT = "student", "model", None, "distill_base", True  # no distill stage: the base itself
+    # evaluate's distilled baselines (factory.stages.baselines); not asked for: the untrained base, skipped
+    STUDENT_REFERENCE = "student_reference", "model", None, "distill_base", True  # on the reference thoughts
+    STUDENT_BEFORE_RL = "student_before_rl", "model", None, "distill_base", True  # on the traces before RL
     REPORT = "report", "report"
 
     def __repr__(self) -> str:

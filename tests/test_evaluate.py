@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.recipe import Recipe
+from factory.roles import Role
 from factory.stages.base import ResolvedInput, StageContext
+from factory.stages.baselines import DistillBeforeRL, DistillReference
 from factory.stages.distill import DistillStage
 from factory.stages.evaluate import EvaluateStage, _baselines, overall, score_records, student_prompt_ids
 
@@ -156,6 +158,8 @@ def ctx_for(recipe: Recipe, tmp_path: Path, student_is_artifact: bool) -> StageC
     )
     base = ResolvedInput(role="distill_base", fingerprint="b", model=recipe.models.distill_base)
     inputs = {"student": student, "distill_base": base}
+    for role in (Role.STUDENT_REFERENCE, Role.STUDENT_BEFORE_RL):  # no baseline stage: the base (role fallback)
+        inputs[role] = ResolvedInput(role=role, fingerprint="b", model=recipe.models.distill_base)
     return StageContext(recipe, tmp_path, tmp_path / "out", "f", inputs=inputs)
 
 
@@ -171,34 +175,52 @@ def test_baselines_identical_to_the_student_are_skipped(tmp_path, tiny_model_dir
     assert [label for label, _, _ in run] == ["distill_base"] and skipped == {}
 
 
-def test_reference_traces_baseline_distills_on_reference_thoughts(tmp_path, tiny_model_dir):
-    """With generate on, the baseline is a student SFT'd on data.train's thoughts, inside evaluate."""
+def test_reference_traces_baseline_is_a_stage_distilling_the_reference_thoughts(tmp_path, tiny_model_dir):
+    """With generate on, the baseline is a student SFT'd on data.train's thoughts by stage
+    distill_reference, whose artifact evaluate takes by role."""
+    from factory.pipeline import execute, make_plan
+    from factory.stages import load_stages
+
     recipe = make_recipe(tiny_model_dir, tmp_path, distill=True, generate=True, baselines=("reference_traces",))
+    registry = load_stages()
+    execute(make_plan(recipe, tmp_path / "runs", registry, only=("distill_reference",)), "test.yaml", log=print)
+    plan = make_plan(recipe, tmp_path / "runs", registry)
+    trained = plan.stage("distill_reference")
+    assert trained.status == "cached" and trained.config["stages"]["distill"]["learning_rate"] == 1e-3
+    folder = trained.artifact_dir
+    assert (folder / "model" / "config.json").is_file() and json.loads((folder / "result.json").read_text())["rows"] == 8
     ctx = ctx_for(recipe, tmp_path, student_is_artifact=True)
-    ctx.inputs["train_data"] = ResolvedInput(role="train_data", fingerprint="t", data=recipe.data.train)
+    ctx.inputs[Role.STUDENT_REFERENCE] = plan.stage("evaluate").inputs[Role.STUDENT_REFERENCE]
     run, skipped = _baselines(ctx)
-    assert [label for label, _, _ in run] == ["reference_traces"] and skipped == {}
-    folder = tmp_path / "out" / "baselines" / "reference_traces"
-    assert run[0][1] == str(folder / "model") and (folder / "model" / "config.json").is_file()
-    assert json.loads((folder / "result.json").read_text())["rows"] == 8
-    assert "stages.distill" in EvaluateStage().sections_for(recipe)
-    plain = make_recipe(tiny_model_dir, tmp_path, baselines=("distill_base",))
-    assert "stages.distill" not in EvaluateStage().sections_for(plain)  # distill settings matter only for that baseline
+    assert [(label, source) for label, source, _ in run] == [("reference_traces", str(folder / "model"))] and skipped == {}
+    assert "stages.distill" not in EvaluateStage().sections_for(recipe)  # the baseline's own fingerprint has them
 
 
 def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, tiny_model_dir):
-    """The student's twin: same settings, same questions, the explanations of the teacher before RL."""
+    """The student's twin: same settings, same questions, the explanations of the teacher before RL; the
+    same student, numbers and weights, as distill_model gives on those rows (as evaluate trained it before)."""
     import pyarrow as pa
+    import torch
+    from safetensors.torch import load_file
+
+    from factory.artifacts import ArtifactMeta, mark_complete
+    from factory.stages.distill import distill_model, trace_rows
 
     data = make_recipe(tiny_model_dir, tmp_path, distill=True, generate=True).model_dump(mode="json")
     data["stages"]["teacher_rl"]["enabled"] = data["stages"]["generate"]["before_rl"] = True  # what the baseline needs
     data["stages"]["evaluate"]["baselines"] = ["before_rl_traces"]
     recipe = Recipe.model_validate(data)
+    stage = DistillBeforeRL()
+    assert stage.disabled_by(recipe) is None and DistillReference().disabled_by(recipe) is not None
     ctx = ctx_for(recipe, tmp_path, student_is_artifact=True)
     traces = tmp_path / "generate-x"
     ctx.inputs["traces"] = ResolvedInput(role="traces", fingerprint="g", artifact_dir=traces)
-    run, skipped = _baselines(ctx)  # no before_rl config: skipped, with the reason
-    assert run == [] and "no before_rl config" in skipped["before_rl_traces"]
+    result = stage.run(ctx)  # no before_rl config: nothing trained, with the reason
+    assert "no before_rl config" in result.metrics["skipped"] and not (ctx.out_dir / "model").exists()
+    mark_complete(ctx.out_dir, ArtifactMeta("model", stage.name, stage.produces, "s", recipe.name, {}, metrics=result.metrics))
+    ctx.inputs[Role.STUDENT_BEFORE_RL] = ResolvedInput(role=stage.produces, fingerprint="s", artifact_dir=ctx.out_dir)
+    run, skipped = _baselines(ctx)
+    assert run == [] and skipped == {"before_rl_traces": result.metrics["skipped"]}
 
     def write_config(folder: Path, explanation: str) -> None:
         folder.mkdir(parents=True)
@@ -208,15 +230,27 @@ def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, ti
 
     write_config(traces / "data", "after RL")
     write_config(traces / "data" / "before_rl", "before RL")
-    run, skipped = _baselines(ctx)
-    folder = tmp_path / "out" / "baselines" / "before_rl_traces"
-    assert [label for label, _, _ in run] == ["before_rl_traces"] and skipped == {}
-    assert run[0][1] == str(folder / "model") and (folder / "model" / "config.json").is_file()
+    shutil.rmtree(ctx.out_dir)
+    result = stage.run(ctx)
+    folder = ctx.out_dir
+    assert (folder / "model" / "config.json").is_file() and result.metrics["baseline"] == "before_rl_traces"
     trained_on = [json.loads(line) for line in (folder / "sft_rows.jsonl").read_text().splitlines()]
     assert len(trained_on) == 3
     assert all("before RL" in row["completion"][0]["content"] and "after RL" not in row["completion"][0]["content"]
                for row in trained_on)  # fmt: skip
-    assert "stages.distill" in EvaluateStage().sections_for(recipe)
+    mark_complete(folder, ArtifactMeta("model", stage.name, stage.produces, "s", recipe.name, {}, metrics=result.metrics))
+    run, skipped = _baselines(ctx)
+    assert [(label, source) for label, source, _ in run] == [("before_rl_traces", str(folder / "model"))] and not skipped
+
+    # the student evaluate distilled itself before this stage existed: same rows, settings, seed
+    inside = tmp_path / "evaluate-f" / "baselines" / "before_rl_traces"
+    rows = trace_rows(ctx.inputs["traces"], print, config="before_rl")
+    before = distill_model(rows=rows, base=ctx.inputs["distill_base"], recipe=recipe, out_dir=inside, log=print,
+                           run_name="eval-test-before-rl-traces-f")  # fmt: skip
+    for key in ("rows", "steps", "supervised_tokens", "first_loss", "last_loss"):
+        assert result.metrics[key] == before[key], key
+    ours, theirs = load_file(folder / "model" / "model.safetensors"), load_file(inside / "model" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_multiple_choice_gold_is_checked_before_loading(tmp_path, tiny_model_dir):
@@ -252,6 +286,7 @@ def test_smollm2_quickstart_eval_prints_the_table(repo_root, tmp_path):
 
 
 def test_estimate_counts_the_distillation_of_distilled_baselines(repo_root):
+    """evaluate counts each baseline's generation; the baseline's distillation is its own stage's estimate."""
     from factory.recipe import load_recipe
 
     recipe = load_recipe(repo_root / "recipes" / "quickstart.yaml")
@@ -259,5 +294,5 @@ def test_estimate_counts_the_distillation_of_distilled_baselines(repo_root):
     without = EvaluateStage().estimate(load_recipe(repo_root / "recipes" / "quickstart.yaml", ["stages.evaluate.baselines=[distill_base]"]))
     one_generation = without["tokens"] / 2  # student + distill_base, each the same generation bound
     assert with_baseline["tokens"] == without["tokens"] + one_generation
-    distill_flops = DistillStage().estimate(recipe)["flops"]
-    assert with_baseline["flops"] == pytest.approx(without["flops"] * 1.5 + distill_flops)
+    assert with_baseline["flops"] == pytest.approx(without["flops"] * 1.5)
+    assert DistillBeforeRL().estimate(recipe) == DistillReference().estimate(recipe) == DistillStage().estimate(recipe)

@@ -290,3 +290,53 @@ def test_one_fingerprint_rule_result_neutral_fields_are_left_out(recipe_path, tm
         assert {"formats.student_system", "formats.student_padding", "formats.student_separator"} <= set(keys)
     assert "reward.kl_coef" in flatten(plan.stage("teacher_rl").config)
     assert "reward.batch_size" not in flatten(plan.stage("generate").config)
+
+
+def test_distilled_baselines_are_stages_with_their_own_fingerprints(repo_root, tmp_path):
+    """evaluate's baselines reference_traces / before_rl_traces are planned as stages (shown by `plan`,
+    before evaluate, which takes their students by role); stages.distill's settings are theirs, so a
+    changed learning rate runs both again, and evaluate after them; a baseline not listed is disabled."""
+    from factory.artifacts import ArtifactMeta, mark_complete
+    from factory.plan_view import render_plan
+
+    recipe_file = repo_root / "recipes" / "quickstart.yaml"
+    listed = ["stages.evaluate.baselines=[distill_base,reference_traces,before_rl_traces]"]
+    registry = load_stages()
+    plan = make_plan(load_recipe(recipe_file, listed), tmp_path / "runs", registry)
+    names = [s.name for s in plan.stages]
+    assert names.index("distill") < names.index("distill_reference") < names.index("distill_before_rl")
+    assert names.index("distill_before_rl") < names.index("evaluate")
+    reference, before_rl, evaluate = (plan.stage(n) for n in ("distill_reference", "distill_before_rl", "evaluate"))
+    assert reference.status == before_rl.status == Status.RUN and reference.fingerprint != before_rl.fingerprint
+    assert set(reference.config) == {"stages", "formats"} and "distill" in reference.config["stages"]
+    assert reference.inputs[Role.TRAIN_DATA].data is not None  # the reference thoughts
+    assert before_rl.inputs[Role.TRACES].fingerprint == plan.stage("generate").fingerprint
+    assert evaluate.inputs[Role.STUDENT_REFERENCE].fingerprint == reference.fingerprint
+    assert evaluate.inputs[Role.STUDENT_BEFORE_RL].fingerprint == before_rl.fingerprint
+    assert plan.repo_for(before_rl) == "local/quickstart-student-before-rl"  # a model repo of its own
+    assert plan.repo_for(reference) == "local/quickstart-student-reference"
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    render_plan(plan, console)
+    shown = console.export_text()
+    for planned in (reference, before_rl):
+        assert f"{planned.name}" in shown and planned.fingerprint[:12] in shown
+
+    for planned in plan.stages:  # every planned stage done
+        if planned.fingerprint:
+            meta = ArtifactMeta(planned.stage.kind, planned.name, planned.stage.produces, planned.fingerprint, "quickstart", {})
+            mark_complete(planned.artifact_dir, meta)
+    changed = make_plan(load_recipe(recipe_file, [*listed, "stages.distill.learning_rate=0.0002"]), tmp_path / "runs", registry)
+    status = {s.name: s.status for s in changed.stages}
+    assert status == {
+        "teacher_sft": "cached", "teacher_rl": "cached", "generate": "cached",
+        "distill": "run", "distill_reference": "run", "distill_before_rl": "run", "evaluate": "run",
+    }  # fmt: skip
+
+    quickstart = make_plan(load_recipe(recipe_file), tmp_path / "runs", registry)  # baselines [distill_base, before_rl_traces]
+    assert quickstart.stage("distill_reference").status == Status.DISABLED
+    assert quickstart.stage("distill_reference").reason == "stages.evaluate.baselines does not list reference_traces"
+    assert quickstart.stage("distill_before_rl").fingerprint == before_rl.fingerprint  # evaluate's list is not its setting
+    off = make_plan(load_recipe(recipe_file, ["stages.evaluate.enabled=false"]), tmp_path / "runs", registry)
+    assert off.stage("distill_before_rl").status == Status.DISABLED

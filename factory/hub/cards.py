@@ -32,6 +32,11 @@ FIDELITY_LINE = (
 ROLE_TEXT = {
     "teacher": "an RLT teacher: given a question and its solution, it writes the explanation that best teaches a student",
     "student": "a student distilled on explanations written by an RLT teacher",
+    # evaluate's distilled baselines (factory.stages.baselines): the student's settings, other traces
+    "student_reference": "a baseline student, not an RLT one: distilled with the settings of this recipe's student on "
+    "the train set's reference thoughts instead of an RLT teacher's explanations",
+    "student_before_rl": "a baseline student, not an RLT one: distilled with the settings of this recipe's student on "
+    "the explanations of the teacher before RL (same questions), so the student's evaluation shows what RL bought",
 }
 
 
@@ -204,7 +209,7 @@ def model_card(
         license=recipe.hub.license,
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=[*TAGS, role, record["stage"].replace("_", "-")],
+        tags=[*TAGS, role.replace("_", "-"), record["stage"].replace("_", "-")],
         model_name=target.repo.split("/")[-1] if eval_results else None,
         eval_results=eval_results or None,
     )

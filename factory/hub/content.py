@@ -1,10 +1,12 @@
 """What an artifact puts into its repo: the files, the `factory.json` record, and the repo's name.
 
 Repo per role: `{namespace}/{recipe}-teacher` and `-student` (model repos), `-traces` (a dataset
-repo). A model artifact's `model/` folder becomes the repo root; a dataset artifact's parquet files
-keep their place under `data/` (`data/{split}[-NNNNN-of-NNNNN].parquet` is config `default`,
-`data/{config}/{split}...parquet` another config, e.g. `candidates`); PNG and CSV files at the
-artifact root are plots and go under `plots/`. A report goes into the student repo under `eval/`.
+repo), and one model repo per distilled baseline of evaluate, `-student-reference` and
+`-student-before-rl` (the role with dashes). A model artifact's `model/` folder becomes the repo root;
+a dataset artifact's parquet files keep their place under `data/`
+(`data/{split}[-NNNNN-of-NNNNN].parquet` is config `default`, `data/{config}/{split}...parquet` another
+config, e.g. `candidates`); PNG and CSV files at the artifact root are plots and go under `plots/`. A
+report goes into the student repo under `eval/`.
 
 `factory.json` is the record of one published version: fingerprint, stage, config, metrics, base
 inputs, and the lineage (upstream repos at their tags). Stores find an existing publish by reading
@@ -26,12 +28,13 @@ from factory.roles import Role
 
 RECORD_FILE = "factory.json"
 CARD_FILE = "README.md"
-REPO_TYPES = {role: role.repo_type for role in Role if role.repo_type}  # role -> repo type; suffix = role
+REPO_TYPES = {role: role.repo_type for role in Role if role.repo_type}  # role -> repo type; suffix: the role
 PLOT_SUFFIXES = (".png", ".csv")
 EVAL_DIR = "eval/"
 PLOTS_DIR = "plots/"
 BEFORE_RL = "before_rl"  # the traces config of the teacher before RL (factory.stages.generate)
 SPACE_SUFFIX = "compare"
+SKIPPED = "skipped"  # the metrics key of an artifact with nothing to publish (a baseline that found no rows): why
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Target:
 
 
 def target_for(namespace: str, recipe_name: str, role: str) -> Target:
-    return Target(f"{namespace}/{recipe_name}-{role}", REPO_TYPES[role])
+    return Target(f"{namespace}/{recipe_name}-{role.replace('_', '-')}", REPO_TYPES[role])
 
 
 def space_repo(namespace: str, recipe_name: str) -> str:

@@ -14,7 +14,9 @@ fingerprint, so the card links the versions this store actually holds, whichever
 
 A report (the evaluate stage) is not its own repo: it becomes a version of the student repo whose
 commit adds `eval/` and re-renders the card with the `model-index`, on top of the student version it
-evaluated (so the newest student tag carries both the weights and their evaluation).
+evaluated (so the newest student tag carries both the weights and their evaluation); its lineage is
+that student's (the distilled baselines it also scores have repos of their own). An artifact whose
+metrics say `skipped` (a baseline stage that found nothing to train on) is not published.
 
 A traces version with a `before_rl` config is comparable before vs after RL: its card says how
 (`factory compare` on the version, and the compare Space's link where the store holds Spaces), and
@@ -43,6 +45,7 @@ from factory.hub.content import (
     EVAL_DIR,
     RECORD_FILE,
     REPO_TYPES,
+    SKIPPED,
     Target,
     artifact_files,
     data_layout,
@@ -164,6 +167,9 @@ class Store:
         """Publish one complete artifact folder; None for a report whose student this store does not hold."""
         artifact_dir = Path(artifact_dir)
         meta = read_meta(artifact_dir)
+        if meta.metrics.get(SKIPPED):  # a baseline stage with nothing trained (factory.stages.baselines)
+            self.log(f"{meta.stage}: not published, nothing was trained: {meta.metrics[SKIPPED]}")
+            return None
         attempted: set[str] = set()
         ref = self._run(lambda: self._publish_once(meta, artifact_dir, attempted))
         if ref is None:
@@ -231,6 +237,8 @@ class Store:
         for ref in meta.inputs:
             if ref.source is not None or ref.role not in REPO_TYPES:
                 continue  # a base model or dataset, not an artifact of this recipe
+            if meta.kind == "report" and ref.role != "student":
+                continue  # a report's lineage is its student's; the baselines it scores are not its ancestors
             target = self.target(ref.role)
             version = self._find(target, ref.fingerprint)
             if version is None:

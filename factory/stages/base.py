@@ -155,6 +155,11 @@ class Stage:
     def kind(self) -> str:
         return self.produces.kind
 
+    def disabled_by(self, recipe: Recipe) -> str | None:
+        """Why this recipe leaves the stage out besides `stages.<name>.enabled: false`; None when it runs. For
+        a stage without a section of its own that another section's setting asks for (evaluate's baselines)."""
+        return None
+
     def sections_for(self, recipe: Recipe) -> tuple[str, ...]:
         """The sections it reads with this recipe: `sections`, plus any that only some settings read."""
         return self.sections

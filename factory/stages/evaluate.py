@@ -15,9 +15,10 @@ Baselines (`stages.evaluate.baselines`) are evaluated the same way in the same s
 the distill stage's settings on the train set's reference thoughts, the Bespoke-Stratos baseline);
 `before_rl_traces` (likewise, on the generate stage's `before_rl` config: the same questions
 explained by the teacher before RL, so student vs this baseline is what RL bought the students).
-A baseline identical to the student (distill disabled; or generate disabled, so the student already
-learned from the reference thoughts) is not run twice and is marked skipped, as is
-`before_rl_traces` when the initial teacher left no `before_rl` traces.
+The two distilled ones are trained by stages of their own (factory.stages.baselines), which this
+stage consumes by role. A baseline identical to the student (distill disabled; or generate disabled,
+so the student already learned from the reference thoughts) is not run twice and is marked skipped,
+as is `before_rl_traces` when the initial teacher left no `before_rl` traces.
 
 Artifact: `report.json` (scores, protocol, precision, engine, eval-set revisions, library
 versions), `outputs/<model>/<set>.parquet` (per question and sample: id, question, prompt,
@@ -41,14 +42,15 @@ from factory.roles import Role
 from factory.stages.base import (
     STUDENT_FORMAT,
     Problem,
+    ResolvedInput,
     Stage,
     StageContext,
     StageResult,
     eval_set_problems,
     register,
-    thought_problems,
     vllm_problems,
 )
+from factory.stages.baselines import BASELINE_STAGES, SKIPPED, DistilledBaseline
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
@@ -262,7 +264,6 @@ def protocol(recipe: Recipe) -> dict[str, Any]:
 
 
 BEFORE_RL_BASELINE = "before_rl_traces"  # the student's twin, distilled on the traces before RL
-DISTILLED_BASELINES = ("reference_traces", BEFORE_RL_BASELINE)  # students this stage distills itself
 
 
 def _baselines(ctx: StageContext) -> tuple[list[tuple[str, Any, str]], dict[str, str]]:
@@ -276,90 +277,49 @@ def _baselines(ctx: StageContext) -> tuple[list[tuple[str, Any, str]], dict[str,
             if not ctx.inputs[STUDENT].is_artifact:
                 skipped[name] = "the student is the distillation base (stages.distill is disabled)"
                 continue
-            run.append((name, ctx.inputs["distill_base"].model_source(), base_dtype))
+            run.append((name, ctx.inputs[Role.DISTILL_BASE].model_source(), base_dtype))
             continue
-        why = _why_not_distilled(ctx, name)
+        trained = ctx.inputs[BASELINE_STAGES[name].produces]
+        why = _why_untrained(recipe, BASELINE_STAGES[name], trained)
         if why:
             skipped[name] = why
             continue
-        run.append((name, _distill_baseline(ctx, name), base_dtype))
+        run.append((name, trained.model_source(), base_dtype))
     return run, skipped
 
 
-def _student_is_reference(recipe: Recipe) -> bool:
-    """The student itself is distilled on the reference traces: baseline reference_traces would repeat it."""
-    return recipe.stages.distill.enabled and not recipe.stages.generate.enabled
+def _why_untrained(recipe: Recipe, stage: DistilledBaseline, trained: ResolvedInput) -> str | None:
+    """Why the distilled baseline `stage` trains has no model: its stage was left out, or found no rows."""
+    from factory.artifacts import read_meta
 
-
-def _why_not_distilled(ctx: StageContext, name: str) -> str | None:
-    from factory.hub.content import BEFORE_RL
-
-    if name == "reference_traces" and _student_is_reference(ctx.recipe):
-        return "the student itself was distilled on the reference traces (stages.generate is disabled)"
-    if name == BEFORE_RL_BASELINE:
-        traces = ctx.inputs["traces"]
-        if not (traces.is_artifact and any((traces.artifact_dir / "data" / BEFORE_RL).glob("*.parquet"))):
-            return "the traces have no before_rl config (no explanation of the teacher before RL passed the checks)"
-    return None
-
-
-def _distill_baseline(ctx: StageContext, name: str) -> str:
-    """Distill (or reuse, when an interrupted run resumes) the baseline student `name`; its model folder."""
-    from factory.hub.content import BEFORE_RL
-    from factory.stages.distill import distill_model, trace_rows
-
-    if name == "reference_traces":
-        rows, what = trace_rows(ctx.inputs["train_data"], ctx.log), "reference traces"
-    else:
-        rows, what = trace_rows(ctx.inputs["traces"], ctx.log, config=BEFORE_RL), "traces of the teacher before RL"
-    folder = ctx.out_dir / "baselines" / name
-    distill_model(
-        rows=rows,
-        base=ctx.inputs["distill_base"],
-        recipe=ctx.recipe,
-        out_dir=folder,
-        log=ctx.log,
-        run_name=f"{ctx.recipe.name}-{name.replace('_', '-')}-{ctx.fingerprint[:8]}",
-        title=f"{what} baseline: distillation loss (completion tokens)",
-    )
-    return str(folder / "model")
+    if not trained.is_artifact:
+        return stage.disabled_by(recipe) or f"no {stage.name} stage in this build"
+    return read_meta(trained.artifact_dir).metrics.get(SKIPPED)
 
 
 @register
 class EvaluateStage(Stage):
     name = "evaluate"
-    # distill_base: the `distill_base` baseline; train_data and traces: the distilled baselines' rows
-    consumes = (Role.STUDENT, Role.DISTILL_BASE, Role.TRAIN_DATA, Role.TRACES)
+    # distill_base: the `distill_base` baseline; student_*: the distilled baselines (factory.stages.baselines)
+    consumes = (Role.STUDENT, Role.DISTILL_BASE, Role.STUDENT_REFERENCE, Role.STUDENT_BEFORE_RL)
     produces = Role.REPORT
-    # the student format: the system prompt of the questions, and the distilled baselines' training rows
+    # the student format: the system prompt of the questions
     sections = ("stages.evaluate", "data.eval", *STUDENT_FORMAT, "models.distill_base.dtype")
     version = 3  # 3: prompts in SkyThought's templates, GPQA options from columns, protocol recorded
 
-    def sections_for(self, recipe: Recipe) -> tuple[str, ...]:
-        """stages.distill too when a distilled baseline trains with it."""
-        distilled = set(DISTILLED_BASELINES) & set(recipe.stages.evaluate.baselines)
-        return self.sections + ("stages.distill",) * bool(distilled)
-
     def check(self, recipe: Recipe) -> list[Problem]:
-        """The eval sets, the engine; for a distilled baseline, the distill settings it trains with and its rows."""
-        from factory.stages.distill import check_settings
-
+        """The eval sets, the engine (the distilled baselines' stages check what they train with)."""
         settings = recipe.stages.evaluate
         problems = eval_set_problems(recipe) + vllm_problems(settings.engine == "vllm", "stages.evaluate.engine")
         if settings.n > 1 and settings.temperature == 0:
             message = f"{settings.n} samples at temperature 0 repeat one greedy completion per question"
             problems.append(Problem("stages.evaluate.n", message, warning=True))
-        if set(DISTILLED_BASELINES) & set(settings.baselines):
-            problems += check_settings(recipe)
-        if "reference_traces" in settings.baselines and not _student_is_reference(recipe):
-            problems += thought_problems(recipe, "stages.evaluate.baselines: reference_traces")
         return problems
 
     def estimate(self, recipe: Recipe) -> dict[str, float]:
-        """Upper bound: every sample runs to max_new_tokens, 2 FLOPs per parameter per generated token;
-        plus, in FLOPs, the distillation of each distilled baseline (as the distill stage estimates it)."""
+        """Upper bound: every sample runs to max_new_tokens, 2 FLOPs per parameter per generated token
+        (the distilled baselines' training is their stages' estimate)."""
         from factory.models import estimate_parameters
-        from factory.stages.distill import DistillStage
 
         settings = recipe.stages.evaluate
         questions = [s.limit for s in recipe.data.eval]
@@ -370,9 +330,7 @@ class EvaluateStage(Stage):
         params = estimate_parameters(recipe.models.distill_base)
         if not params:
             return {"tokens": tokens}
-        distilled = [name for name in settings.baselines if name in DISTILLED_BASELINES]
-        training = sum(DistillStage().estimate(recipe).get("flops", 0) for _ in distilled)
-        return {"tokens": tokens, "flops": 2 * params * tokens + training}
+        return {"tokens": tokens, "flops": 2 * params * tokens}
 
     def run(self, ctx: StageContext) -> StageResult:
         from rich.markup import escape
