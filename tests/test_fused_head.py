@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import trl.trainer.utils as fused_head
+from trl.kernels.chunked_logprob import _use_triton
 from trl.trainer.utils import add_fused_lm_head
 
 from factory.models import load_causal_lm
@@ -32,7 +33,8 @@ def run(model, ids, labels, rows: list[int]):
 
 
 def test_cpu_head_scores_labelled_positions_only_with_the_same_results(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(fused_head, "_use_triton", fused_head._use_triton)  # restored after the test
+    # TRL's own device rule, whatever an earlier in-process training run installed; restored after the test
+    monkeypatch.setattr(fused_head, "_use_triton", _use_triton)
     model = load_causal_lm(str(tiny_model_dir), dtype="float32").train()
     add_fused_lm_head(model, outputs=("log_probs", "entropy"))
     generator = torch.Generator().manual_seed(0)
