@@ -160,6 +160,34 @@ def test_a_question_group_runs_its_prompt_once(reward_models):
     assert reward.work.decoder_positions < full
 
 
+def test_a_batch_of_several_question_groups_runs_each_prompt_once(reward_models):
+    """Best-of-n candidates of several questions in one batch: the system turn once, then each question's
+    prompt once (batch 1, on a copy of that cache), then its explanations; results equal the reference."""
+    teacher, student, tok = reward_models
+    generator = torch.Generator().manual_seed(2)
+    batch = [
+        RewardItem(*QUESTIONS[q], torch.randint(3, len(tok), (n,), generator=generator).tolist())
+        for q, lengths in ((1, (7, 21, 12)), (4, (16, 3, 9))) for n in lengths
+    ]  # fmt: skip
+    reward = RLTReward(teacher, student, tok, Reward(batch_size=8, max_padding=1.0))
+    calls, hooks = record_forwards(teacher, student)
+    try:
+        results = reward.score(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert_matches_reference(reward, batch, results)
+    built = [reward.sequences(item) for item in batch]
+    prompts = [b.teacher.explanation_span[0] for b in built[::3]]  # each question's teacher prompt
+    system = calls["teacher"][0][1]
+    assert [rows for rows, _ in calls["teacher"]] == [1, 1, 3, 1, 3]  # system turn; per question: prompt, then rows
+    assert {calls["teacher"][1][1] + system, calls["teacher"][3][1] + system} == {p - 1 for p in prompts}
+    assert [rows for rows, _ in calls["student"]] == [1, 1, 3, 1, 3]
+    one_level = system + 6 * (max(len(b.teacher.input_ids) for b in built) - system)  # the system turn only shared
+    assert sum(rows * width for rows, width in calls["teacher"]) < 0.75 * one_level
+    assert reward.work.decoder_positions == sum(rows * width for rows, width in calls["teacher"] + calls["student"])
+
+
 def test_truncation_keeps_the_solution_and_cuts_the_explanation(reward_models, items):
     teacher, student, tok = reward_models
     reward = RLTReward(teacher, student, tok)
