@@ -369,3 +369,39 @@ def test_vllm_server_mode_maps_the_launch_section(repo_root, tmp_path):
     with pytest.raises(UserError, match="needs num_processes \\+ vllm_gpus = 8 GPUs"):
         with vllm_server(recipe, "/models/teacher", tmp_path, print):
             pass
+
+
+def test_rollouts_prefill_each_distinct_prompt_once_and_sample_the_same(tiny_model_dir):
+    """GRPO's repeated prompts: one prefill per distinct prompt, then the same completions as transformers'
+    own generate with the same seed (left padding included)."""
+    import torch
+    from transformers import GenerationConfig
+
+    from factory.models import load_causal_lm, load_tokenizer
+    from factory.stages.teacher_rl_worker import share_prompt_prefill
+
+    model, tok = load_causal_lm(str(tiny_model_dir), dtype="float32"), load_tokenizer(tiny_model_dir)
+    prompts = [tok("What is 12 + 7? Add the units first.")["input_ids"], tok("What is 3 + 4?")["input_ids"]]
+    width = max(map(len, prompts))
+    rows = [p for p in prompts for _ in range(3)]  # as GRPO orders them: each prompt's copies together
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in rows])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
+    config = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+
+    def sample() -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        shapes = []
+        hook = model.get_decoder().register_forward_hook(
+            lambda module, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+        )
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        hook.remove()
+        return out, shapes
+
+    expected, full = sample()
+    share_prompt_prefill(model)
+    shared, shapes = sample()
+    assert torch.equal(shared, expected)
+    assert full[0] == (6, width) and shapes[:2] == [(2, width - 1), (6, 1)]  # 2 prompts once, then the last tokens

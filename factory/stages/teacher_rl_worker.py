@@ -260,6 +260,36 @@ def policy_unsharded(model: Any) -> Iterator[None]:
         model.reshard()
 
 
+def share_prompt_prefill(model: Any) -> None:
+    """Make `model.generate` (TRL's transformers rollouts) run each distinct prompt through the model once.
+
+    GRPO repeats every prompt `generations_per_prompt` times and transformers' `generate` prefilled each
+    copy. Here the distinct left-padded prompts, all but their last token, run once at the positions
+    `generate` would give them; the KV cache is copied to every row and `generate` continues from it
+    (the last prompt token, then sampling, with the same draws of the global generator). vLLM rollouts
+    (`launch.vllm_mode`) never call it.
+    """
+    from transformers import DynamicCache
+
+    generate = model.generate
+
+    def generate_sharing_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+        distinct, copy_of = torch.unique(input_ids, dim=0, return_inverse=True)
+        if len(distinct) == len(input_ids) or input_ids.shape[1] < 2 or "past_key_values" in kwargs:
+            return generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        first = torch.stack([(copy_of == index).nonzero()[0, 0] for index in range(len(distinct))])
+        mask = attention_mask[first, :-1]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers them
+        cache = DynamicCache(config=model.config)
+        model.get_decoder()(
+            input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+        cache.batch_select_indices(copy_of)
+        return generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
+
+    model.generate = generate_sharing_prompts
+
+
 class RLTGRPOTrainer(ExactResume, GRPOTrainer):
     """GRPOTrainer for the prefilled teacher prompt; checkpoints carry the soft-synced reference.
 
@@ -336,6 +366,8 @@ def build_trainer(job: dict[str, Any]) -> tuple[RLTGRPOTrainer, Any, RolloutLog]
     )
     rollouts.trainer = trainer
     reward.attach(trainer)
+    if not args.use_vllm:
+        share_prompt_prefill(trainer.model)
     return trainer, tokenizer, rollouts
 
 
