@@ -102,6 +102,26 @@ def test_sampling_depends_on_the_prompt_seed_not_on_the_batch(engine, prompts):
     assert [[c.token_ids for c in row] for row in other] != [[c.token_ids for c in row] for row in together]
 
 
+def test_a_prompts_candidates_share_one_prompt_forward(tiny_model_dir, prompts):
+    """n candidates of a prompt in one batch: its prompt runs through the model once, and every row still
+    samples with its own seed (the completions of transformers' generate, which runs every row)."""
+    from factory.engines.hf import HFEngine
+
+    engine = HFEngine.load(str(tiny_model_dir), batch_size=6, progress=False)
+    shapes = []
+    hook = engine.model.register_forward_hook(
+        lambda module, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    sampling = Sampling(n=3, temperature=0.9, max_new_tokens=6)
+    try:
+        together = engine.generate(prompts, sampling, seeds=[1, 2, 3, 4])
+    finally:
+        hook.remove()
+    assert [rows for rows, width in shapes if width > 1] == [2, 2]  # batches of 6 rows: 2 prompts x 3 candidates
+    static = HFEngine.load(str(tiny_model_dir), cache="static", batch_size=6, progress=False)
+    assert static.generate(prompts, sampling, seeds=[1, 2, 3, 4]) == together
+
+
 def test_stop_strings_and_stop_ids_end_a_completion(engine, prompts):
     free = engine.generate(prompts[:1], Sampling(temperature=0, max_new_tokens=12))[0][0]
     stop = engine.tokenizer.decode(free.token_ids[3:5])

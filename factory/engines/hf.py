@@ -6,10 +6,10 @@ a time with left padding. Two decoders:
 
 - dynamic cache (default, the CPU path): our own step loop. The prefix every prompt of a call shares
   (the teacher format's system prompt and chat header, often half the prompt) is run once and its KV
-  cache copied into each row, as vLLM's prefix caching does; the prompt forward computes logits for
-  the last position only; and a row that finishes leaves the batch and the cache at once, so later
-  steps cost only the rows still decoding (`generate` keeps computing finished rows until the
-  longest one ends). This is what makes batching pay on a CPU, where a step's cost grows with rows;
+  cache copied into each row, as vLLM's prefix caching does; a prompt's n candidates in a batch share
+  one prompt forward, copied likewise; the prompt forward computes logits for the last position
+  only; and a row that finishes leaves the batch and the cache at once, so later steps cost only the
+  rows still decoding (`generate` keeps computing finished rows until the longest one ends). This is what makes batching pay on a CPU, where a step's cost grows with rows;
   so does `factory_sdpa` attention (factory/engines/attention.py), which the engine switches to.
 - static cache: transformers' `generate`, with optional compiled decoding (GPU).
 
@@ -155,22 +155,27 @@ class HFEngine(Engine):
         from transformers import DynamicCache
 
         device = self.device
-        if prefix:
-            cache = copy.deepcopy(prefix[1])
-            cache.batch_repeat_interleave(batch.rows)
-        else:
-            cache = DynamicCache(config=self.model.config)
         mask = batch.attention_mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, batch.shared :]  # padding masked; positions run on
         step_ids = batch.input_ids[:, batch.shared :].to(device)
+        # a prompt in several rows (its n candidates) runs once; its cache and logits are copied to them
+        _, copy_of = torch.unique(torch.cat([step_ids, mask[:, batch.shared :]], 1), dim=0, return_inverse=True)
+        first = torch.stack([(copy_of == index).nonzero()[0, 0] for index in range(int(copy_of.max()) + 1)])
+        if len(first) == batch.rows:  # every prompt once: the rows in their order
+            first, copy_of = torch.arange(batch.rows, device=device), None
+        if prefix:
+            cache = copy.deepcopy(prefix[1])
+            cache.batch_repeat_interleave(len(first))
+        else:
+            cache = DynamicCache(config=self.model.config)
         live = list(range(batch.rows))  # batch row of each row still decoding
         generated: list[list[int]] = [[] for _ in live]
         with torch.inference_mode():
+            logits = self._last_logits(step_ids[first], mask[first], positions[first], cache)
+            if copy_of is not None:
+                cache.batch_select_indices(copy_of)
+                logits = logits[copy_of]
             for _ in range(sampling.max_new_tokens):
-                logits = self.model(
-                    input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1,
-                ).logits[:, -1]  # fmt: skip
                 tokens = sampler.sample(logits, live) if sampler else logits.argmax(dim=-1)
                 keep = []
                 for index, (row, token) in enumerate(zip(live, tokens.tolist())):
@@ -188,8 +193,14 @@ class HFEngine(Engine):
                     live = [live[index] for index in keep]
                 mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
                 positions = positions[:, -1:] + 1
-                step_ids = tokens[:, None]
+                logits = self._last_logits(tokens[:, None], mask, positions, cache)
         return generated
+
+    def _last_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The next-token logits of each row after `ids`, extending `cache`."""
+        return self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
+        ).logits[:, -1]
 
     def _generate_static(
         self, batch: _LeftPadded, sampling: Sampling, stop_ids: set[int], sampler: _SeededSampler | None
