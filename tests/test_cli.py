@@ -54,6 +54,21 @@ def test_unknown_set_key_exits_2(repo_root):
     assert result.returncode == 2 and "has no key 'nope'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_openmp_threads_sleep_when_idle_unless_the_environment_says(repo_root, preset):
+    """`factory` sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP; a value the user set stays."""
+    code = (
+        "import os, sys\n"
+        "from factory import cli\n"
+        "cli.app = lambda: print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)\n"
+        "cli.main()\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    env.update({"OMP_WAIT_POLICY": preset} if preset else {})
+    result = subprocess.run([PY, "-c", code], cwd=repo_root, capture_output=True, text=True, env=env)
+    assert result.stdout.split() == [preset or "PASSIVE", "False"], result.stderr
+
+
 def test_validate_and_plan_do_not_import_torch(repo_root, tmp_path):
     code = (
         "import sys\n"
