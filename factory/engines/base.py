@@ -51,6 +51,18 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @classmethod
+    def of(cls, settings: Any, n: int, stop: str) -> Sampling:
+        """The sampling a recipe section states (temperature, top_p, max_new_tokens, seed), `n` outputs, ending at `stop`."""
+        return cls(
+            n=n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+            stop=(stop,),
+        )
+
 
 @dataclass(frozen=True)
 class Completion:

@@ -62,15 +62,7 @@ class CorrectGenerationReward:
         return sequence.input_ids[: sequence.solution_span[0]]
 
     def sampling(self) -> Sampling:
-        s = self.settings
-        return Sampling(
-            n=s.rollouts,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_new_tokens=s.max_new_tokens,
-            seed=s.seed,
-            stop=(SOLUTION_CLOSE,),
-        )
+        return Sampling.of(self.settings, self.settings.rollouts, SOLUTION_CLOSE)
 
     def answers(self, items: Sequence[RewardItem | tuple]) -> list[list[str]]:
         """Each item's `rollouts` answers, as text."""

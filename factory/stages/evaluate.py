@@ -200,14 +200,7 @@ def evaluate_model(
     engine_info: dict[str, Any] = {}
     info_file = folder / "engine.json"
     if pending:
-        sampling = Sampling(
-            n=settings.n,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_new_tokens=settings.max_new_tokens,
-            seed=settings.seed,
-            stop=(SOLUTION_CLOSE,),
-        )
+        sampling = Sampling.of(settings, settings.n, SOLUTION_CLOSE)
         engine = open_engine(
             settings.engine, source, recipe.launch, dtype, batch_size=settings.batch_size,
             gpu_memory_utilization=settings.gpu_memory_utilization, key="stages.evaluate.engine",

@@ -172,11 +172,7 @@ def sampling_of(recipe: Recipe):
     from factory.engines import Sampling
     from factory.formats import EXPLANATION_CLOSE
 
-    g = recipe.stages.generate
-    return Sampling(
-        n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=g.seed,
-        stop=(EXPLANATION_CLOSE,),
-    )  # fmt: skip
+    return Sampling.of(recipe.stages.generate, recipe.stages.generate.n, EXPLANATION_CLOSE)
 
 
 def run_job(job: Job, log: Callable[[str], None] = print, questions: Questions | None = None) -> None:
