@@ -29,13 +29,23 @@ def write_source(path: Path, rows: int, seed: int) -> None:
     words = np.array("the sum of both sides gives x so we divide by two and check the answer again".split())
     texts = [" ".join(rng.choice(words, 300)) + f" $x = {i}$" for i in range(rows)]
     rewards = rng.normal(-1.0, 0.5, rows)
-    frame = pd.DataFrame({
-        "id": [f"q{i:06d}" for i in range(rows)], "question": [f"Question {i}: find x." for i in range(rows)],
-        "solution": [f"\\boxed{{{i}}}" for i in range(rows)], "explanation": texts, "reward": rewards,
-        "r_ss_mean": rewards / 2, "r_ss_min": rewards, "kl_mean": rng.random(rows), "kl_max": rng.random(rows) + 1,
-        "penalty": np.zeros(rows), "closed": np.ones(rows, bool), "explanation_tokens": rng.integers(50, 400, rows),
-        "finish_reason": ["stop"] * rows,
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "id": [f"q{i:06d}" for i in range(rows)],
+            "question": [f"Question {i}: find x." for i in range(rows)],
+            "solution": [f"\\boxed{{{i}}}" for i in range(rows)],
+            "explanation": texts,
+            "reward": rewards,
+            "r_ss_mean": rewards / 2,
+            "r_ss_min": rewards,
+            "kl_mean": rng.random(rows),
+            "kl_max": rng.random(rows) + 1,
+            "penalty": np.zeros(rows),
+            "closed": np.ones(rows, bool),
+            "explanation_tokens": rng.integers(50, 400, rows),
+            "finish_reason": ["stop"] * rows,
+        }
+    )
     path.mkdir(parents=True)
     frame.to_parquet(path / "train.parquet")
 
@@ -66,20 +76,27 @@ def main() -> None:
 
     table = gr.Dataframe()
     t_search, _ = timed(lambda: comparison.search("divide by two and check the answer again $x = 1999"), 3)
+
     def uncached_order():
         comparison._orders.clear()
         return comparison.order("", "disagreement", 0, 1)
 
     t_order, _ = timed(uncached_order)
     t_question, _ = timed(lambda: comparison.question(comparison.order()[0]))
-    page_s, page_json = timed(lambda: table.postprocess(comparison.overview("", "disagreement", 0, 1, 1, 25)[0]).model_dump_json())
+    page_s, page_json = timed(
+        lambda: table.postprocess(comparison.overview("", "disagreement", 0, 1, 1, 25)[0]).model_dump_json()
+    )
     whole = comparison.overview("", "disagreement", 0, 1, 1, len(comparison))[0]
     full_s, full_json = timed(lambda: table.postprocess(whole).model_dump_json(), 2)
     print(f"search over ids, questions, 2 x {args.rows} explanations: {t_search * 1e3:.1f} ms")
-    print(f"sort by |reward difference| (uncached): {t_order * 1e3:.1f} ms; one question view: {t_question * 1e3:.2f} ms")
+    print(
+        f"sort by |reward difference| (uncached): {t_order * 1e3:.1f} ms; one question view: {t_question * 1e3:.2f} ms"
+    )
     print(f"overview page of 25 rows: {page_s * 1e3:.1f} ms, {len(page_json):,} bytes")
     print(f"baseline, every row sent: {full_s * 1e3:.1f} ms, {len(full_json):,} bytes")
-    print(f"overview payload, every row / one page: time {full_s / page_s:.0f}x, bytes ratio={len(full_json) / len(page_json):.0f}")
+    print(
+        f"overview payload, every row / one page: time {full_s / page_s:.0f}x, bytes ratio={len(full_json) / len(page_json):.0f}"
+    )
 
 
 if __name__ == "__main__":

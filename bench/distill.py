@@ -44,11 +44,14 @@ def skewed_rows(count: int, short: int, long: int, long_share: float, seed: int)
     for index in range(count):
         words = long if rng.random() < long_share else short
         words = max(1, int(words * rng.uniform(0.6, 1.2)))
-        rows.append({
-            "id": str(index), "question": f"Question {index}: what is {index} + {index % 7}?",
-            "solution": f"So the answer is \\boxed{{{index + index % 7}}}.",
-            "explanation": " ".join(rng.choice(WORDS) for _ in range(words)),
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": str(index),
+                "question": f"Question {index}: what is {index} + {index % 7}?",
+                "solution": f"So the answer is \\boxed{{{index + index % 7}}}.",
+                "explanation": " ".join(rng.choice(WORDS) for _ in range(words)),
+            }
+        )
     return rows
 
 
@@ -61,10 +64,17 @@ def save_model(name: str, folder: Path) -> int:
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         config = Qwen2Config(
-            vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-            num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = Qwen2ForCausalLM(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -77,8 +87,13 @@ def run_once(job: dict) -> dict:
     counts = distill_worker.token_counts(trainer.train_dataset)
     positions = sum(batch["input_ids"].numel() for batch in trainer.get_train_dataloader())
     output = trainer.train()
-    return {**counts, "positions": positions, "seconds": output.metrics["train_runtime"],
-            "steps": trainer.state.global_step, "rows": len(trainer.train_dataset)}
+    return {
+        **counts,
+        "positions": positions,
+        "seconds": output.metrics["train_runtime"],
+        "steps": trainer.state.global_step,
+        "rows": len(trainer.train_dataset),
+    }
 
 
 def main() -> None:
@@ -117,21 +132,36 @@ def main() -> None:
             out.mkdir()
             (out / ROWS_FILE).write_text(lines)
             distill = {
-                "epochs": 1, "global_batch_size": per_device, "per_device_batch_size": per_device,
-                "max_length": args.max_length, "packing": packing, "bf16": args.dtype == "bfloat16",
-                "warmup_ratio": 0.0, "save_steps": 10**9, "learning_rate": 1e-4,
-            }  # fmt: skip
-            recipe = Recipe.model_validate({
-                "name": "bench",
-                "models": {role: {"source": str(folder / "model")} for role in ("teacher", "student", "distill_base")},
-                "data": {"train": {"source": "quickstart", "format": "quickstart"}},
-                "stages": {"teacher_rl": {"enabled": False}, "evaluate": {"enabled": False}, "distill": distill},
-            })  # fmt: skip
+                "epochs": 1,
+                "global_batch_size": per_device,
+                "per_device_batch_size": per_device,
+                "max_length": args.max_length,
+                "packing": packing,
+                "bf16": args.dtype == "bfloat16",
+                "warmup_ratio": 0.0,
+                "save_steps": 10**9,
+                "learning_rate": 1e-4,
+            }
+            recipe = Recipe.model_validate(
+                {
+                    "name": "bench",
+                    "models": {
+                        role: {"source": str(folder / "model")} for role in ("teacher", "student", "distill_base")
+                    },
+                    "data": {"train": {"source": "quickstart", "format": "quickstart"}},
+                    "stages": {"teacher_rl": {"enabled": False}, "evaluate": {"enabled": False}, "distill": distill},
+                }
+            )
             jobs[mode] = {
-                "recipe": recipe.model_dump(mode="json"), "out_dir": str(out), "base": {"source": str(folder / "model")},
-                "rows": ROWS_FILE, "counts": {}, "run_name": f"bench-{mode}", "title": mode,
+                "recipe": recipe.model_dump(mode="json"),
+                "out_dir": str(out),
+                "base": {"source": str(folder / "model")},
+                "rows": ROWS_FILE,
+                "counts": {},
+                "run_name": f"bench-{mode}",
+                "title": mode,
                 "attn_implementation": args.attn,
-            }  # fmt: skip
+            }
         results: dict[str, dict] = {}
         for _ in range(args.repeats):  # interleaved, best of each: a shared machine's load hits both alike
             for mode, job in jobs.items():
@@ -142,13 +172,17 @@ def main() -> None:
             result["tokens_per_s"] = result["tokens"] / result["seconds"]
         padded, packed = results["padded"], results["packed"]
         assert packed["supervised_tokens"] == padded["supervised_tokens"], "packing changed the supervised tokens"
-        print(f"model={args.model} ({params / 1e6:.1f}M params) device={args.device} dtype={args.dtype} attn={args.attn} "
-              f"rows={args.rows} max_length={args.max_length} tokens={padded['tokens']} "
-              f"supervised={padded['supervised_tokens']}")
+        print(
+            f"model={args.model} ({params / 1e6:.1f}M params) device={args.device} dtype={args.dtype} attn={args.attn} "
+            f"rows={args.rows} max_length={args.max_length} tokens={padded['tokens']} "
+            f"supervised={padded['supervised_tokens']}"
+        )
         for mode, result in results.items():
-            line = (f"{mode:>6}: {result['rows']} sequences, {result['steps']} steps, "
-                    f"{1 - result['tokens'] / result['positions']:.0%} padding, {result['seconds']:.2f} s, "
-                    f"{result['tokens_per_s']:,.0f} tokens/s")
+            line = (
+                f"{mode:>6}: {result['rows']} sequences, {result['steps']} steps, "
+                f"{1 - result['tokens'] / result['positions']:.0%} padding, {result['seconds']:.2f} s, "
+                f"{result['tokens_per_s']:,.0f} tokens/s"
+            )
             if args.device == "cuda":
                 line += f", MFU {6 * params * result['tokens_per_s'] / (args.peak_tflops * 1e12):.1%}"
             print(line)

@@ -45,9 +45,15 @@ def load(name: str, device: str, dtype: torch.dtype):
 
         tokenizer = build_tokenizer()  # only pad/eos ids and decoding are needed; prompts are random ids
         config = Qwen2Config(
-            vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-            num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
-        )  # fmt: skip
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+        )
         with torch.device(device):  # random init on the GPU: seconds instead of a minute on CPU
             model = Qwen2ForCausalLM(config)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -81,10 +87,14 @@ def one_at_a_time(model, tokenizer, prompts, new_tokens: int, cache: str, compil
     for ids in prompts:
         with torch.inference_mode():
             out = model.generate(
-                torch.tensor([ids], device=model.device), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
-                do_sample=False, max_new_tokens=new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                torch.tensor([ids], device=model.device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
+                do_sample=False,
+                max_new_tokens=new_tokens,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
                 **options,
-            )  # fmt: skip
+            )
         generated = out[0, len(ids) :].tolist()
         outputs.append(generated[: generated.index(eos) + 1] if eos in generated else generated)
     return outputs
@@ -109,7 +119,9 @@ def bench_model(name: str, args) -> float:
     one_at_a_time(model, tokenizer, prompts[:1], 4, args.cache, args.compile)  # warm-up, untimed
     engine.generate(prompts[: args.batch], Sampling(temperature=0, max_new_tokens=4))
 
-    baseline, baseline_s = timed(lambda: one_at_a_time(model, tokenizer, prompts, args.new_tokens, args.cache, args.compile))
+    baseline, baseline_s = timed(
+        lambda: one_at_a_time(model, tokenizer, prompts, args.new_tokens, args.cache, args.compile)
+    )
     batched, batched_s = timed(lambda: engine.generate(prompts, greedy))
     batched_ids = [row[0].token_ids for row in batched]
     baseline_tokens, batched_tokens = sum(map(len, baseline)), sum(map(len, batched_ids))
@@ -117,10 +129,16 @@ def bench_model(name: str, args) -> float:
     base_rate, batch_rate = baseline_tokens / baseline_s, batched_tokens / batched_s
     ratio = batch_rate / base_rate
     mean_prompt = sum(map(len, prompts)) / len(prompts)
-    print(f"\n{name} on {args.device} ({args.dtype}), {len(prompts)} prompts of {mean_prompt:.0f} tokens on average, "
-          f"up to {args.new_tokens} new tokens, cache {args.cache}{', compiled' if args.compile else ''}")  # fmt: skip
-    print(f"  {'one at a time (generate)':<28}{baseline_tokens:>8} tokens {baseline_s:>8.2f} s {base_rate:>10.1f} tokens/s")
-    print(f"  {f'HFEngine batch {args.batch}':<28}{batched_tokens:>8} tokens {batched_s:>8.2f} s {batch_rate:>10.1f} tokens/s")
+    print(
+        f"\n{name} on {args.device} ({args.dtype}), {len(prompts)} prompts of {mean_prompt:.0f} tokens on average, "
+        f"up to {args.new_tokens} new tokens, cache {args.cache}{', compiled' if args.compile else ''}"
+    )
+    print(
+        f"  {'one at a time (generate)':<28}{baseline_tokens:>8} tokens {baseline_s:>8.2f} s {base_rate:>10.1f} tokens/s"
+    )
+    print(
+        f"  {f'HFEngine batch {args.batch}':<28}{batched_tokens:>8} tokens {batched_s:>8.2f} s {batch_rate:>10.1f} tokens/s"
+    )
     print(f"  identical completions: {same}/{len(prompts)}; ratio {ratio:.2f}")
     return ratio
 
@@ -143,8 +161,10 @@ def main() -> None:
     models = args.models.split(",")
     ratios = {name: bench_model(name, args) for name in models}
     last = models[-1]
-    print(f"\nheadline: {last}, HFEngine batch {args.batch} vs one-at-a-time generate on {args.device}, "
-          f"generated tokens/s ratio={ratios[last]:.2f}")  # fmt: skip
+    print(
+        f"\nheadline: {last}, HFEngine batch {args.batch} vs one-at-a-time generate on {args.device}, "
+        f"generated tokens/s ratio={ratios[last]:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,15 @@ def load(name: str, device: str, dtype: torch.dtype):
 
         tokenizer = build_tokenizer()  # ChatML template; explanation ids span the model's full vocabulary
         config = Qwen2Config(
-            vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-            num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
-        )  # fmt: skip
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+        )
         with torch.device(device):  # random init on the GPU: seconds instead of a minute on CPU
             teacher, student = (Qwen2ForCausalLM(config) for _ in range(2))
     else:
@@ -173,12 +179,16 @@ def bench_model(name: str, args) -> float:
     reference_for(reward, items[0])
 
     expected, reference_s, reference_mib = timed(args.device, lambda: [reference_for(reward, item) for item in items])
-    print(f"\n{name} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads): {len(items)} explanations "
-          f"({args.group_size} per question), {tokens / len(items):.0f} tokens per item (teacher + student)")  # fmt: skip
+    print(
+        f"\n{name} on {args.device} ({args.dtype}, {torch.get_num_threads()} threads): {len(items)} explanations "
+        f"({args.group_size} per question), {tokens / len(items):.0f} tokens per item (teacher + student)"
+    )
     header = f"{'method':<14}{'batch':>6}{'expl/s':>10}{'tokens/s':>11}{'peak MiB':>10}{'max |diff|':>12}{'ratio':>8}{'bound':>8}"
     print(header)
-    print(f"{'reference':<14}{1:>6}{len(items) / reference_s:>10.2f}{tokens / reference_s:>11.0f}{reference_mib:>10.0f}"
-          f"{0.0:>12.1e}{1.0:>8.2f}{1.0:>8.2f}")  # fmt: skip
+    print(
+        f"{'reference':<14}{1:>6}{len(items) / reference_s:>10.2f}{tokens / reference_s:>11.0f}{reference_mib:>10.0f}"
+        f"{0.0:>12.1e}{1.0:>8.2f}{1.0:>8.2f}"
+    )
     ratio = 0.0
     for batch in args.batches:
         reward.settings = Reward(max_length=args.max_length, chunk_size=args.chunk_size, batch_size=batch)
@@ -186,10 +196,14 @@ def bench_model(name: str, args) -> float:
         results, seconds, mib = timed(args.device, lambda: reward.score(items))
         diff = max(abs(r[k] - e[k]) for r, e in zip(results, expected) for k in COMPONENTS)
         ratio = reference_s / seconds
-        print(f"{'batched':<14}{batch:>6}{len(items) / seconds:>10.2f}{tokens / seconds:>11.0f}{mib:>10.0f}"
-              f"{diff:>12.1e}{ratio:>8.2f}{bound(reference_work, reward.work, flops):>8.2f}")  # fmt: skip
-    print("bound: reference / batched matmul FLOPs (decoder positions incl. padding, head positions); the most the "
-          "ratio can reach where both run matmuls at one rate, as a compute-bound CPU does")
+        print(
+            f"{'batched':<14}{batch:>6}{len(items) / seconds:>10.2f}{tokens / seconds:>11.0f}{mib:>10.0f}"
+            f"{diff:>12.1e}{ratio:>8.2f}{bound(reference_work, reward.work, flops):>8.2f}"
+        )
+    print(
+        "bound: reference / batched matmul FLOPs (decoder positions incl. padding, head positions); the most the "
+        "ratio can reach where both run matmuls at one rate, as a compute-bound CPU does"
+    )
     return ratio
 
 
@@ -214,8 +228,10 @@ def main() -> None:
     models = args.models.split(",")
     ratios = {name: bench_model(name, args) for name in models}
     last = models[-1]
-    print(f"\nheadline: {last} batch {args.batches[-1]} vs one-at-a-time reference on {args.device}, "
-          f"explanations/s ratio={ratios[last]:.2f}")  # fmt: skip
+    print(
+        f"\nheadline: {last} batch {args.batches[-1]} vs one-at-a-time reference on {args.device}, "
+        f"explanations/s ratio={ratios[last]:.2f}"
+    )
 
 
 if __name__ == "__main__":

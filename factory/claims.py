@@ -89,7 +89,9 @@ class Claims:
         """Every claim in the folder, live or stale."""
         if not self.folder.is_dir():
             return {}
-        found = {path.name[: -len(".json")]: self.read(path.name[: -len(".json")]) for path in self.folder.glob("*.json")}
+        found = {
+            path.name[: -len(".json")]: self.read(path.name[: -len(".json")]) for path in self.folder.glob("*.json")
+        }
         return {name: holder for name, holder in found.items() if holder is not None}
 
     def live(self) -> dict[str, Holder]:
@@ -161,7 +163,9 @@ class Claims:
                 by = current.describe() if current else "its file was removed"
                 log(f"warning: the claim {holder.name} of this process was taken over: {by}")
                 return
-            os.replace(self._write_aside(Holder(**{**asdict(holder), "heartbeat": time.time()})), self.path(holder.name))
+            os.replace(
+                self._write_aside(Holder(**{**asdict(holder), "heartbeat": time.time()})), self.path(holder.name)
+            )
 
     def _write_aside(self, holder: Holder) -> Path:
         """The claim's content in a file of its own, complete on disk, to be linked or renamed into place."""

@@ -51,8 +51,10 @@ def _disk_full(exc: BaseException, command: str, params: dict[str, Any]) -> str 
             existing = next(p for p in (where.absolute(), *where.absolute().parents) if p.exists())
             free = shutil.disk_usage(existing).free
             again = " (what was finished is kept and resumed)" if command in RESUMING else ""
-            return (f"no space left on the device holding {where} ({free / 2**20:.0f} MiB free): free some space, "
-                    f"then run the same command again{again}")  # fmt: skip
+            return (
+                f"no space left on the device holding {where} ({free / 2**20:.0f} MiB free): free some space, "
+                f"then run the same command again{again}"
+            )
     return None
 
 
@@ -66,8 +68,10 @@ def _hub_answer(exc: BaseException) -> str | None:
         if isinstance(item, HfHubHTTPError) and item.response is not None:
             request, said = item.response.request, (item.server_message or "").strip().splitlines()
             detail = f": {said[0][:300]}" if said else ""
-            return (f"the Hub answered HTTP {item.response.status_code} to {request.method} {request.url}{detail}; "
-                    "check HF_ENDPOINT, the repo id and your access, or retry later")  # fmt: skip
+            return (
+                f"the Hub answered HTTP {item.response.status_code} to {request.method} {request.url}{detail}; "
+                "check HF_ENDPOINT, the repo id and your access, or retry later"
+            )
     return None
 
 
@@ -216,9 +220,15 @@ def run(
 def score(
     teacher: str = typer.Option(..., "--teacher", help="Teacher: Hub id[@rev], local folder or packaged:NAME."),
     student: str = typer.Option(..., "--student", help="Reward student; must share the teacher's vocabulary."),
-    data: str = typer.Option(..., "--data", help="JSONL/JSON/parquet file or Hub dataset id: question, solution, explanation."),
-    out: Path | None = typer.Option(None, "--out", help="JSONL written, one line per row [default: <data>.scores.jsonl]."),
-    dump_tokens: bool = typer.Option(False, "--dump-tokens", help="Add token ids, spans and temperatures to each line."),
+    data: str = typer.Option(
+        ..., "--data", help="JSONL/JSON/parquet file or Hub dataset id: question, solution, explanation."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="JSONL written, one line per row [default: <data>.scores.jsonl]."
+    ),
+    dump_tokens: bool = typer.Option(
+        False, "--dump-tokens", help="Add token ids, spans and temperatures to each line."
+    ),
     recipe: Path | None = typer.Option(None, "--recipe", help="Take reward settings and system prompts from a recipe."),
     set_: list[str] | None = SetOpt,
     kl_estimator: str | None = typer.Option(None, "--kl-estimator", help="k1 (default), k3 or full."),
@@ -234,14 +244,27 @@ def score(
 
     settings, formats = settings_from(recipe, set_, kl_estimator=kl_estimator, batch_size=batch_size)
     run_score(
-        teacher, student, data, out, dump_tokens, settings=settings, formats=formats, split=split, limit=limit,
-        device=device, dtype=dtype, console=console,
+        teacher,
+        student,
+        data,
+        out,
+        dump_tokens,
+        settings=settings,
+        formats=formats,
+        split=split,
+        limit=limit,
+        device=device,
+        dtype=dtype,
+        console=console,
     )
 
 
 @command()
 def compare(
-    sources: list[str] = typer.Argument(..., help="Two or more trace datasets, each owner/name@rev, an artifact folder or a .parquet/.jsonl file, optionally as LABEL=SOURCE; SOURCE#CONFIG picks a dataset config (e.g. #before_rl)."),
+    sources: list[str] = typer.Argument(
+        ...,
+        help="Two or more trace datasets, each owner/name@rev, an artifact folder or a .parquet/.jsonl file, optionally as LABEL=SOURCE; SOURCE#CONFIG picks a dataset config (e.g. #before_rl).",
+    ),
     port: int | None = typer.Option(None, "--port", help="Port to serve on; by default the first free one from 7860."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 to share on the network)."),
     votes: Path = typer.Option(Path("compare-votes.jsonl"), "--votes", help="JSONL file the votes are appended to."),
@@ -259,7 +282,9 @@ def compare(
 
 @command()
 def push(
-    run_dir: Path = typer.Argument(..., help="The run folder (--run-dir of `factory run`) or one recipe's folder in it."),
+    run_dir: Path = typer.Argument(
+        ..., help="The run folder (--run-dir of `factory run`) or one recipe's folder in it."
+    ),
     recipe_name: str | None = typer.Option(None, "--recipe", help="Which recipe's run, if the folder holds several."),
     set_: list[str] | None = SetOpt,
 ) -> None:
@@ -294,7 +319,9 @@ def _parse_shard(shard: str, default_count: int) -> tuple[int, int]:
     except ValueError:
         raise UserError(f"--shard {shard!r}: write I or I/N, e.g. --shard 3/8") from None
     if not 0 <= index < count:
-        raise UserError(f"--shard {shard!r}: the index must be in 0..{count - 1} (stages.generate.shards = {default_count})")
+        raise UserError(
+            f"--shard {shard!r}: the index must be in 0..{count - 1} (stages.generate.shards = {default_count})"
+        )
     return index, count
 
 

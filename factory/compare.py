@@ -93,8 +93,14 @@ def _card(repos: list[str], sources: list[str], title: str | None) -> str:
     return f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n{body.rstrip()}\n\n## Sources shown\n\n{listed}\n"
 
 
-def deploy_space(repo_id: str, sources: list[str], title: str | None = None, votes_repo: str | None = None,
-                 token: str | None = None, private: bool = False) -> str:  # fmt: skip
+def deploy_space(
+    repo_id: str,
+    sources: list[str],
+    title: str | None = None,
+    votes_repo: str | None = None,
+    token: str | None = None,
+    private: bool = False,
+) -> str:
     """Create (or update) a Gradio Space repo with this comparison; returns the commit id."""
     import tempfile
 
@@ -104,6 +110,10 @@ def deploy_space(repo_id: str, sources: list[str], title: str | None = None, vot
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         write_space(folder, sources, title, votes_repo)
-        info = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder,
-                                 commit_message=f"compare Space: {', '.join(sources)}")  # fmt: skip
+        info = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="space",
+            folder_path=folder,
+            commit_message=f"compare Space: {', '.join(sources)}",
+        )
     return info.oid

@@ -19,4 +19,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose value differs between two config slices (added and removed keys too)."""
     flat_old, flat_new = flatten(old), flatten(new)
-    return sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k, "<unset>") != flat_new.get(k, "<unset>"))
+    return sorted(
+        k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k, "<unset>") != flat_new.get(k, "<unset>")
+    )

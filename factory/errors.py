@@ -64,7 +64,6 @@ def scrub(text: str) -> str:
     return _TOKEN_PATTERNS.sub(HIDDEN, text)
 
 
-
 def scrub_logs() -> None:
     """Scrub every log record of this process when it is made: its message, and its traceback
     (formatted then, once), whatever handler prints it later."""

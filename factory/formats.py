@@ -215,9 +215,7 @@ def build_student_sequence(
     head_messages = student_messages(question, "", "", fmt)
     head_messages[-1] = {"role": "assistant", "content": THOUGHT_OPEN + p}
     head = _ids(tokenizer, _render_open(tokenizer, head_messages))
-    closing = (
-        f"{_missing_padding(tokenizer.decode(list(explanation_ids)), p)}{THOUGHT_CLOSE}{fmt.separator}{SOLUTION_OPEN}{p}"
-    )
+    closing = f"{_missing_padding(tokenizer.decode(list(explanation_ids)), p)}{THOUGHT_CLOSE}{fmt.separator}{SOLUTION_OPEN}{p}"
     text = solution.strip()  # a whitespace-only solution is an empty span, not scored padding
     middle, solution_ids = _ids_of_text(tokenizer, closing, text + p if text else "", SOLUTION_CLOSE)
     explanation_end = len(head) + len(explanation_ids)
@@ -273,7 +271,9 @@ def check_same_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any) -> Non
     if teacher_vocab == student_vocab:
         return
     differing = sorted(
-        token for token in teacher_vocab.keys() | student_vocab.keys() if teacher_vocab.get(token) != student_vocab.get(token)
+        token
+        for token in teacher_vocab.keys() | student_vocab.keys()
+        if teacher_vocab.get(token) != student_vocab.get(token)
     )
     raise UserError(
         f"teacher tokenizer {teacher_tokenizer.name_or_path!r} ({len(teacher_vocab)} tokens) and student tokenizer "

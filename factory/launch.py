@@ -36,10 +36,14 @@ def accelerate_command(launch: Launch, module: str, args: list[str], *, cpu: boo
     if launch.preset != "single":
         command += ["--config_file", str(preset_file(launch))]
     command += [
-        "--num_processes", str(launch.world_size),
-        "--num_machines", str(launch.num_machines),
-        "--machine_rank", str(launch.machine_rank),
-        "--main_process_port", str(launch.main_process_port),
+        "--num_processes",
+        str(launch.world_size),
+        "--num_machines",
+        str(launch.num_machines),
+        "--machine_rank",
+        str(launch.machine_rank),
+        "--main_process_port",
+        str(launch.main_process_port),
     ]
     if launch.main_process_ip:
         command += ["--main_process_ip", launch.main_process_ip]

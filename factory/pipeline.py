@@ -180,7 +180,7 @@ def make_plan(
     produced: dict[Role, PlannedStage] = {}  # role -> latest enabled upstream producer
     forced = set(force)
     if from_stage:
-        forced.update(order[order.index(from_stage):])
+        forced.update(order[order.index(from_stage) :])
     planned_all: list[PlannedStage] = []
     missing: PlannedStage | None = None  # an enabled stage this build lacks: what it makes is unknown
 
@@ -290,7 +290,7 @@ def _require_upstream(stages: list[PlannedStage], only: tuple[str, ...], from_st
     if not only and not from_stage:
         return
     order = [planned.name for planned in stages]
-    selected = set(only) if only else set(order[order.index(from_stage):])
+    selected = set(only) if only else set(order[order.index(from_stage) :])
     for planned in stages:
         if planned.name not in selected or not planned.will_run:
             continue

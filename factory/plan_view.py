@@ -31,7 +31,9 @@ def gpu_hours(flops: float) -> float:
 def _destination(plan: Plan, planned: PlannedStage) -> str:
     repo = plan.repo_for(planned)
     if repo is None:
-        return "report in the run dir, eval results on the student card" if planned.name == "evaluate" else "local store"
+        return (
+            "report in the run dir, eval results on the student card" if planned.name == "evaluate" else "local store"
+        )
     where = "Hub" if plan.recipe.hub.push else "local store; Hub with --push"
     return f"{repo} @ next tag v<N> ({where})"
 

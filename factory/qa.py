@@ -81,13 +81,24 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
     return {
-        "count": len(ordered), "mean": mean, "std": math.sqrt(variance), "min": ordered[0],
-        "p10": rank(0.1), "p50": rank(0.5), "p90": rank(0.9), "max": ordered[-1],
-    }  # fmt: skip
+        "count": len(ordered),
+        "mean": mean,
+        "std": math.sqrt(variance),
+        "min": ordered[0],
+        "p10": rank(0.1),
+        "p50": rank(0.5),
+        "p90": rank(0.9),
+        "max": ordered[-1],
+    }
 
 
 def paired_bootstrap(
-    before: Mapping[str, float], after: Mapping[str, float], *, resamples: int = 10_000, seed: int = 0, level: float = 0.95
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> dict[str, float] | None:
     """The mean of after - before over the keys both have (the same questions), with a percentile
     bootstrap interval at `level` (pairs resampled with replacement, numpy's generator seeded with
@@ -105,10 +116,12 @@ def paired_bootstrap(
     count = len(keys)
     rng = np.random.default_rng(seed)
     per_chunk = max(1, 1_000_000 // count)  # resampled indices held at once: about 8 MB
-    means = np.concatenate([
-        differences[rng.integers(0, count, size=(min(per_chunk, resamples - start), count))].mean(axis=1)
-        for start in range(0, resamples, per_chunk)
-    ])  # fmt: skip
+    means = np.concatenate(
+        [
+            differences[rng.integers(0, count, size=(min(per_chunk, resamples - start), count))].mean(axis=1)
+            for start in range(0, resamples, per_chunk)
+        ]
+    )
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return {
         "questions": count,
@@ -123,7 +136,9 @@ def paired_bootstrap(
     }
 
 
-def histogram(png: Path, csv: Path, series: dict[str, Sequence[float]], xlabel: str, title: str, bins: int = 30) -> None:
+def histogram(
+    png: Path, csv: Path, series: dict[str, Sequence[float]], xlabel: str, title: str, bins: int = 30
+) -> None:
     """Overlaid histograms of `series` on shared bins: a PNG plot and its counts as CSV."""
     import matplotlib
 

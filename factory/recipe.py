@@ -145,7 +145,11 @@ class Recipe(Section):
         # without teacher RL no setting bounds a prompt, so only the explanation's length is certain
         needed = (rl.max_prompt_length if rl.enabled else 0) + max(explanations)
         if self.reward.max_length < needed:
-            what = "stages.teacher_rl.max_prompt_length + the longest explanation" if rl.enabled else "the longest explanation"
+            what = (
+                "stages.teacher_rl.max_prompt_length + the longest explanation"
+                if rl.enabled
+                else "the longest explanation"
+            )
             raise _combination_error(
                 "reward.max_length",
                 f"{self.reward.max_length} would cut explanations before they are scored: the longest teacher sequence "
@@ -158,7 +162,11 @@ class Recipe(Section):
     def _reward_terms(self) -> Recipe:
         """The correct_generation term decodes with the reward student, step by step until each answer ends:
         ranks would run different numbers of forwards, which a ZeRO-3-sharded student cannot."""
-        if "correct_generation" in self.reward.terms and self.stages.teacher_rl.enabled and self.launch.preset == "zero3":
+        if (
+            "correct_generation" in self.reward.terms
+            and self.stages.teacher_rl.enabled
+            and self.launch.preset == "zero3"
+        ):
             raise _combination_error(
                 "reward.terms",
                 "correct_generation needs the reward student whole on each rank; teacher_rl under launch.preset "

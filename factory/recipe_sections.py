@@ -133,7 +133,9 @@ class Formats(Section):
         "(Bespoke-Stratos-17k does), else factory's",
     )
     student_padding: str = Field(default="\n\n", description="inside every tag pair of the student format")
-    student_separator: str = Field(default="\n\n", description="between the thought's closing and the solution's opening tag")
+    student_separator: str = Field(
+        default="\n\n", description="between the thought's closing and the solution's opening tag"
+    )
 
 
 class CorrectGeneration(Section):
@@ -141,7 +143,9 @@ class CorrectGeneration(Section):
     there): the reward student, given the question and the explanation, answers `rollouts` times; the
     term is the fraction of answers math-verify finds equal to the reference solution's final answer."""
 
-    rollouts: int = Field(default=8, ge=1, description="answers per explanation (the reference's correct_generation_rollouts)")
+    rollouts: int = Field(
+        default=8, ge=1, description="answers per explanation (the reference's correct_generation_rollouts)"
+    )
     temperature: float = Field(default=0.7, ge=0, description="the student's sampling temperature; 0: greedy")
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int = Field(default=1024, ge=1, description="longest answer, tokens")
@@ -262,7 +266,8 @@ class TeacherRL(OptimizedStage):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     clip_epsilon: float = Field(default=0.2, gt=0, description="policy-ratio clip; inert when strictly on-policy")
     kl_bias_correction: bool = Field(
-        default=False, description="weight the KL term by the policy ratio (on by default in TRL 1.16); off in the paper"
+        default=False,
+        description="weight the KL term by the policy ratio (on by default in TRL 1.16); off in the paper",
     )
     vllm_importance_sampling_correction: bool = Field(
         default=False,
@@ -384,4 +389,3 @@ class Launch(Section):
     @property
     def world_size(self) -> int:
         return self.num_processes * self.num_machines
-

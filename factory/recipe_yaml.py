@@ -143,12 +143,16 @@ def _recipe_text(path: Path) -> str:
     except OSError as exc:
         raise UserError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
     if len(raw) > MAX_RECIPE_BYTES:
-        raise UserError(f"{path}: larger than {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a few KB: is this the right file?")
+        raise UserError(
+            f"{path}: larger than {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a few KB: is this the right file?"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the recipe as UTF-8") from None
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the recipe as UTF-8"
+        ) from None
 
 
 def _parse_yaml(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
@@ -321,7 +325,9 @@ def _suggest(path: tuple[str, ...], schema: type[BaseModel]) -> str:
 
     model: Any = schema
     for part in path[:-1]:
-        annotation = _unwrap(model.model_fields[part].annotation) if part in getattr(model, "model_fields", {}) else None
+        annotation = (
+            _unwrap(model.model_fields[part].annotation) if part in getattr(model, "model_fields", {}) else None
+        )
         if _is_list(annotation):
             annotation = annotation.__args__[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -331,4 +337,3 @@ def _suggest(path: tuple[str, ...], schema: type[BaseModel]) -> str:
         model = annotation
     close = difflib.get_close_matches(path[-1], list(model.model_fields), n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(model.model_fields)}"
-

@@ -123,7 +123,8 @@ def settings_from(
         reward = Reward.model_validate({**reward.model_dump(), **{k: v for k, v in changes.items() if v is not None}})
     except ValidationError as exc:
         problems = [
-            f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r} (reward.{e['loc'][0]}): {e['msg']}" for e in exc.errors()
+            f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r} (reward.{e['loc'][0]}): {e['msg']}"
+            for e in exc.errors()
         ]
         raise UserError("; ".join(problems)) from None
     return reward, formats
@@ -169,14 +170,18 @@ def score(
     settings, formats = settings or Reward(), formats or Formats()
     if dump_tokens and "rlt" not in settings.terms:
         raise UserError(f"--dump-tokens writes the RLT term's sequences; reward.terms is {settings.terms}")
-    out = Path(out) if out else Path(f"{Path(data).stem if Path(data).suffix else data.replace('/', '__')}.scores.jsonl")
+    out = (
+        Path(out) if out else Path(f"{Path(data).stem if Path(data).suffix else data.replace('/', '__')}.scores.jsonl")
+    )
     device, dtype = check_options(data, out, device, dtype)
     rows = load_rows(data, split, limit)
 
     teacher_tokenizer, student_tokenizer = load_tokenizer(teacher), load_tokenizer(student)
     check_same_vocabulary(teacher_tokenizer, student_tokenizer)
     teacher_model = load_causal_lm(teacher, dtype=dtype, device=device)
-    student_model = teacher_model if str(student) == str(teacher) else load_causal_lm(student, dtype=dtype, device=device)
+    student_model = (
+        teacher_model if str(student) == str(teacher) else load_causal_lm(student, dtype=dtype, device=device)
+    )
     reward = build_reward(
         settings,
         teacher_model=teacher_model,

@@ -118,7 +118,9 @@ def _evaluation(folder: Path) -> list[str]:
     for name in [*sets, "overall"]:
         cells = []
         for model in models:
-            value = scores[model]["overall"] if name == "overall" else scores[model]["sets"].get(name, {}).get("accuracy")
+            value = (
+                scores[model]["overall"] if name == "overall" else scores[model]["sets"].get(name, {}).get("accuracy")
+            )
             cells.append(f"{model} {value:.1f}" if value is not None else f"{model} -")
         lines.append(f"eval {name} (accuracy %): " + " | ".join(cells))
     if BEFORE_RL_BASELINE in scores:

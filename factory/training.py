@@ -315,7 +315,9 @@ def history_rows(log_history: Iterable[dict[str, Any]], columns: dict[str, str])
     return rows
 
 
-def write_curve(rows: list[dict[str, Any]], out_dir: Path, stem: str, panels: list[list[str]], title: str) -> dict[str, str]:
+def write_curve(
+    rows: list[dict[str, Any]], out_dir: Path, stem: str, panels: list[list[str]], title: str
+) -> dict[str, str]:
     """`<stem>.csv` with every column and `<stem>.png` with one panel per list of columns."""
     import matplotlib
 

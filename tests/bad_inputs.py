@@ -80,4 +80,3 @@ def parquet_bytes(rows: list[dict]) -> bytes:
 
 
 GOOD = {"question": "What is 2 + 2?", "solution": "\\boxed{4}", "explanation": "Two and two make four."}
-

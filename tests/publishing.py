@@ -27,7 +27,11 @@ RECIPE = {
         "eval": [{"name": "aime24", "source": "HuggingFaceH4/aime_2024", "split": "train"}],
     },
 }
-TEACHER_REPO, TRACES_REPO, STUDENT_REPO = "factory-tester/tiny-teacher", "factory-tester/tiny-traces", "factory-tester/tiny-student"
+TEACHER_REPO, TRACES_REPO, STUDENT_REPO = (
+    "factory-tester/tiny-teacher",
+    "factory-tester/tiny-traces",
+    "factory-tester/tiny-student",
+)
 WRITES = ("/commit/", "/tag/", "/preupload/", "/lfs")
 
 
@@ -42,7 +46,12 @@ def png() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def finish(folder: Path, kind: str, stage: str, role: str, config: dict, inputs: list[InputRef], metrics: dict) -> Path:
@@ -74,13 +83,33 @@ def traces_artifact(folder: Path, questions: list[str], config: dict, teacher: P
     import pyarrow.parquet as pq
 
     rewards = [0.5 + i for i in range(len(questions))]
-    rows = {"question": questions, "solution": ["\\boxed{1}"] * len(questions), "explanation": ["because"] * len(questions), "reward": rewards}
+    rows = {
+        "question": questions,
+        "solution": ["\\boxed{1}"] * len(questions),
+        "explanation": ["because"] * len(questions),
+        "reward": rewards,
+    }
     (folder / "data" / "candidates").mkdir(parents=True)
     pq.write_table(pa.table(rows), folder / "data" / "train-00000-of-00001.parquet")
-    pq.write_table(pa.table({k: v * 2 for k, v in rows.items()}), folder / "data" / "candidates" / "train-00000-of-00001.parquet")
+    pq.write_table(
+        pa.table({k: v * 2 for k, v in rows.items()}), folder / "data" / "candidates" / "train-00000-of-00001.parquet"
+    )
     (folder / "reward_hist.png").write_bytes(png())
-    metrics = {"reward_mean": sum(rewards) / len(rewards), "reward_max": max(rewards), "closed_tag_rate": 1.0, "rows": len(questions)}
-    return finish(folder, "dataset", "generate", "traces", config, [upstream(teacher, "teacher"), base_ref("reward_student")], metrics)
+    metrics = {
+        "reward_mean": sum(rewards) / len(rewards),
+        "reward_max": max(rewards),
+        "closed_tag_rate": 1.0,
+        "rows": len(questions),
+    }
+    return finish(
+        folder,
+        "dataset",
+        "generate",
+        "traces",
+        config,
+        [upstream(teacher, "teacher"), base_ref("reward_student")],
+        metrics,
+    )
 
 
 def report_artifact(folder: Path, student: InputRef, accuracy: float) -> Path:
@@ -138,7 +167,10 @@ def payload_stages(model_dir: Path) -> dict:
             import pyarrow.parquet as pq
 
             (ctx.out_dir / "data").mkdir(exist_ok=True)
-            pq.write_table(pa.table({"question": ["q1", "q2"], "reward": [0.5, 1.5]}), ctx.out_dir / "data" / "train-00000-of-00001.parquet")
+            pq.write_table(
+                pa.table({"question": ["q1", "q2"], "reward": [0.5, 1.5]}),
+                ctx.out_dir / "data" / "train-00000-of-00001.parquet",
+            )
             return {"reward": {"selected": {"mean": 1.0}}}
         metrics = {"held_out": {"accuracy": 50.0}, "overall": 50.0}
         (ctx.out_dir / "report.json").write_text(json.dumps(metrics))

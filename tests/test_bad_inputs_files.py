@@ -52,13 +52,17 @@ def base36(number: int) -> str:
 
 def test_alias_bomb_and_100000_keys_are_refused_in_bounded_time_and_memory(tmp_path, tiny_model_dir):
     laughs = write(tmp_path / "laughs.yaml", base_recipe(tiny_model_dir) + bomb())
-    wide = write(tmp_path / "wide.yaml", base_recipe(tiny_model_dir) + "".join(f"{base36(i)}: 0\n" for i in range(100_000)))
+    wide = write(
+        tmp_path / "wide.yaml", base_recipe(tiny_model_dir) + "".join(f"{base36(i)}: 0\n" for i in range(100_000))
+    )
     assert wide.stat().st_size < 1 << 20  # refused for its keys, not its size
     result = subprocess.run([PY, "-c", LIMITS, str(laughs), str(wide)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     *loads, rss = [json.loads(line) for line in result.stdout.splitlines()]
     for load in loads:
-        print(f"{Path(load['path']).name}: {load['seconds']:.2f} s, peak {load['peak_mb']:.1f} MB traced; {load['message']}")
+        print(
+            f"{Path(load['path']).name}: {load['seconds']:.2f} s, peak {load['peak_mb']:.1f} MB traced; {load['message']}"
+        )
         assert "more than 10000 YAML nodes" in load["message"]
         assert load["seconds"] < 5 and load["peak_mb"] < 500
     print(f"max RSS of the process {rss['max_rss_mb']:.0f} MB")
@@ -123,7 +127,12 @@ def test_full_disk_names_the_path_and_the_rerun_resumes(tmp_path, tiny_model_dir
     assert "generate: published" in first.output and "distill: published" not in first.output
     again = cli("run", recipe, "--run-dir", runs)
     assert again.exit_code == 0, again.output
-    for line in ("teacher_sft: complete artifact", "generate: complete artifact", "distill: interrupted run", "evaluate: published"):
+    for line in (
+        "teacher_sft: complete artifact",
+        "generate: complete artifact",
+        "distill: interrupted run",
+        "evaluate: published",
+    ):
         assert line in again.output, line  # finished stages are kept, the interrupted one resumes
 
 
@@ -159,7 +168,10 @@ def test_a_parquet_file_with_the_columns_loads_like_its_jsonl(tmp_path):
     parquet = write(tmp_path / "train.parquet", parquet_bytes(rows))
     lines = write(tmp_path / "train.jsonl", jsonl(*rows))
     array = write(tmp_path / "train.json", json.dumps(rows, indent=2))
-    loaded = [load_rows(DataSource(source=str(path), format=fmt)) for path, fmt in ((parquet, "hub"), (lines, "jsonl"), (array, "jsonl"))]
+    loaded = [
+        load_rows(DataSource(source=str(path), format=fmt))
+        for path, fmt in ((parquet, "hub"), (lines, "jsonl"), (array, "jsonl"))
+    ]
     assert loaded[0] == loaded[1] == loaded[2] and len(loaded[0]) == 3
 
 
@@ -171,4 +183,3 @@ def test_an_empty_explanation_is_scored(tmp_path, tiny_model_dir):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["explanation_tokens"] for r in records][1] == 0
     assert all(r["reward"] == r["reward"] for r in records)  # finite, scored, not skipped
-

@@ -62,10 +62,15 @@ def hub_env(tmp_path: Path, endpoint: str, token: str | None) -> dict[str, str]:
 
 HUB_COMMANDS = {
     "plan resolves a Hub model": (["plan", "RECIPE", "--run-dir", "RUNS"], "the Hub answered HTTP 418 to GET"),
-    "run --push checks the token": (["run", "LOCAL", "--push", "--run-dir", "RUNS"], "the Hub answered HTTP 418 to GET"),
-    "score downloads a Hub model": (["score", "--teacher", "org/teacher", "--student", "org/teacher", "--data", "DATA"],
-                                    "answered HTTP 418"),
-}  # fmt: skip
+    "run --push checks the token": (
+        ["run", "LOCAL", "--push", "--run-dir", "RUNS"],
+        "the Hub answered HTTP 418 to GET",
+    ),
+    "score downloads a Hub model": (
+        ["score", "--teacher", "org/teacher", "--student", "org/teacher", "--data", "DATA"],
+        "answered HTTP 418",
+    ),
+}
 
 
 @pytest.mark.parametrize("token", ["hf_writeTokenOfTheUser9876", None], ids=["HF_TOKEN", "login cache"])
@@ -74,15 +79,22 @@ def test_unexpected_hub_status_is_one_message_without_the_token(tmp_path, echoin
     secret = token or "loginCacheSecret0123456789"
     local = base_recipe(tiny_model_dir).replace("name: bad", "name: bad\nhub: {namespace: someone}")
     files = {
-        "RECIPE": write(tmp_path / "hub.yaml", base_recipe(tmp_path).replace(f"{{source: {tmp_path}}}", "{source: org/teacher}")),
+        "RECIPE": write(
+            tmp_path / "hub.yaml", base_recipe(tmp_path).replace(f"{{source: {tmp_path}}}", "{source: org/teacher}")
+        ),
         "LOCAL": write(tmp_path / "local.yaml", local + "stages: {teacher_rl: {enabled: false}}\n"),
         "DATA": write(tmp_path / "rows.jsonl", jsonl(GOOD)),
         "RUNS": tmp_path / "runs",
     }
     argv, expected = HUB_COMMANDS[command]
     argv = [str(files.get(arg, arg)) for arg in argv]
-    result = subprocess.run([PY, "-m", "factory.cli", *argv], capture_output=True, text=True,
-                            env=hub_env(tmp_path, echoing_hub, token), cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(
+        [PY, "-m", "factory.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=hub_env(tmp_path, echoing_hub, token),
+        cwd=tmp_path,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert "Traceback" not in output and expected in output

@@ -48,17 +48,35 @@ def trace_rows(teacher: str, ids: list[int]) -> list[dict]:
     """Rows of the traces schema (briefing) for questions `ids`; `rlt` also records student_correct."""
     rows = []
     for i in ids:
-        question, solution, text = f"Question {i}: what is the square root of {i * i}?", f"\\boxed{{{i}}}", explanation(teacher, i)
+        question, solution, text = (
+            f"Question {i}: what is the square root of {i * i}?",
+            f"\\boxed{{{i}}}",
+            explanation(teacher, i),
+        )
         messages = student_messages(question, text, solution)
         reward = base_reward(i) + (delta(i) if teacher == "rlt" else 0.0)
         row = {
-            "id": f"q{i:03d}", "question": question, "solution": solution, "explanation": text,
-            "prompt": messages[:2], "completion": messages[2:], "reward": reward,
-            "r_ss_mean": reward / 2, "r_ss_min": reward, "kl_mean": 0.1 * (i % 5), "kl_max": 0.5, "penalty": 0.0,
-            "closed": i % 9 != 0, "explanation_tokens": 20 + i + (30 if teacher == "rlt" else 0),
-            "finish_reason": "stop", "candidate_index": 0, "teacher": f"org/{teacher}-teacher@v1",
-            "temperature": 0.7, "top_p": 1.0, "seed": 42,
-        }  # fmt: skip
+            "id": f"q{i:03d}",
+            "question": question,
+            "solution": solution,
+            "explanation": text,
+            "prompt": messages[:2],
+            "completion": messages[2:],
+            "reward": reward,
+            "r_ss_mean": reward / 2,
+            "r_ss_min": reward,
+            "kl_mean": 0.1 * (i % 5),
+            "kl_max": 0.5,
+            "penalty": 0.0,
+            "closed": i % 9 != 0,
+            "explanation_tokens": 20 + i + (30 if teacher == "rlt" else 0),
+            "finish_reason": "stop",
+            "candidate_index": 0,
+            "teacher": f"org/{teacher}-teacher@v1",
+            "temperature": 0.7,
+            "top_p": 1.0,
+            "seed": 42,
+        }
         if teacher == "rlt":
             row.update(student_correct=i % 2 == 0, answer_leaked=i == 18, reward_truncated=False)  # generate's QA flags
         rows.append(row)
@@ -113,8 +131,10 @@ def test_bad_sources_name_the_problem(traces, tmp_path):
         fc.load([str(traces["base"])])
     result = subprocess.run(
         [sys.executable, "-m", "factory.cli", "compare", str(traces["base"]), "./nowhere.jsonl"],
-        capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+    )
     assert result.returncode == 2 and "nowhere.jsonl: no such file" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -137,8 +157,15 @@ def test_overview_pages_never_exceed_page_size(comparison):
     assert list(table["id"][:2]) == ["q017", "q042"]
     assert table["Δ right − left"][0] == pytest.approx(3.0) and table["Δ right − left"][1] == pytest.approx(-2.5)
     assert list(table.columns) == [
-        "#", "id", "question", "reward · base", "reward · rlt", "Δ right − left", "tokens · base", "tokens · rlt",
-    ]  # fmt: skip
+        "#",
+        "id",
+        "question",
+        "reward · base",
+        "reward · rlt",
+        "Δ right − left",
+        "tokens · base",
+        "tokens · rlt",
+    ]
     last, page, _, _ = comparison.overview("", "disagreement", 0, 1, page=99, page_size=25)
     assert page == 3 and len(last) == 10 and list(last["#"]) == list(range(51, 61))
     found, _, pages, total = comparison.overview("q01", "dataset", 0, 1, page=1, page_size=25)
@@ -168,7 +195,9 @@ def test_question_panels_and_markdown(comparison):
     assert rlt["flags"] == ["answer leaked"] and "**answer leaked**" in text and base["flags"] == []
     assert comparison.panel(1, comparison.position("q019"))["flags"] == []
     assert cd.question_markdown(shown).endswith("#### Reference solution\n\n$\\boxed{18}$")  # bare \boxed made math
-    assert cd.math_markdown("so \\boxed{\\frac{1}{2}} and \\boxed{3}.") == "so $\\boxed{\\frac{1}{2}}$ and $\\boxed{3}$."
+    assert (
+        cd.math_markdown("so \\boxed{\\frac{1}{2}} and \\boxed{3}.") == "so $\\boxed{\\frac{1}{2}}$ and $\\boxed{3}$."
+    )
     assert cd.math_markdown("$x$ and \\boxed{3}") == "$x$ and \\boxed{3}"  # delimited text is the author's
 
 
@@ -281,11 +310,20 @@ def test_space_settings_and_written_space(traces, tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCES", f"a={traces['base']}\nb={traces['rlt']}")
     monkeypatch.setenv("VOTES_REPO", "org/votes")
     settings = app.configured()
-    assert settings["sources"] == [f"a={traces['base']}", f"b={traces['rlt']}"] and settings["votes_repo"] == "org/votes"
+    assert (
+        settings["sources"] == [f"a={traces['base']}", f"b={traces['rlt']}"] and settings["votes_repo"] == "org/votes"
+    )
 
     specs = ["RLT=org/rlt-traces@v3", "org/base-traces@v1", str(traces["rlt"])]
     dest = fc.write_space(tmp_path / "space", specs, title="RLT vs base")
-    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "app.py", "compare_data.py", "compare_votes.py", "requirements.txt", "sources.json"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "README.md",
+        "app.py",
+        "compare_data.py",
+        "compare_votes.py",
+        "requirements.txt",
+        "sources.json",
+    ]
     front = yaml.safe_load((dest / "README.md").read_text().split("---\n")[1])
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["sdk_version"] == gradio.__version__
     assert front["datasets"] == ["org/rlt-traces", "org/base-traces"] and front["title"] == "RLT vs base"
@@ -346,7 +384,9 @@ def test_source_selects_a_config_of_an_artifact_folder(tmp_path):
     artifact = tmp_path / "generate-0123456789ab"
     (artifact / "data" / "before_rl").mkdir(parents=True)
     pd.DataFrame(trace_rows("rlt", list(range(N)))).to_parquet(artifact / "data" / "train-00000-of-00001.parquet")
-    pd.DataFrame(trace_rows("base", list(range(N)))).to_parquet(artifact / "data" / "before_rl" / "train-00000-of-00001.parquet")
+    pd.DataFrame(trace_rows("base", list(range(N)))).to_parquet(
+        artifact / "data" / "before_rl" / "train-00000-of-00001.parquet"
+    )
     comparison = cd.load_comparison([str(artifact), f"{artifact}#before_rl"])
     assert comparison.labels == ["generate-0123456789ab", "generate-0123456789ab#before_rl"]
     assert [s.ref for s in comparison.sources] == [str(artifact), f"{artifact}#before_rl"]

@@ -15,9 +15,15 @@ from test_compare import _free_port, base_reward, explanation, serving, traces  
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -25,8 +31,18 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 def cli_app(traces, tmp_path_factory):
     """`factory compare base rlt --port N` running in a subprocess; yields (url, gradio_client Client)."""
     port, votes = _free_port(), tmp_path_factory.mktemp("votes") / "votes.jsonl"
-    command = [sys.executable, "-m", "factory.cli", "compare", f"base={traces['base']}", f"rlt={traces['rlt']}",
-               "--port", str(port), "--votes", str(votes)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "factory.cli",
+        "compare",
+        f"base={traces['base']}",
+        f"rlt={traces['rlt']}",
+        "--port",
+        str(port),
+        "--votes",
+        str(votes),
+    ]
     with serving(command, port) as client:
         yield f"http://127.0.0.1:{port}/", client
 
@@ -34,10 +50,16 @@ def cli_app(traces, tmp_path_factory):
 def test_cli_serves_the_app_on_the_given_port(cli_app):
     _, client = cli_app
     shown = client.predict("q042", 0, 1, api_name="/go_to")
-    assert "q042" in shown[2] and shown[5] == explanation("base", 42).strip() and shown[6] == explanation("rlt", 42).strip()
+    assert (
+        "q042" in shown[2]
+        and shown[5] == explanation("base", 42).strip()
+        and shown[6] == explanation("rlt", 42).strip()
+    )
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium missing: apt-get install chromium (scripts/test.sh)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium missing: apt-get install chromium (scripts/test.sh)"
+)
 def test_page_shows_both_explanations_and_rewards(cli_app):
     sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright missing: pip install playwright")
     url, _ = cli_app
@@ -54,7 +76,9 @@ def test_page_shows_both_explanations_and_rewards(cli_app):
             page.locator("#explanation-1").get_by_text("rlt explains 3").wait_for(timeout=30_000)
             page.get_by_role("tab", name="Overview").click()  # then pick the second-largest disagreement
             page.locator("#overview").get_by_text("q042", exact=True).click()
-            page.locator("#question").get_by_text("Question 42: what is the square root of 1764?").wait_for(timeout=30_000)
+            page.locator("#question").get_by_text("Question 42: what is the square root of 1764?").wait_for(
+                timeout=30_000
+            )
             page.locator("#explanation-0").get_by_text("base explains 42").wait_for(timeout=30_000)
             texts = [page.locator(f"#explanation-{i}").inner_text() for i in (0, 1)]
             metrics = [page.locator(f"#metrics-{i}").inner_text() for i in (0, 1)]

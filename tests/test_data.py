@@ -15,7 +15,9 @@ from factory.data import load_rows, quickstart, resolve_revision, row_id
 from factory.errors import UserError
 from factory.recipe import DataSource, EvalSet
 
-STRATOS_SYSTEM = "Your role as an assistant involves thoroughly exploring questions through a systematic long thinking process."
+STRATOS_SYSTEM = (
+    "Your role as an assistant involves thoroughly exploring questions through a systematic long thinking process."
+)
 
 
 def stratos_record(question: str, thought: str, solution: str, *, assistant: str | None = None) -> dict:
@@ -24,7 +26,10 @@ def stratos_record(question: str, thought: str, solution: str, *, assistant: str
         f"<|begin_of_thought|>\n\n{thought}\n\n<|end_of_thought|>\n\n"
         f"<|begin_of_solution|>\n\n{solution}\n\n<|end_of_solution|>"
     )
-    return {"system": STRATOS_SYSTEM, "conversations": [{"from": "user", "value": question}, {"from": "assistant", "value": value}]}
+    return {
+        "system": STRATOS_SYSTEM,
+        "conversations": [{"from": "user", "value": question}, {"from": "assistant", "value": value}],
+    }
 
 
 GOOD = [
@@ -54,9 +59,7 @@ def stratos_file(tmp_path) -> Path:
 def test_stratos_rows_split_thought_and_solution_and_report_bad_rows(stratos_file):
     messages: list[str] = []
     rows = load_rows(DataSource(source=str(stratos_file), format="stratos"), log=messages.append)
-    assert [(r["question"], r["thought"], r["solution"]) for r in rows] == [
-        (q, t.strip(), s) for q, t, s in GOOD
-    ]
+    assert [(r["question"], r["thought"], r["solution"]) for r in rows] == [(q, t.strip(), s) for q, t, s in GOOD]
     assert [r["id"] for r in rows] == [hashlib.sha256(q.encode()).hexdigest()[:16] for q, _, _ in GOOD]
     assert len(messages) == 1
     assert "skipped 2 of 5 rows" in messages[0] and "row 3: no <|end_of_thought|>" in messages[0]
@@ -80,7 +83,9 @@ def test_stratos_from_a_dataset_folder_gives_the_same_ids(tmp_path, stratos_file
 
 def test_stratos_with_no_parsable_row_is_a_user_error(tmp_path):
     path = write_jsonl(tmp_path / "plain.jsonl", [{"question": "q", "solution": "s"}] * 3)
-    with pytest.raises(UserError, match=r"plain.jsonl .*no row is in the Stratos layout \(row 1: no 'conversations' list\)"):
+    with pytest.raises(
+        UserError, match=r"plain.jsonl .*no row is in the Stratos layout \(row 1: no 'conversations' list\)"
+    ):
         load_rows(DataSource(source=str(path), format="stratos"))
 
 
@@ -94,11 +99,18 @@ def test_jsonl_column_mapping_limit_and_duplicate_ids(tmp_path):
         {"problem": "What is 1+1?", "worked": "\\boxed{2}", "trace": "again"},
     ]
     path = write_jsonl(tmp_path / "data.jsonl", records)
-    source = DataSource(source=str(path), format="jsonl", question_column="problem", solution_column="worked", thought_column="trace")
+    source = DataSource(
+        source=str(path), format="jsonl", question_column="problem", solution_column="worked", thought_column="trace"
+    )
     rows = load_rows(source)
     first = row_id("What is 1+1?")
     assert [r["id"] for r in rows] == [first, row_id("What is 2+2?"), f"{first}-2"]
-    assert rows[1] == {"id": row_id("What is 2+2?"), "question": "What is 2+2?", "solution": "\\boxed{4}", "thought": "two and two"}
+    assert rows[1] == {
+        "id": row_id("What is 2+2?"),
+        "question": "What is 2+2?",
+        "solution": "\\boxed{4}",
+        "thought": "two and two",
+    }
     assert load_rows(source.model_copy(update={"limit": 2})) == rows[:2]
 
 
@@ -110,8 +122,10 @@ def test_jsonl_errors_name_column_row_and_source(tmp_path):
     assert "data.jsonl" in message and "row 1" in message and "no column 'question'" in message
     assert "columns: problem, answer" in message
 
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q1", "solution": "s"}, {"question": "q2", "solution": "s"},
-                                              {"question": "  ", "solution": "s"}])  # fmt: skip
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"question": "q1", "solution": "s"}, {"question": "q2", "solution": "s"}, {"question": "  ", "solution": "s"}],
+    )
     with pytest.raises(UserError, match=r"bad.jsonl .*row 3: column 'question' must be non-empty text, got empty"):
         load_rows(DataSource(source=str(bad), format="jsonl"))
 
@@ -133,7 +147,10 @@ def test_hub_format_eval_set_maps_answers(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
     folder = tmp_path / "aime"
     folder.mkdir()
-    write_jsonl(folder / "test.jsonl", [{"problem": "Find x.", "answer": 204, "id": 7}, {"problem": "Find y.", "answer": 17, "id": 8}])
+    write_jsonl(
+        folder / "test.jsonl",
+        [{"problem": "Find x.", "answer": 204, "id": 7}, {"problem": "Find y.", "answer": 17, "id": 8}],
+    )
     write_jsonl(folder / "train.jsonl", [{"problem": "Other.", "answer": 1, "id": 9}])
     eval_set = EvalSet(name="aime", source=str(folder), format="hub", question_column="problem")
     rows = load_rows(eval_set)
@@ -142,11 +159,15 @@ def test_hub_format_eval_set_maps_answers(tmp_path, monkeypatch):
         {"id": row_id("Find y."), "question": "Find y.", "answer": "17"},
     ]
     with pytest.raises(UserError, match="no column 'worked'"):  # an explicitly named solution column must exist
-        load_rows(EvalSet(name="aime", source=str(folder), format="hub", question_column="problem", solution_column="worked"))
+        load_rows(
+            EvalSet(name="aime", source=str(folder), format="hub", question_column="problem", solution_column="worked")
+        )
     with pytest.raises(UserError, match=r"aime \[hub, split validation\]: Unknown split \"validation\""):
         load_rows(EvalSet(name="aime", source=str(folder), format="hub", split="validation"))
     write_jsonl(folder / "test.jsonl", [{"problem": "Find x.", "answer": 204}, {"problem": "Find y.", "answer": "1/2"}])
-    with pytest.raises(UserError, match=r"aime .*cannot be read: .*as a scalar of type int64"):  # a column mixing numbers and text
+    with pytest.raises(
+        UserError, match=r"aime .*cannot be read: .*as a scalar of type int64"
+    ):  # a column mixing numbers and text
         load_rows(eval_set)
     with pytest.raises(UserError, match="dataset nobody/nothing .* cannot be loaded"):
         load_rows(DataSource(source="nobody/nothing", format="hub"))
@@ -215,7 +236,10 @@ def test_quickstart_answers_recompute():
 
 
 def test_data_revisions(tmp_path):
-    assert resolve_revision(DataSource(source="quickstart", format="quickstart")) == f"quickstart-v{quickstart.GENERATOR_VERSION}"
+    assert (
+        resolve_revision(DataSource(source="quickstart", format="quickstart"))
+        == f"quickstart-v{quickstart.GENERATOR_VERSION}"
+    )
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "solution": "s"}])
     first = resolve_revision(DataSource(source=str(path), format="jsonl"))
     assert first == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()

@@ -57,8 +57,14 @@ def skewed_rows(count: int = 10) -> list[dict[str, str]]:
     rows = []
     for i in range(count):
         steps = " ".join(f"step {j}: add {j} to the total." for j in range(1 + (i % 4) * 6))
-        rows.append({"id": f"q{i}", "question": f"What is {i} + {i * 3}?", "solution": f"\\boxed{{{4 * i}}}",
-                     "explanation": steps})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "question": f"What is {i} + {i * 3}?",
+                "solution": f"\\boxed{{{4 * i}}}",
+                "explanation": steps,
+            }
+        )
     return rows
 
 
@@ -68,8 +74,15 @@ def job_for(tmp_path: Path, model: Path, rows, *, packing: bool, max_length: int
     out = tmp_path / f"job-{model.name}-{packing}-{max_length}"
     out.mkdir()
     (out / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in student_rows(rows, StudentFormat())))
-    return {"recipe": recipe.model_dump(mode="json"), "out_dir": str(out), "base": {"source": str(model)},
-            "rows": ROWS_FILE, "counts": {"rows": len(rows)}, "run_name": "test", "title": "test"}
+    return {
+        "recipe": recipe.model_dump(mode="json"),
+        "out_dir": str(out),
+        "base": {"source": str(model)},
+        "rows": ROWS_FILE,
+        "counts": {"rows": len(rows)},
+        "run_name": "test",
+        "title": "test",
+    }
 
 
 @pytest.fixture
@@ -160,10 +173,16 @@ def test_trace_rows_from_a_generate_artifact(tmp_path):
 
     data = tmp_path / "generate-x" / "data"
     (data / "candidates").mkdir(parents=True)
-    table = pa.table({
-        "id": ["a", "b"], "question": ["Q1", "Q2"], "solution": ["\\boxed{1}", "\\boxed{2}"],
-        "explanation": ["E1", "E2"], "reward": [0.5, -0.1], "closed": [True, True],
-    })
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "question": ["Q1", "Q2"],
+            "solution": ["\\boxed{1}", "\\boxed{2}"],
+            "explanation": ["E1", "E2"],
+            "reward": [0.5, -0.1],
+            "closed": [True, True],
+        }
+    )
     pq.write_table(table, data / "train-00000.parquet")
     pq.write_table(pa.concat_tables([table, table]), data / "candidates" / "train-00000.parquet")
     from factory.stages.base import ResolvedInput

@@ -129,7 +129,9 @@ def test_stop_strings_and_stop_ids_end_a_completion(engine, prompts):
     assert stopped.finish_reason == "stop"
     assert stop in stopped.text and stop not in engine.tokenizer.decode(stopped.token_ids[:-1])
     assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)] and len(stopped.token_ids) <= 5
-    by_id = engine.generate(prompts[:1], Sampling(temperature=0, max_new_tokens=12, stop_token_ids=(free.token_ids[2],)))
+    by_id = engine.generate(
+        prompts[:1], Sampling(temperature=0, max_new_tokens=12, stop_token_ids=(free.token_ids[2],))
+    )
     first = free.token_ids.index(free.token_ids[2])
     assert by_id[0][0].token_ids == free.token_ids[: first + 1] and by_id[0][0].finish_reason == "stop"
 
@@ -190,7 +192,9 @@ def test_vllm_engine_runs_through_the_standin_and_matches_transformers(standin, 
     assert args["tensor_parallel_size"] == 1 and args["gpu_memory_utilization"] == 0.4
     assert args["max_model_len"] == 512 and args["enable_prefix_caching"] is True
 
-    stop = engine.tokenizer.decode(engine.generate(prompts[:1], Sampling(temperature=0, max_new_tokens=12))[0][0].token_ids[4:6])
+    stop = engine.tokenizer.decode(
+        engine.generate(prompts[:1], Sampling(temperature=0, max_new_tokens=12))[0][0].token_ids[4:6]
+    )
     greedy = Sampling(temperature=0, max_new_tokens=12, stop=(stop,))
     ours, theirs = engine.generate(prompts, greedy), vllm_engine.generate(prompts, greedy)
     for a, b in zip(ours, theirs):
@@ -198,7 +202,9 @@ def test_vllm_engine_runs_through_the_standin_and_matches_transformers(standin, 
         assert a[0].text.startswith(b[0].text)
     assert any(row[0].finish_reason == "stop" and row[0].text.endswith(stop) for row in theirs)
 
-    sampled = vllm_engine.generate(prompts, Sampling(n=3, temperature=0.7, top_p=0.95, max_new_tokens=6), seeds=[1, 2, 3, 4])
+    sampled = vllm_engine.generate(
+        prompts, Sampling(n=3, temperature=0.7, top_p=0.95, max_new_tokens=6), seeds=[1, 2, 3, 4]
+    )
     assert [len(row) for row in sampled] == [3, 3, 3, 3]
     sent = standin.CREATED[-1].requests[-4:]
     assert [ids for ids, _ in sent] == prompts
@@ -207,6 +213,7 @@ def test_vllm_engine_runs_through_the_standin_and_matches_transformers(standin, 
     ]
     vllm_engine.close()
     assert importlib.import_module("vllm.distributed.parallel_state").CALLS[-2:] == [
-        "destroy_model_parallel", "destroy_distributed_environment",
-    ]  # fmt: skip
+        "destroy_model_parallel",
+        "destroy_distributed_environment",
+    ]
     assert vllm_engine.llm is None

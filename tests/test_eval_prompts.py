@@ -14,15 +14,26 @@ from factory.errors import UserError
 from factory.recipe import EvalSet, Recipe
 
 GPQA = {
-    "name": "gpqa", "source": "gpqa.jsonl", "format": "jsonl", "split": "train", "question_column": "Question",
-    "answer_column": "Correct Answer", "kind": "multiple_choice",
+    "name": "gpqa",
+    "source": "gpqa.jsonl",
+    "format": "jsonl",
+    "split": "train",
+    "question_column": "Question",
+    "answer_column": "Correct Answer",
+    "kind": "multiple_choice",
     "distractor_columns": ["Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"],
-}  # fmt: skip
+}
 
 
 def gpqa_row(qid: str) -> dict[str, str]:
-    return {"id": qid, "question": f"Which is right? ({qid})", "answer": "right",
-            "distractor_1": "wrong one", "distractor_2": "wrong two", "distractor_3": "wrong three"}  # fmt: skip
+    return {
+        "id": qid,
+        "question": f"Which is right? ({qid})",
+        "answer": "right",
+        "distractor_1": "wrong one",
+        "distractor_2": "wrong two",
+        "distractor_3": "wrong three",
+    }
 
 
 def test_math_templates_render_skythoughts_words():
@@ -70,7 +81,12 @@ def test_the_shuffle_is_deterministic_per_question_and_seeded():
     other = {r["id"]: r["answer"] for r in prepare(rows, EvalSet(**GPQA, shuffle_seed=1))}
     moved = sum(other[i] != first[i]["answer"] for i in ids)
     assert 250 <= moved <= 350  # another seed re-deals about 3 in 4 reference letters
-    assert option_order("q1", 4, seed=0) == option_order("q1", 4, seed=0) and sorted(option_order("q1", 4, 0)) == [0, 1, 2, 3]
+    assert option_order("q1", 4, seed=0) == option_order("q1", 4, seed=0) and sorted(option_order("q1", 4, 0)) == [
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -91,8 +107,14 @@ def test_loader_reads_the_option_columns_and_names_a_missing_one(tmp_path):
     from factory.data import load_rows
 
     path = tmp_path / "gpqa.jsonl"
-    record = {"Question": "Q?", "Correct Answer": "yes", "Incorrect Answer 1": "no", "Incorrect Answer 2": "maybe",
-              "Incorrect Answer 3": "never", "Explanation": "..."}  # fmt: skip
+    record = {
+        "Question": "Q?",
+        "Correct Answer": "yes",
+        "Incorrect Answer 1": "no",
+        "Incorrect Answer 2": "maybe",
+        "Incorrect Answer 3": "never",
+        "Explanation": "...",
+    }
     path.write_text(json.dumps(record) + "\n")
     [row] = load_rows(EvalSet(**{**GPQA, "source": str(path)}))
     assert (row["answer"], row["distractor_1"], row["distractor_3"]) == ("yes", "no", "never")
@@ -111,8 +133,15 @@ def test_hub_eval_set_loads_its_config(monkeypatch):
 
     def fake_load(path, name=None, **kwargs):
         calls.append((path, name, kwargs["split"]))
-        return [{"Question": "Q?", "Correct Answer": "a", "Incorrect Answer 1": "b", "Incorrect Answer 2": "c",
-                 "Incorrect Answer 3": "d"}]  # fmt: skip
+        return [
+            {
+                "Question": "Q?",
+                "Correct Answer": "a",
+                "Incorrect Answer 1": "b",
+                "Incorrect Answer 2": "c",
+                "Incorrect Answer 3": "d",
+            }
+        ]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     rows = load_rows(EvalSet(**{**GPQA, "source": "Idavidrein/gpqa", "format": "hub", "config": "gpqa_diamond"}))
@@ -124,9 +153,16 @@ def test_the_recipe_states_the_paper_protocol(repo_root):
 
     recipe = load_recipe(repo_root / "recipes" / "aime.yaml")
     sets = {s.name: s for s in recipe.data.eval}
-    assert [sets[n].template for n in ("aime24", "math500", "gpqa_diamond")] == ["skythought_math"] * 2 + ["skythought_gpqa"]
+    assert [sets[n].template for n in ("aime24", "math500", "gpqa_diamond")] == ["skythought_math"] * 2 + [
+        "skythought_gpqa"
+    ]
     gpqa = sets["gpqa_diamond"]
-    assert (gpqa.source, gpqa.config, gpqa.split, gpqa.answer_column) == ("Idavidrein/gpqa", "gpqa_diamond", "train", "Correct Answer")
+    assert (gpqa.source, gpqa.config, gpqa.split, gpqa.answer_column) == (
+        "Idavidrein/gpqa",
+        "gpqa_diamond",
+        "train",
+        "Correct Answer",
+    )
     assert gpqa.distractor_columns == ["Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
     evaluate = recipe.stages.evaluate
     assert (evaluate.engine, evaluate.temperature, evaluate.n, evaluate.max_new_tokens) == ("vllm", 0.0, 1, 32768)
@@ -139,17 +175,38 @@ def test_student_card_shows_the_protocol():
     from factory.hub.content import Target
     from factory.stages.evaluate import protocol
 
-    recipe = Recipe.model_validate({
-        "name": "card", "models": {k: {"source": "org/base"} for k in ("teacher", "student", "distill_base")},
-        "data": {"train": {"source": "quickstart", "format": "quickstart"},
-                 "eval": [{"name": "aime24", "source": "org/aime", "question_column": "problem"},
-                          {**GPQA, "name": "gpqa_diamond", "source": "org/gpqa", "format": "hub"}]},
-        "formats": {"student_system": "Think, then answer."},
-        "stages": {"evaluate": {"max_new_tokens": 32768, "seed": 7}},
-    })  # fmt: skip
-    record = {"role": "student", "stage": "distill", "tag": "v1", "fingerprint": "f" * 64, "lineage": [], "inputs": [],
-              "metrics": {}, "config": {}, "versions": {}}  # fmt: skip
-    metrics = {"aime24": {"accuracy": 20.0}, "gpqa_diamond": {"accuracy": 40.0}, "overall": 30.0, "protocol": protocol(recipe)}
+    recipe = Recipe.model_validate(
+        {
+            "name": "card",
+            "models": {k: {"source": "org/base"} for k in ("teacher", "student", "distill_base")},
+            "data": {
+                "train": {"source": "quickstart", "format": "quickstart"},
+                "eval": [
+                    {"name": "aime24", "source": "org/aime", "question_column": "problem"},
+                    {**GPQA, "name": "gpqa_diamond", "source": "org/gpqa", "format": "hub"},
+                ],
+            },
+            "formats": {"student_system": "Think, then answer."},
+            "stages": {"evaluate": {"max_new_tokens": 32768, "seed": 7}},
+        }
+    )
+    record = {
+        "role": "student",
+        "stage": "distill",
+        "tag": "v1",
+        "fingerprint": "f" * 64,
+        "lineage": [],
+        "inputs": [],
+        "metrics": {},
+        "config": {},
+        "versions": {},
+    }
+    metrics = {
+        "aime24": {"accuracy": 20.0},
+        "gpqa_diamond": {"accuracy": 40.0},
+        "overall": 30.0,
+        "protocol": protocol(recipe),
+    }
     report = {**record, "tag": "v2", "metrics": metrics, "config": {"temperature": 0.0}}
     card = model_card(record, recipe, Target("org/card-student", "model"), [], (report, []))
     section = card[card.index("### Evaluation protocol") :]

@@ -23,10 +23,14 @@ def record(qid, correct, extracted="1", finish="stop", tokens=10):
 
 def test_score_is_mean_over_questions_of_mean_over_samples():
     records = [
-        record("a", True), record("a", False),  # question a: 0.5
-        record("b", True), record("b", True),  # b: 1.0
-        record("c", False, extracted=None, finish="length", tokens=30), record("c", False),  # c: 0.0
-        record("d", False), record("d", False),  # d: 0.0
+        record("a", True),
+        record("a", False),  # question a: 0.5
+        record("b", True),
+        record("b", True),  # b: 1.0
+        record("c", False, extracted=None, finish="length", tokens=30),
+        record("c", False),  # c: 0.0
+        record("d", False),
+        record("d", False),  # d: 0.0
     ]
     scores = score_records(records)
     assert scores["accuracy"] == pytest.approx(100 * 1.5 / 4)
@@ -56,28 +60,47 @@ def test_prompt_is_the_training_prompt(tiny_model_dir):
     assert "SYS" in tokenizer.decode(student_prompt_ids(tokenizer, "q", "SYS"))
 
 
-def make_recipe(model: Path, tmp_path: Path, *, distill: bool = True, generate: bool = False, baselines=("distill_base",)):
+def make_recipe(
+    model: Path, tmp_path: Path, *, distill: bool = True, generate: bool = False, baselines=("distill_base",)
+):
     mc = tmp_path / "mc.jsonl"
     mc.write_text("".join(json.dumps({"q": f"Pick one of A-D ({i})", "a": "ABCD"[i]}) + "\n" for i in range(2)))
     off = {"enabled": False}
-    return Recipe.model_validate({
-        "name": "eval-test",
-        "models": {k: {"source": str(model)} for k in ("teacher", "student", "distill_base")},
-        "data": {
-            "train": {"source": "quickstart", "format": "quickstart", "limit": 8},
-            "eval": [
-                {"name": "arith", "source": "quickstart", "format": "quickstart", "split": "eval", "limit": 3},
-                {"name": "mc", "source": str(mc), "format": "jsonl", "question_column": "q", "answer_column": "a",
-                 "kind": "multiple_choice"},
-            ],
-        },
-        "stages": {
-            "teacher_sft": off, "teacher_rl": off, "generate": {"enabled": generate},
-            "distill": {"enabled": distill, "learning_rate": 1e-3, "epochs": 1, "global_batch_size": 4,
-                        "per_device_batch_size": 4, "max_length": 256, "bf16": False},
-            "evaluate": {"engine": "hf", "max_new_tokens": 5, "batch_size": 4, "baselines": list(baselines)},
-        },
-    })  # fmt: skip
+    return Recipe.model_validate(
+        {
+            "name": "eval-test",
+            "models": {k: {"source": str(model)} for k in ("teacher", "student", "distill_base")},
+            "data": {
+                "train": {"source": "quickstart", "format": "quickstart", "limit": 8},
+                "eval": [
+                    {"name": "arith", "source": "quickstart", "format": "quickstart", "split": "eval", "limit": 3},
+                    {
+                        "name": "mc",
+                        "source": str(mc),
+                        "format": "jsonl",
+                        "question_column": "q",
+                        "answer_column": "a",
+                        "kind": "multiple_choice",
+                    },
+                ],
+            },
+            "stages": {
+                "teacher_sft": off,
+                "teacher_rl": off,
+                "generate": {"enabled": generate},
+                "distill": {
+                    "enabled": distill,
+                    "learning_rate": 1e-3,
+                    "epochs": 1,
+                    "global_batch_size": 4,
+                    "per_device_batch_size": 4,
+                    "max_length": 256,
+                    "bf16": False,
+                },
+                "evaluate": {"engine": "hf", "max_new_tokens": 5, "batch_size": 4, "baselines": list(baselines)},
+            },
+        }
+    )
 
 
 def test_evaluate_stage_student_and_base_through_the_pipeline(tmp_path, tiny_student_dir, monkeypatch):
@@ -188,11 +211,15 @@ def test_reference_traces_baseline_is_a_stage_distilling_the_reference_thoughts(
     trained = plan.stage("distill_reference")
     assert trained.status == "cached" and trained.config["stages"]["distill"]["learning_rate"] == 1e-3
     folder = trained.artifact_dir
-    assert (folder / "model" / "config.json").is_file() and json.loads((folder / "result.json").read_text())["rows"] == 8
+    assert (folder / "model" / "config.json").is_file() and json.loads((folder / "result.json").read_text())[
+        "rows"
+    ] == 8
     ctx = ctx_for(recipe, tmp_path, student_is_artifact=True)
     ctx.inputs[Role.STUDENT_REFERENCE] = plan.stage("evaluate").inputs[Role.STUDENT_REFERENCE]
     run, skipped = _baselines(ctx)
-    assert [(label, source) for label, source, _ in run] == [("reference_traces", str(folder / "model"))] and skipped == {}
+    assert [(label, source) for label, source, _ in run] == [
+        ("reference_traces", str(folder / "model"))
+    ] and skipped == {}
     assert "stages.distill" not in EvaluateStage().sections_for(recipe)  # the baseline's own fingerprint has them
 
 
@@ -217,15 +244,24 @@ def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, ti
     ctx.inputs["traces"] = ResolvedInput(role="traces", fingerprint="g", artifact_dir=traces)
     result = stage.run(ctx)  # no before_rl config: nothing trained, with the reason
     assert "no before_rl config" in result.metrics["skipped"] and not (ctx.out_dir / "model").exists()
-    mark_complete(ctx.out_dir, ArtifactMeta("model", stage.name, stage.produces, "s", recipe.name, {}, metrics=result.metrics))
+    mark_complete(
+        ctx.out_dir, ArtifactMeta("model", stage.name, stage.produces, "s", recipe.name, {}, metrics=result.metrics)
+    )
     ctx.inputs[Role.STUDENT_BEFORE_RL] = ResolvedInput(role=stage.produces, fingerprint="s", artifact_dir=ctx.out_dir)
     run, skipped = _baselines(ctx)
     assert run == [] and skipped == {"before_rl_traces": result.metrics["skipped"]}
 
     def write_config(folder: Path, explanation: str) -> None:
         folder.mkdir(parents=True)
-        rows = [{"id": f"q{i}", "question": f"What is {i} + 1?", "solution": f"\\boxed{{{i + 1}}}",
-                 "explanation": f"{explanation} {i}"} for i in range(3)]  # fmt: skip
+        rows = [
+            {
+                "id": f"q{i}",
+                "question": f"What is {i} + 1?",
+                "solution": f"\\boxed{{{i + 1}}}",
+                "explanation": f"{explanation} {i}",
+            }
+            for i in range(3)
+        ]
         pq.write_table(pa.Table.from_pylist(rows), folder / "part-0.parquet")
 
     write_config(traces / "data", "after RL")
@@ -236,17 +272,29 @@ def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, ti
     assert (folder / "model" / "config.json").is_file() and result.metrics["baseline"] == "before_rl_traces"
     trained_on = [json.loads(line) for line in (folder / "sft_rows.jsonl").read_text().splitlines()]
     assert len(trained_on) == 3
-    assert all("before RL" in row["completion"][0]["content"] and "after RL" not in row["completion"][0]["content"]
-               for row in trained_on)  # fmt: skip
-    mark_complete(folder, ArtifactMeta("model", stage.name, stage.produces, "s", recipe.name, {}, metrics=result.metrics))
+    assert all(
+        "before RL" in row["completion"][0]["content"] and "after RL" not in row["completion"][0]["content"]
+        for row in trained_on
+    )
+    mark_complete(
+        folder, ArtifactMeta("model", stage.name, stage.produces, "s", recipe.name, {}, metrics=result.metrics)
+    )
     run, skipped = _baselines(ctx)
-    assert [(label, source) for label, source, _ in run] == [("before_rl_traces", str(folder / "model"))] and not skipped
+    assert [(label, source) for label, source, _ in run] == [
+        ("before_rl_traces", str(folder / "model"))
+    ] and not skipped
 
     # the student evaluate distilled itself before this stage existed: same rows, settings, seed
     inside = tmp_path / "evaluate-f" / "baselines" / "before_rl_traces"
     rows = trace_rows(ctx.inputs["traces"], print, config="before_rl")
-    before = distill_model(rows=rows, base=ctx.inputs["distill_base"], recipe=recipe, out_dir=inside, log=print,
-                           run_name="eval-test-before-rl-traces-f")  # fmt: skip
+    before = distill_model(
+        rows=rows,
+        base=ctx.inputs["distill_base"],
+        recipe=recipe,
+        out_dir=inside,
+        log=print,
+        run_name="eval-test-before-rl-traces-f",
+    )
     for key in ("rows", "steps", "supervised_tokens", "first_loss", "last_loss"):
         assert result.metrics[key] == before[key], key
     ours, theirs = load_file(folder / "model" / "model.safetensors"), load_file(inside / "model" / "model.safetensors")
@@ -272,10 +320,20 @@ def test_smollm2_quickstart_eval_prints_the_table(repo_root, tmp_path):
     off = [f"--set=stages.{s}.enabled=false" for s in ("teacher_sft", "teacher_rl", "generate", "distill")]
     off.append("--set=stages.evaluate.baselines=[]")  # before_rl_traces needs the stages just disabled
     result = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "run", str(repo_root / "recipes" / "quickstart.yaml"), *off,
-         "--run-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "run",
+            str(repo_root / "recipes" / "quickstart.yaml"),
+            *off,
+            "--run-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "evaluation (accuracy, %)" in result.stdout and "overall" in result.stdout
     report = json.loads(next((tmp_path / "quickstart" / "artifacts").glob("evaluate-*/report.json")).read_text())
@@ -291,7 +349,9 @@ def test_estimate_counts_the_distillation_of_distilled_baselines(repo_root):
 
     recipe = load_recipe(repo_root / "recipes" / "quickstart.yaml")
     with_baseline = EvaluateStage().estimate(recipe)
-    without = EvaluateStage().estimate(load_recipe(repo_root / "recipes" / "quickstart.yaml", ["stages.evaluate.baselines=[distill_base]"]))
+    without = EvaluateStage().estimate(
+        load_recipe(repo_root / "recipes" / "quickstart.yaml", ["stages.evaluate.baselines=[distill_base]"])
+    )
     one_generation = without["tokens"] / 2  # student + distill_base, each the same generation bound
     assert with_baseline["tokens"] == without["tokens"] + one_generation
     assert with_baseline["flops"] == pytest.approx(without["flops"] * 1.5)

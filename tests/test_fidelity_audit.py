@@ -63,7 +63,9 @@ def reference_spans(tokenizer, solution: str, generated: str) -> dict[str, list[
     thought = completion[match.start(1) : match.end(1)]  # not stripped: the padding is part of it
     completion_ids = encode(tokenizer, completion)
     thought_ids = _valid_subsequence(encode(tokenizer, thought), completion_ids)
-    student_text = f"<|begin_of_thought|>{thought}<|end_of_thought|>\n\n<|begin_of_solution|>\n\n{solution}\n\n<|end_of_solution|>"
+    student_text = (
+        f"<|begin_of_thought|>{thought}<|end_of_thought|>\n\n<|begin_of_solution|>\n\n{solution}\n\n<|end_of_solution|>"
+    )
     chat = [
         {"role": "system", "content": STUDENT_SYSTEM},
         {"role": "user", "content": QUESTION},
@@ -84,7 +86,9 @@ def test_teacher_prompt_and_warmup_sequence_are_the_reference_layout(qwen_tokeni
     assert tok.decode(prompt) == reference_teacher_text(tok, solution)
     assert prompt == encode(tok, reference_teacher_text(tok, solution))
 
-    example = sft_example(tok, {"id": "0", "question": QUESTION, "solution": solution, "thought": thought}, TEACHER_SYSTEM, 16384)
+    example = sft_example(
+        tok, {"id": "0", "question": QUESTION, "solution": solution, "thought": thought}, TEACHER_SYSTEM, 16384
+    )
     full = encode(tok, reference_teacher_text(tok, solution, thought))  # ends <|im_end|> "\n"
     assert example["input_ids"] == full[:-1]  # the reference also supervises the template's "\n" after <|im_end|>
     assert example["labels"].index(next(label for label in example["labels"] if label != IGNORE)) == len(prompt)
@@ -108,7 +112,9 @@ def test_scored_tokens_are_the_references(qwen_tokenizer, explanation, solution)
     reference = reference_spans(tok, solution, tok.decode(completion_ids, skip_special_tokens=True))
 
     explanation_ids, closed = formats.split_completion_ids(tok, completion_ids)
-    student = formats.build_student_sequence(tok, QUESTION, explanation_ids, solution, formats.StudentFormat(STUDENT_SYSTEM))
+    student = formats.build_student_sequence(
+        tok, QUESTION, explanation_ids, solution, formats.StudentFormat(STUDENT_SYSTEM)
+    )
     teacher = formats.build_teacher_sequence(tok, QUESTION, solution, explanation_ids, TEACHER_SYSTEM)
     ours_kl = teacher.input_ids[slice(*teacher.explanation_span)]
     ours_solution = student.input_ids[slice(*student.solution_span)]

@@ -14,11 +14,27 @@ from factory.recipe import load_recipe, recipe_to_dict
 SECTIONS = (("reward",), ("stages", "teacher_rl"), ("stages", "teacher_sft"), ("stages", "distill"))
 # RLT.md, "What the reference code does, exactly", and the reward and GRPO details: one row each.
 ROWS = (
-    "Reward student format", "Teacher layout", "Empty spans", "Reward length", "Lengths", "GRPO correction",
-    "Teacher warm-up SFT", "Teacher RL", "Student distillation", "Evaluation", "Coefficients", "Temperatures",
-    "KL estimator", "Unclosed explanation", "Advantage", "Loss aggregation", "Reference sync", "Spans",
-    "Precision of the log-softmax", "Batching",
-)  # fmt: skip
+    "Reward student format",
+    "Teacher layout",
+    "Empty spans",
+    "Reward length",
+    "Lengths",
+    "GRPO correction",
+    "Teacher warm-up SFT",
+    "Teacher RL",
+    "Student distillation",
+    "Evaluation",
+    "Coefficients",
+    "Temperatures",
+    "KL estimator",
+    "Unclosed explanation",
+    "Advantage",
+    "Loss aggregation",
+    "Reference sync",
+    "Spans",
+    "Precision of the log-softmax",
+    "Batching",
+)
 QUOTED = re.compile(r"`((?:reward|formats|stages|launch)\.[A-Za-z0-9_.]+): ([^`]+)`")
 
 

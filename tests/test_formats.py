@@ -75,7 +75,9 @@ def test_student_format_takes_the_data_system_prompt_unless_the_recipe_sets_one(
 
 def test_teacher_prompt_is_the_chat_continued_after_the_open_tag(tok):
     prompt = teacher_prompt_ids(tok, QUESTION, SOLUTION)
-    rendered = tok.apply_chat_template(teacher_messages(QUESTION, SOLUTION), tokenize=False, continue_final_message=True)
+    rendered = tok.apply_chat_template(
+        teacher_messages(QUESTION, SOLUTION), tokenize=False, continue_final_message=True
+    )
     assert prompt == ids(tok, rendered)
     assert tok.decode(prompt).endswith(f"{SOLUTION}\n\n{SOLUTION_CLOSE}\n\n{EXPLANATION_OPEN}\n\n")
     assert "<|im_start|>assistant\n" + SOLUTION_OPEN in tok.decode(prompt)

@@ -88,12 +88,23 @@ def closing_teacher(tmp_path_factory, tiny_model_dir) -> Path:
 
 def write_recipe(folder: Path, teacher: Path, student: Path, data: Path, limit: int, **generate) -> Path:
     settings = {
-        "engine": "hf", "n": 3, "temperature": 0.9, "max_new_tokens": 16, "batch_size": 4, "seed": 7,
-        "limit": limit, "decontaminate_ngram": 4, **generate,
-    }  # fmt: skip
+        "engine": "hf",
+        "n": 3,
+        "temperature": 0.9,
+        "max_new_tokens": 16,
+        "batch_size": 4,
+        "seed": 7,
+        "limit": limit,
+        "decontaminate_ngram": 4,
+        **generate,
+    }
     recipe = {
         "name": "gen-test",
-        "models": {"teacher": {"source": str(teacher)}, "student": {"source": str(student)}, "distill_base": {"source": str(teacher)}},
+        "models": {
+            "teacher": {"source": str(teacher)},
+            "student": {"source": str(student)},
+            "distill_base": {"source": str(teacher)},
+        },
         "data": {
             "train": {"source": str(data / "train.jsonl"), "format": "jsonl"},
             "eval": [{"name": "held", "source": str(data / "eval.jsonl"), "format": "jsonl"}],
@@ -101,11 +112,13 @@ def write_recipe(folder: Path, teacher: Path, student: Path, data: Path, limit: 
         "formats": {"teacher_system": TEACHER_SYSTEM, "student_system": "Think."},
         "reward": {"max_length": 512, "batch_size": 8},
         "stages": {
-            "teacher_sft": {"enabled": False}, "generate": settings,
+            "teacher_sft": {"enabled": False},
+            "generate": settings,
             "teacher_rl": {"enabled": False, "max_prompt_length": 256, "max_completion_length": 16},
-            "distill": {"enabled": False}, "evaluate": {"enabled": False},
+            "distill": {"enabled": False},
+            "evaluate": {"enabled": False},
         },
-    }  # fmt: skip
+    }
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -185,8 +198,9 @@ def test_traces_best_of_n_checks_and_figures(tmp_path, closing_teacher, tiny_stu
     assert reward["candidates"]["count"] == 27
     gains = [
         max(c["reward"] for c in group if c["closed"]) - sum(c["reward"] for c in group) / 3
-        for group in by_id.values() if any(c["closed"] for c in group)
-    ]  # fmt: skip
+        for group in by_id.values()
+        if any(c["closed"] for c in group)
+    ]
     assert reward["best_of_n_gain"] == pytest.approx(sum(gains) / len(gains))
     for name in ("reward_hist", "explanation_tokens_hist"):
         assert (artifact / f"{name}.png").stat().st_size > 1000
@@ -207,8 +221,15 @@ def test_sigkill_midway_then_rerun_same_rows(tmp_path, tiny_model_dir, tiny_stud
     """A run killed with SIGKILL while generating resumes: same row count and ids, no duplicates,
     the chunks finished before the kill are kept, not redone."""
     recipe = write_recipe(
-        tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=16, n=2, batch_size=2, drop_unclosed=False,
-    )  # fmt: skip
+        tmp_path,
+        tiny_model_dir,
+        tiny_student_dir,
+        data_dir,
+        limit=16,
+        n=2,
+        batch_size=2,
+        drop_unclosed=False,
+    )
     runs = tmp_path / "runs"
     script = (
         "import sys; from factory.pipeline import make_plan, execute; from factory.recipe import load_recipe; "
@@ -216,7 +237,9 @@ def test_sigkill_midway_then_rerun_same_rows(tmp_path, tiny_model_dir, tiny_stud
         f"execute(make_plan(load_recipe({str(recipe)!r}), __import__('pathlib').Path({str(runs)!r}), load_stages()), 'r')"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=repo_root, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=repo_root, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
     artifact = plan_for(recipe, runs).stage("generate").artifact_dir
     generated = artifact / "work" / "generated"
     deadline = time.monotonic() + 120
@@ -280,7 +303,9 @@ def test_vllm_data_parallel_one_worker_per_gpu_group(
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(base, "gpu_count", lambda: 2)
-    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=6, n=2, engine="vllm", drop_unclosed=False)
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=6, n=2, engine="vllm", drop_unclosed=False
+    )
     artifact, report = run(recipe, tmp_path / "runs")
     assert report.ran == ["generate"] and is_complete(artifact)
     jobs = [json.loads((artifact / "work" / "jobs" / f"group{g}.json").read_text()) for g in (0, 1)]
@@ -297,7 +322,11 @@ def test_decontamination_by_word_ngrams():
     from factory.qa import Decontaminator
 
     index = Decontaminator(
-        {"aime": ["Find the number of ordered pairs (a, b) of integers such that a + b = 10."], "tiny": ["What is 2 + 1?"]}, 5
+        {
+            "aime": ["Find the number of ordered pairs (a, b) of integers such that a + b = 10."],
+            "tiny": ["What is 2 + 1?"],
+        },
+        5,
     )
     assert index.match("count the number of ordered ways") == []  # 4 shared words only
     assert index.match("Please FIND the number of ordered pairs!") == ["aime"]  # case-insensitive 5-gram
@@ -368,12 +397,12 @@ def rl_registry(rl_teacher: Path) -> dict:
 
 def test_before_rl_config_has_the_initial_teachers_traces_on_the_same_questions(
     tmp_path, tiny_model_dir, closing_teacher, tiny_student_dir, data_dir
-):  # fmt: skip
+):
     """RL (here: teacher tiny -> closing teacher) then generate with before_rl: config before_rl holds
     exactly what generating with the initial teacher alone gives, on the same ids with the same seeds."""
     recipe = write_recipe(
         tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=6, n=2, drop_unclosed=False, before_rl=True
-    )  # fmt: skip
+    )
     runs, with_rl = tmp_path / "runs", ["stages.teacher_rl.enabled=true"]
     plan = make_plan(load_recipe(recipe, with_rl), runs, rl_registry(closing_teacher))
     generate = plan.stage("generate")
@@ -396,7 +425,9 @@ def test_before_rl_config_has_the_initial_teachers_traces_on_the_same_questions(
     assert figures["rows"] == 5 and figures["qa"]["candidates"] == 10 and "questions" not in figures
     assert figures["reward"]["selected"]["mean"] == pytest.approx(mean(before))
     assert meta.metrics["reward_gain_vs_before_rl"] == pytest.approx(mean(after) - mean(before))
-    paired = meta.metrics["reward_gain_vs_before_rl_paired"]  # the same questions: the same difference, with its interval
+    paired = meta.metrics[
+        "reward_gain_vs_before_rl_paired"
+    ]  # the same questions: the same difference, with its interval
     assert paired == paired_bootstrap({r["id"]: r["reward"] for r in before}, {r["id"]: r["reward"] for r in after})
     assert paired["questions"] == 5 and paired["mean"] == pytest.approx(mean(after) - mean(before))
     assert paired["low"] <= paired["mean"] <= paired["high"]
@@ -425,7 +456,9 @@ def test_before_rl_config_has_the_initial_teachers_traces_on_the_same_questions(
     assert len(parts) == 4  # 5 questions in chunks of 4, generated and scored
     (artifact / "artifact.json").unlink()
     shutil.rmtree(artifact / "data")
-    resumed = execute(make_plan(load_recipe(recipe, with_rl), runs, rl_registry(closing_teacher)), str(recipe), log=lambda m: None)
+    resumed = execute(
+        make_plan(load_recipe(recipe, with_rl), runs, rl_registry(closing_teacher)), str(recipe), log=lambda m: None
+    )
     assert resumed.ran == ["generate"]
     assert {p: p.stat().st_mtime_ns for p in (artifact / "work" / "before_rl").rglob("*.parquet")} == parts
     assert read(artifact / "data" / "before_rl") == before

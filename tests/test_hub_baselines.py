@@ -26,23 +26,40 @@ def test_baseline_student_is_a_version_of_its_own_repo(store, hub_env, tmp_path,
 
     from factory.artifacts import mark_complete, read_meta
 
-    teacher = model_artifact(tmp_path / "rl", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+    teacher = model_artifact(
+        tmp_path / "rl", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
     traces = traces_artifact(tmp_path / "traces", ["q1", "q2"], {"temperature": 0.7, "n": 2}, teacher)
-    student = model_artifact(tmp_path / "student", tiny_model_dir, "distill", {"epochs": 3}, [upstream(traces, "traces"), base_ref("distill_base")])
-    baseline = baseline_artifact(tmp_path / "baseline", tiny_model_dir, traces, {"rows": 2, "baseline": "before_rl_traces"})
+    student = model_artifact(
+        tmp_path / "student",
+        tiny_model_dir,
+        "distill",
+        {"epochs": 3},
+        [upstream(traces, "traces"), base_ref("distill_base")],
+    )
+    baseline = baseline_artifact(
+        tmp_path / "baseline", tiny_model_dir, traces, {"rows": 2, "baseline": "before_rl_traces"}
+    )
     report = report_artifact(tmp_path / "report", upstream(student, "student"), accuracy=23.3)
     meta = read_meta(report)  # the report also consumed the baseline's student, by its role
     meta.inputs.append(upstream(baseline, "student_before_rl"))
     mark_complete(report, meta)
     refs = [store.publish(a) for a in (teacher, traces, student, baseline, report)]
-    assert [(r.repo, r.revision) for r in refs[2:]] == [(STUDENT_REPO, "v1"), (BEFORE_RL_REPO, "v1"), (STUDENT_REPO, "v2")]
+    assert [(r.repo, r.revision) for r in refs[2:]] == [
+        (STUDENT_REPO, "v1"),
+        (BEFORE_RL_REPO, "v1"),
+        (STUDENT_REPO, "v2"),
+    ]
 
     card = ModelCard.load(hf_hub_download(BEFORE_RL_REPO, "README.md", revision="v1"))
     assert "a baseline student, not an RLT one" in card.text and "teacher before RL" in card.text
     assert "student-before-rl" in card.data.tags and "distill-before-rl" in card.data.tags
     assert f'from_pretrained("{BEFORE_RL_REPO}", revision="v1")' in card.text
     student_card = ModelCard.load(hf_hub_download(STUDENT_REPO, "README.md", revision="v2")).text
-    assert "| before_rl_traces: distilled with the same settings on the traces of the teacher before RL | 20 | 20 |" in student_card
+    assert (
+        "| before_rl_traces: distilled with the same settings on the traces of the teacher before RL | 20 | 20 |"
+        in student_card
+    )
     assert BEFORE_RL_REPO not in student_card  # the report's lineage is the student's, not the baseline's
 
     empty = baseline_artifact(tmp_path / "empty", None, traces, {"skipped": "the traces have no before_rl config"})

@@ -36,7 +36,9 @@ from factory.hub.hub_store import HubStore
 def test_publish_is_versioned_idempotent_and_revisions_load(store, hub_env, tmp_path, tiny_model_dir):
     import datasets
 
-    teacher = model_artifact(tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+    teacher = model_artifact(
+        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
     traces_v1 = traces_artifact(tmp_path / "traces1", ["q1", "q2", "q3"], {"temperature": 0.7, "n": 2}, teacher)
 
     ref = store.publish(teacher)
@@ -52,7 +54,9 @@ def test_publish_is_versioned_idempotent_and_revisions_load(store, hub_env, tmp_
     again = [fresh.publish(teacher), fresh.publish(traces_v1)]
     assert [(r.revision, r.commit, r.created) for r in again] == [("v1", ref.commit, False), ("v1", ref1.commit, False)]
     assert writes(hub_env, since) == []
-    assert {r: len(hub_env.repo(r, t).commits) for r, t in ((TEACHER_REPO, "model"), (TRACES_REPO, "dataset"))} == commits
+    assert {
+        r: len(hub_env.repo(r, t).commits) for r, t in ((TEACHER_REPO, "model"), (TRACES_REPO, "dataset"))
+    } == commits
 
     traces_v2 = traces_artifact(tmp_path / "traces2", ["q4", "q5"], {"temperature": 0.9, "n": 2}, teacher)
     ref2 = store.publish(traces_v2)
@@ -74,7 +78,9 @@ def test_model_revision_loads_with_from_pretrained(store, tmp_path, tiny_model_d
     from huggingface_hub import snapshot_download
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    first = model_artifact(tmp_path / "a", tiny_model_dir, "teacher_sft", {"learning_rate": 1e-5}, [base_ref("teacher")])
+    first = model_artifact(
+        tmp_path / "a", tiny_model_dir, "teacher_sft", {"learning_rate": 1e-5}, [base_ref("teacher")]
+    )
     assert store.publish(first).revision == "v1"
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model_dir, other)
@@ -84,7 +90,12 @@ def test_model_revision_loads_with_from_pretrained(store, tmp_path, tiny_model_d
         for p in changed.parameters():
             p.add_(1.0)
     changed.save_pretrained(other)
-    assert store.publish(model_artifact(tmp_path / "b", other, "teacher_sft", {"learning_rate": 2e-5}, [base_ref("teacher")])).revision == "v2"
+    assert (
+        store.publish(
+            model_artifact(tmp_path / "b", other, "teacher_sft", {"learning_rate": 2e-5}, [base_ref("teacher")])
+        ).revision
+        == "v2"
+    )
 
     folder = snapshot_download(TEACHER_REPO, revision="v1")
     loaded = AutoModelForCausalLM.from_pretrained(folder)
@@ -103,15 +114,33 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard, HfApi, ModelCard, hf_hub_download
 
-    sft = model_artifact(tmp_path / "sft", tiny_model_dir, "teacher_sft", {"learning_rate": 1e-5}, [base_ref("teacher")])
-    rl = model_artifact(tmp_path / "rl", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [upstream(sft, "teacher"), base_ref("reward_student")])
+    sft = model_artifact(
+        tmp_path / "sft", tiny_model_dir, "teacher_sft", {"learning_rate": 1e-5}, [base_ref("teacher")]
+    )
+    rl = model_artifact(
+        tmp_path / "rl",
+        tiny_model_dir,
+        "teacher_rl",
+        {"learning_rate": 1e-6},
+        [upstream(sft, "teacher"), base_ref("reward_student")],
+    )
     traces = traces_artifact(tmp_path / "traces", ["q1", "q2"], {"temperature": 0.7, "n": 2}, rl)
-    student = model_artifact(tmp_path / "student", tiny_model_dir, "distill", {"epochs": 3}, [upstream(traces, "traces"), base_ref("distill_base")])
+    student = model_artifact(
+        tmp_path / "student",
+        tiny_model_dir,
+        "distill",
+        {"epochs": 3},
+        [upstream(traces, "traces"), base_ref("distill_base")],
+    )
     report = report_artifact(tmp_path / "report", upstream(student, "student"), accuracy=23.3)
     refs = [store.publish(a) for a in (sft, rl, traces, student, report)]
     assert [(r.repo, r.revision) for r in refs] == [
-        (TEACHER_REPO, "v1"), (TEACHER_REPO, "v2"), (TRACES_REPO, "v1"), (STUDENT_REPO, "v1"), (STUDENT_REPO, "v2"),
-    ]  # fmt: skip
+        (TEACHER_REPO, "v1"),
+        (TEACHER_REPO, "v2"),
+        (TRACES_REPO, "v1"),
+        (STUDENT_REPO, "v1"),
+        (STUDENT_REPO, "v2"),
+    ]
 
     card = ModelCard.load(hf_hub_download(STUDENT_REPO, "README.md", revision="v2"))
     assert card.data.base_model == BASE
@@ -119,12 +148,24 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
     assert card.data.license == "apache-2.0" and "rlt" in card.data.tags
     [result] = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
     assert (result.dataset_name, result.dataset_type, result.dataset_split, result.metric_value) == (
-        "aime24", "HuggingFaceH4/aime_2024", "train", 23.3,
-    )  # fmt: skip
+        "aime24",
+        "HuggingFaceH4/aime_2024",
+        "train",
+        23.3,
+    )
     assert "| model | aime24 (accuracy) | overall |" in card.text
     assert "| **this model** | 23.3 | 23.3 |" in card.text
-    assert "| before_rl_traces: distilled with the same settings on the traces of the teacher before RL | 20 | 20 |" in card.text
-    chain = [f"[{TEACHER_REPO}@v1](", f"[{TEACHER_REPO}@v2](", f"[{TRACES_REPO}@v1](", f"[{STUDENT_REPO}@v1](", f"**{STUDENT_REPO}@v2**"]
+    assert (
+        "| before_rl_traces: distilled with the same settings on the traces of the teacher before RL | 20 | 20 |"
+        in card.text
+    )
+    chain = [
+        f"[{TEACHER_REPO}@v1](",
+        f"[{TEACHER_REPO}@v2](",
+        f"[{TRACES_REPO}@v1](",
+        f"[{STUDENT_REPO}@v1](",
+        f"**{STUDENT_REPO}@v2**",
+    ]
     positions = [card.text.index(link) for link in chain]
     assert positions == sorted(positions)
     assert f"{hub_env.endpoint}/datasets/{TRACES_REPO}/tree/v1" in card.text
@@ -134,7 +175,9 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
     files_v1 = set(api.list_repo_files(STUDENT_REPO, revision="v1"))
     files_v2 = set(api.list_repo_files(STUDENT_REPO, revision="v2"))
     assert files_v2 - files_v1 == {"eval/report.json", "eval/accuracy.png"}
-    weights = {rev: api.get_paths_info(STUDENT_REPO, ["model.safetensors"], revision=rev)[0].lfs.sha256 for rev in ("v1", "v2")}
+    weights = {
+        rev: api.get_paths_info(STUDENT_REPO, ["model.safetensors"], revision=rev)[0].lfs.sha256 for rev in ("v1", "v2")
+    }
     assert weights["v1"] == weights["v2"]
     assert ModelCard.load(hf_hub_download(STUDENT_REPO, "README.md", revision="v1")).data.eval_results is None
 
@@ -158,17 +201,24 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
 
 
 def test_report_needs_the_student_it_evaluated_on_main(store, hub_env, tmp_path, tiny_model_dir):
-    teacher = model_artifact(tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
-    traces = traces_artifact(tmp_path / "traces", ["q1"], {"temperature": 0.7}, teacher)  # its teacher stays unpublished
+    teacher = model_artifact(
+        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
+    traces = traces_artifact(
+        tmp_path / "traces", ["q1"], {"temperature": 0.7}, teacher
+    )  # its teacher stays unpublished
     first = model_artifact(tmp_path / "s1", tiny_model_dir, "distill", {"epochs": 1}, [upstream(traces, "traces")])
     second = model_artifact(tmp_path / "s2", tiny_model_dir, "distill", {"epochs": 2}, [upstream(traces, "traces")])
     for artifact in (traces, first, second):
         store.publish(artifact)
-    lineage = json.loads(hub_env.hub.read_blob(hub_env.repo(TRACES_REPO, "dataset").resolve("v1").files["factory.json"].sha256))["lineage"]
-    assert lineage == [{"role": "teacher", "stage": "teacher_rl", "fingerprint": lineage[0]["fingerprint"], "repo": None}]
+    lineage = json.loads(
+        hub_env.hub.read_blob(hub_env.repo(TRACES_REPO, "dataset").resolve("v1").files["factory.json"].sha256)
+    )["lineage"]
+    assert lineage == [
+        {"role": "teacher", "stage": "teacher_rl", "fingerprint": lineage[0]["fingerprint"], "repo": None}
+    ]
     with pytest.raises(UserError, match="no longer holds factory-tester/tiny-student@v1"):
         store.publish(report_artifact(tmp_path / "report", upstream(first, "student"), accuracy=10.0))
     assert sorted(hub_env.repo(STUDENT_REPO).tags) == ["v1", "v2"]
     base_only = report_artifact(tmp_path / "report-base", base_ref("student"), accuracy=5.0)  # evaluated a base model
     assert store.publish(base_only) is None
-

@@ -37,22 +37,36 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_local_store_holds_what_the_hub_holds(store, hub_env, tmp_path, tiny_model_dir):
     from huggingface_hub import HfApi
 
-    teacher = model_artifact(tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+    teacher = model_artifact(
+        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
     traces = traces_artifact(tmp_path / "traces", ["q1", "q2"], {"temperature": 0.7}, teacher)
     local = open_store(make_recipe(), tmp_path / "runs", push=False, log=lambda _: None)
     assert isinstance(local, LocalStore)
     local_refs = [local.publish(teacher), local.publish(traces)]
     hub_refs = [store.publish(teacher), store.publish(traces)]
-    assert [(r.repo, r.revision, r.store) for r in local_refs] == [(TEACHER_REPO, "v1", "local"), (TRACES_REPO, "v1", "local")]
+    assert [(r.repo, r.revision, r.store) for r in local_refs] == [
+        (TEACHER_REPO, "v1", "local"),
+        (TRACES_REPO, "v1", "local"),
+    ]
     api = HfApi()
     for local_ref, hub_ref in zip(local_refs, hub_refs):
         folder = Path(local_ref.url)
         assert folder == tmp_path / "runs" / "tiny" / "store" / f"{local_ref.repo_type}s" / local_ref.repo / "v1"
         local_files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-        hub_files = set(api.list_repo_files(hub_ref.repo, repo_type=hub_ref.repo_type, revision="v1")) - {".gitattributes"}
+        hub_files = set(api.list_repo_files(hub_ref.repo, repo_type=hub_ref.repo_type, revision="v1")) - {
+            ".gitattributes"
+        }
         assert local_files == hub_files
         record = json.loads((folder / "factory.json").read_text())
-        assert record["fingerprint"] == json.loads(Path(api.hf_hub_download(hub_ref.repo, "factory.json", repo_type=hub_ref.repo_type, revision="v1")).read_text())["fingerprint"]
+        assert (
+            record["fingerprint"]
+            == json.loads(
+                Path(
+                    api.hf_hub_download(hub_ref.repo, "factory.json", repo_type=hub_ref.repo_type, revision="v1")
+                ).read_text()
+            )["fingerprint"]
+        )
     lineage = json.loads((Path(local_refs[1].url) / "factory.json").read_text())["lineage"]
     assert [(e["repo"], e["revision"], e["url"]) for e in lineage] == [(TEACHER_REPO, "v1", local_refs[0].url)]
 
@@ -70,9 +84,13 @@ def test_local_store_holds_what_the_hub_holds(store, hub_env, tmp_path, tiny_mod
 def test_factory_push_publishes_a_finished_run_to_hf_endpoint(hub_env, tmp_path, tiny_model_dir):
     recipe_dir = tmp_path / "runs" / "tiny"
     artifacts = recipe_dir / "artifacts"
-    teacher = model_artifact(artifacts / "teacher_rl-1", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+    teacher = model_artifact(
+        artifacts / "teacher_rl-1", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
     traces = traces_artifact(artifacts / "generate-1", ["q1", "q2"], {"temperature": 0.7}, teacher)
-    student = model_artifact(artifacts / "distill-1", tiny_model_dir, "distill", {"epochs": 3}, [upstream(traces, "traces")])
+    student = model_artifact(
+        artifacts / "distill-1", tiny_model_dir, "distill", {"epochs": 3}, [upstream(traces, "traces")]
+    )
     report = report_artifact(artifacts / "evaluate-1", upstream(student, "student"), accuracy=50.0)
     local = LocalStore(make_recipe(namespace=None), recipe_dir / "store", log=lambda _: None)
     stages = {}
@@ -80,28 +98,44 @@ def test_factory_push_publishes_a_finished_run_to_hf_endpoint(hub_env, tmp_path,
         ref = local.publish(folder)
         meta = json.loads((folder / "artifact.json").read_text())
         stages[name] = {
-            "fingerprint": meta["fingerprint"], "status": "complete", "artifact_dir": str(folder.relative_to(recipe_dir)),
+            "fingerprint": meta["fingerprint"],
+            "status": "complete",
+            "artifact_dir": str(folder.relative_to(recipe_dir)),
             "published": ref.to_manifest(),
-        }  # fmt: skip
+        }
     manifest = {"recipe_name": "tiny", "recipe": recipe_to_dict(make_recipe(namespace=None)), "stages": stages}
     (recipe_dir / "manifest.json").write_text(json.dumps(manifest))
 
-    command = [sys.executable, "-m", "factory.cli", "push", str(tmp_path / "runs"), "--set", "hub.namespace=factory-org"]
+    command = [
+        sys.executable,
+        "-m",
+        "factory.cli",
+        "push",
+        str(tmp_path / "runs"),
+        "--set",
+        "hub.namespace=factory-org",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1", "COLUMNS": "400"}
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     published = json.loads((recipe_dir / "manifest.json").read_text())["stages"]
-    assert {s: (e["published"]["repo"], e["published"]["revision"], e["published"]["store"]) for s, e in published.items()} == {
+    assert {
+        s: (e["published"]["repo"], e["published"]["revision"], e["published"]["store"]) for s, e in published.items()
+    } == {
         "teacher_rl": ("factory-org/tiny-teacher", "v1", "hub"),
         "generate": ("factory-org/tiny-traces", "v1", "hub"),
         "distill": ("factory-org/tiny-student", "v1", "hub"),
         "evaluate": ("factory-org/tiny-student", "v2", "hub"),
     }
     assert published["generate"]["published"]["url"] == f"{hub_env.endpoint}/datasets/factory-org/tiny-traces/tree/v1"
-    record = json.loads(hub_env.hub.read_blob(hub_env.repo("factory-org/tiny-student").resolve("v2").files["factory.json"].sha256))
+    record = json.loads(
+        hub_env.hub.read_blob(hub_env.repo("factory-org/tiny-student").resolve("v2").files["factory.json"].sha256)
+    )
     assert [(e["repo"], e["revision"]) for e in record["lineage"]] == [
-        ("factory-org/tiny-teacher", "v1"), ("factory-org/tiny-traces", "v1"), ("factory-org/tiny-student", "v1"),
-    ]  # fmt: skip
+        ("factory-org/tiny-teacher", "v1"),
+        ("factory-org/tiny-traces", "v1"),
+        ("factory-org/tiny-student", "v1"),
+    ]
 
     since = len(hub_env.requests)
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
@@ -130,14 +164,19 @@ def test_factory_run_push_publishes_to_hf_endpoint_namespace(hub_env, tmp_path, 
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
 
-    tags = {repo: sorted(hub_env.repo(f"factory-org/tiny-{repo}", t).tags) for repo, t in (("teacher", "model"), ("traces", "dataset"), ("student", "model"))}
+    tags = {
+        repo: sorted(hub_env.repo(f"factory-org/tiny-{repo}", t).tags)
+        for repo, t in (("teacher", "model"), ("traces", "dataset"), ("student", "model"))
+    }
     assert tags == {"teacher": ["v1"], "traces": ["v1"], "student": ["v1", "v2"]}
     manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())
     published = {stage: (e["published"]["repo"], e["published"]["revision"]) for stage, e in manifest["stages"].items()}
     assert published == {
-        "teacher_sft": ("factory-org/tiny-teacher", "v1"), "generate": ("factory-org/tiny-traces", "v1"),
-        "distill": ("factory-org/tiny-student", "v1"), "evaluate": ("factory-org/tiny-student", "v2"),
-    }  # fmt: skip
+        "teacher_sft": ("factory-org/tiny-teacher", "v1"),
+        "generate": ("factory-org/tiny-traces", "v1"),
+        "distill": ("factory-org/tiny-student", "v1"),
+        "evaluate": ("factory-org/tiny-student", "v2"),
+    }
     since = len(hub_env.requests)
     again = CliRunner().invoke(cli.app, args)
     assert again.exit_code == 0, again.output

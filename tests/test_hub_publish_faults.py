@@ -15,7 +15,9 @@ from factory.hub.hub_store import HubStore
 
 
 def test_publish_interrupted_before_its_tag_is_completed_by_the_rerun(store, hub_env, tmp_path, tiny_model_dir, capfd):
-    artifact = model_artifact(tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+    artifact = model_artifact(
+        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
     hub_env.inject(r"^POST /api/models/[^ ]+/tag/", "error", times=100, status=503)
     with pytest.raises(UserError, match="no incomplete version was tagged"):
         store.publish(artifact)
@@ -27,7 +29,9 @@ def test_publish_interrupted_before_its_tag_is_completed_by_the_rerun(store, hub
     ref = store.publish(artifact)
     assert (ref.revision, ref.created, ref.commit) == ("v1", True, repo.branches["main"])
     assert len(repo.commits) == 2 and repo.tags == {"v1": repo.branches["main"]}
-    assert {"model.safetensors", "config.json", "README.md", "factory.json", "plots/loss_curve.png"} <= set(repo.commits[ref.commit].files)
+    assert {"model.safetensors", "config.json", "README.md", "factory.json", "plots/loss_curve.png"} <= set(
+        repo.commits[ref.commit].files
+    )
     assert store.publish(artifact).created is False
     captured = capfd.readouterr()
     assert_token_absent(hub_env.token, captured.out + captured.err + "\n".join(store.logs), tmp_path)
@@ -38,7 +42,9 @@ def test_lost_commit_answer_is_tagged_not_committed_twice(hub_env, tmp_path, tin
     from huggingface_hub.errors import RepositoryNotFoundError
 
     store = HubStore(make_recipe(private=True), log=lambda _: None, backoff_s=0.01)
-    artifact = model_artifact(tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+    artifact = model_artifact(
+        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
     hub_env.inject(r"^POST /api/models/[^ ]+/commit/main", "drop_after")
     ref = store.publish(artifact)
     repo = hub_env.repo(TEACHER_REPO)
@@ -50,7 +56,9 @@ def test_lost_commit_answer_is_tagged_not_committed_twice(hub_env, tmp_path, tin
 
 
 def test_transient_errors_are_retried_with_backoff(store, hub_env, tmp_path, tiny_model_dir):
-    artifact = model_artifact(tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+    artifact = model_artifact(
+        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
     hub_env.inject(r"^POST /api/repos/create", "error", status=502)
     hub_env.inject(r"^GET /api/models/[^ ]+/refs", "drop", nth=1)
     hub_env.inject(r"^POST /api/models/[^ ]+/tag/", "error", status=500)

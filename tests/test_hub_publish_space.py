@@ -22,8 +22,15 @@ def before_after_artifact(folder: Path, teacher: Path, after: list[float], befor
 
     def rows(rewards: list[float], text: str) -> pa.Table:
         ids = [f"q{i}" for i in range(len(rewards))]
-        return pa.table({"id": ids, "question": [f"question {i}" for i in ids], "solution": ["\\boxed{1}"] * len(ids),
-                         "explanation": [text] * len(ids), "reward": rewards})  # fmt: skip
+        return pa.table(
+            {
+                "id": ids,
+                "question": [f"question {i}" for i in ids],
+                "solution": ["\\boxed{1}"] * len(ids),
+                "explanation": [text] * len(ids),
+                "reward": rewards,
+            }
+        )
 
     (folder / "data" / "before_rl").mkdir(parents=True)
     pq.write_table(rows(after, "after RL"), folder / "data" / "train-00000-of-00001.parquet")
@@ -64,8 +71,12 @@ def test_traces_before_and_after_rl_deploy_the_compare_space(store, hub_env, tmp
 
     from factory import compare
 
-    teacher = model_artifact(tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
-    traces = before_after_artifact(tmp_path / "traces1", teacher, [1.0, 2.0, 3.0], [0.5, 0.5, 2.0], {"temperature": 0.7})
+    teacher = model_artifact(
+        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
+    traces = before_after_artifact(
+        tmp_path / "traces1", teacher, [1.0, 2.0, 3.0], [0.5, 0.5, 2.0], {"temperature": 0.7}
+    )
     store.publish(teacher)
     ref = store.publish(traces)
     space_url = f"{hub_env.endpoint}/spaces/{SPACE_REPO}"
@@ -77,7 +88,10 @@ def test_traces_before_and_after_rl_deploy_the_compare_space(store, hub_env, tmp
     shown = compare.load(space_sources())  # what the Space loads: both configs of v1, aligned by id
     assert shown.labels == ["tiny-traces@v1", "tiny-traces@v1#before_rl"]
     assert shown.difference(1, 0).tolist() == pytest.approx([0.5, 1.5, 1.0])  # after − before, per question
-    assert datasets.load_dataset(TRACES_REPO, "before_rl", revision="v1", split="train")["explanation"] == ["before RL"] * 3
+    assert (
+        datasets.load_dataset(TRACES_REPO, "before_rl", revision="v1", split="train")["explanation"]
+        == ["before RL"] * 3
+    )
 
     card = dataset_card_text("v1")
     assert "## Before vs after RL" in card
@@ -102,7 +116,9 @@ def test_traces_before_and_after_rl_deploy_the_compare_space(store, hub_env, tmp
     assert commit_counts(hub_env) == commits
 
     # a new traces version moves the Space to it: one more Space commit
-    store.publish(before_after_artifact(tmp_path / "traces2", teacher, [2.0, 2.0, 2.0], [1.0, 1.0, 1.0], {"temperature": 0.9}))
+    store.publish(
+        before_after_artifact(tmp_path / "traces2", teacher, [2.0, 2.0, 2.0], [1.0, 1.0, 1.0], {"temperature": 0.9})
+    )
     assert space_sources() == [f"{TRACES_REPO}@v2", f"{TRACES_REPO}@v2#before_rl"]
     assert len(hub_env.repo(SPACE_REPO, "space").commits) == commits["space"] + 1
 
@@ -121,7 +137,9 @@ def test_local_store_card_compares_its_own_folders(tmp_path, tiny_model_dir):
     """Offline, the card names the local version folders for `factory compare`; no Space is deployed."""
     from factory import compare
 
-    teacher = model_artifact(tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+    teacher = model_artifact(
+        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
+    )
     traces = before_after_artifact(tmp_path / "traces", teacher, [1.0, 2.0], [0.0, 1.0], {"temperature": 0.7})
     local = open_store(make_recipe(), tmp_path / "runs", push=False, log=lambda _: None)
     ref = local.publish(traces)

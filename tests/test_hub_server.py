@@ -27,7 +27,11 @@ def test_tags_resolve_historical_content_with_ranges(api, hub_env):
     assert open(hf_hub_download(repo, "notes.txt")).read() == "second"
     url = f"{hub_env.endpoint}/{repo}/resolve/v1/notes.txt"
     partial = get_session().get(url, headers={"Range": "bytes=6-12"})
-    assert (partial.status_code, partial.content, partial.headers["Content-Range"]) == (206, b"version", "bytes 6-12/26")
+    assert (partial.status_code, partial.content, partial.headers["Content-Range"]) == (
+        206,
+        b"version",
+        "bytes 6-12/26",
+    )
     assert partial.headers["X-Repo-Commit"] == first.oid
     assert [t.name for t in api.list_repo_refs(repo).tags] == ["v1"]
     with pytest.raises(Exception, match="409"):
@@ -37,7 +41,9 @@ def test_tags_resolve_historical_content_with_ranges(api, hub_env):
 def test_card_metadata_is_validated_like_the_hub(api):
     repo = "factory-tester/cards"
     api.create_repo(repo)
-    bad = "---\nlicense: not-a-license\nmodel-index:\n- name: x\n  results:\n  - task: {}\n    metrics: []\n---\n# card\n"
+    bad = (
+        "---\nlicense: not-a-license\nmodel-index:\n- name: x\n  results:\n  - task: {}\n    metrics: []\n---\n# card\n"
+    )
     with pytest.raises(ValueError, match="Invalid metadata") as error:
         api.upload_file(path_or_fileobj=bad.encode(), path_in_repo="README.md", repo_id=repo)
     assert '"license" must be one of the Hub licenses' in str(error.value)

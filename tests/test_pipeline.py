@@ -65,7 +65,9 @@ def make_stage(name: str, roles: tuple, recorder: Recorder, fail: bool = False) 
 TOY_ROLES = {
     "teacher_sft": ((Role.TEACHER, Role.TRAIN_DATA), Role.TEACHER, {}),
     "teacher_rl": (
-        (Role.TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA), Role.TEACHER, {Role.INITIAL_TEACHER: Role.TEACHER}
+        (Role.TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA),
+        Role.TEACHER,
+        {Role.INITIAL_TEACHER: Role.TEACHER},
     ),
     "generate": ((Role.TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA), Role.TRACES, {}),
     "distill": ((Role.TRACES, Role.DISTILL_BASE), Role.STUDENT, {}),
@@ -116,7 +118,13 @@ def test_changed_hyperparameter_reruns_that_stage_and_downstream_only(recipe_pat
     recipe = load_recipe(recipe_path, ["stages.generate.temperature=0.9"])
     plan = make_plan(recipe, tmp_path / "runs", registry)
     status = {s.name: s.status for s in plan.stages}
-    assert status == {"teacher_sft": "cached", "teacher_rl": "cached", "generate": "run", "distill": "run", "evaluate": "run"}
+    assert status == {
+        "teacher_sft": "cached",
+        "teacher_rl": "cached",
+        "generate": "run",
+        "distill": "run",
+        "evaluate": "run",
+    }
     assert plan.stage("generate").changed == ["stages.generate.temperature"]
     assert "changed: stages.generate.temperature" in plan.stage("generate").reason
     assert "input changed: traces" in plan.stage("distill").reason
@@ -213,7 +221,9 @@ def test_initial_teacher_is_what_rl_started_from(recipe_path, tmp_path):
 
     no_rl = make_plan(load_recipe(recipe_path, ["stages.teacher_rl.enabled=false"]), tmp_path / "runs", registry)
     inputs = no_rl.stage("generate").inputs
-    assert inputs["initial_teacher"].fingerprint == inputs["teacher"].fingerprint == no_rl.stage("teacher_sft").fingerprint
+    assert (
+        inputs["initial_teacher"].fingerprint == inputs["teacher"].fingerprint == no_rl.stage("teacher_sft").fingerprint
+    )
 
 
 class FilterTraces(Stage):
@@ -325,18 +335,31 @@ def test_distilled_baselines_are_stages_with_their_own_fingerprints(repo_root, t
 
     for planned in plan.stages:  # every planned stage done
         if planned.fingerprint:
-            meta = ArtifactMeta(planned.stage.kind, planned.name, planned.stage.produces, planned.fingerprint, "quickstart", {})
+            meta = ArtifactMeta(
+                planned.stage.kind, planned.name, planned.stage.produces, planned.fingerprint, "quickstart", {}
+            )
             mark_complete(planned.artifact_dir, meta)
-    changed = make_plan(load_recipe(recipe_file, [*listed, "stages.distill.learning_rate=0.0002"]), tmp_path / "runs", registry)
+    changed = make_plan(
+        load_recipe(recipe_file, [*listed, "stages.distill.learning_rate=0.0002"]), tmp_path / "runs", registry
+    )
     status = {s.name: s.status for s in changed.stages}
     assert status == {
-        "teacher_sft": "cached", "teacher_rl": "cached", "generate": "cached",
-        "distill": "run", "distill_reference": "run", "distill_before_rl": "run", "evaluate": "run",
-    }  # fmt: skip
+        "teacher_sft": "cached",
+        "teacher_rl": "cached",
+        "generate": "cached",
+        "distill": "run",
+        "distill_reference": "run",
+        "distill_before_rl": "run",
+        "evaluate": "run",
+    }
 
-    quickstart = make_plan(load_recipe(recipe_file), tmp_path / "runs", registry)  # baselines [distill_base, before_rl_traces]
+    quickstart = make_plan(
+        load_recipe(recipe_file), tmp_path / "runs", registry
+    )  # baselines [distill_base, before_rl_traces]
     assert quickstart.stage("distill_reference").status == Status.DISABLED
     assert quickstart.stage("distill_reference").reason == "stages.evaluate.baselines does not list reference_traces"
-    assert quickstart.stage("distill_before_rl").fingerprint == before_rl.fingerprint  # evaluate's list is not its setting
+    assert (
+        quickstart.stage("distill_before_rl").fingerprint == before_rl.fingerprint
+    )  # evaluate's list is not its setting
     off = make_plan(load_recipe(recipe_file, ["stages.evaluate.enabled=false"]), tmp_path / "runs", registry)
     assert off.stage("distill_before_rl").status == Status.DISABLED

@@ -79,73 +79,178 @@ class Case:
 
 CASES = [
     # ---- batch sizes of every training stage
-    Case("distill-batch", "stages:\n  distill:\n    global_batch_size: 5\n",
-         ["stages.distill.global_batch_size", "give a multiple of 2"], "global_batch_size: 5"),
-    Case("teacher-sft-batch", "stages:\n  teacher_sft:\n    global_batch_size: 7\n",
-         ["stages.teacher_sft.global_batch_size", "give a multiple of 2"], "global_batch_size: 7"),
-    Case("batches-with-processes", "stages:\n  teacher_rl:\n    enabled: false\nlaunch:\n  preset: ddp\n  num_processes: 3\n",
-         ["2 problems", "stages.teacher_sft.global_batch_size", "stages.distill.global_batch_size", "2 x 3 = 6"]),
-    Case("rl-rollouts", "stages:\n  teacher_rl:\n    per_device_batch_size: 3\n",
-         ["stages.teacher_rl.per_device_batch_size", "rollouts per step"], "per_device_batch_size: 3"),
-    Case("distilled-baseline-batch",
-         "stages:\n  distill:\n    enabled: false\n    global_batch_size: 5\n  evaluate:\n    baselines: [reference_traces]\n",
-         ["stages.distill.global_batch_size"], "global_batch_size: 5"),
-    Case("batch-from-set", "", ["stages.distill.global_batch_size (--set stages.distill.global_batch_size)"],
-         options=["--set", "stages.distill.global_batch_size=5"]),
+    Case(
+        "distill-batch",
+        "stages:\n  distill:\n    global_batch_size: 5\n",
+        ["stages.distill.global_batch_size", "give a multiple of 2"],
+        "global_batch_size: 5",
+    ),
+    Case(
+        "teacher-sft-batch",
+        "stages:\n  teacher_sft:\n    global_batch_size: 7\n",
+        ["stages.teacher_sft.global_batch_size", "give a multiple of 2"],
+        "global_batch_size: 7",
+    ),
+    Case(
+        "batches-with-processes",
+        "stages:\n  teacher_rl:\n    enabled: false\nlaunch:\n  preset: ddp\n  num_processes: 3\n",
+        ["2 problems", "stages.teacher_sft.global_batch_size", "stages.distill.global_batch_size", "2 x 3 = 6"],
+    ),
+    Case(
+        "rl-rollouts",
+        "stages:\n  teacher_rl:\n    per_device_batch_size: 3\n",
+        ["stages.teacher_rl.per_device_batch_size", "rollouts per step"],
+        "per_device_batch_size: 3",
+    ),
+    Case(
+        "distilled-baseline-batch",
+        "stages:\n  distill:\n    enabled: false\n    global_batch_size: 5\n  evaluate:\n    baselines: [reference_traces]\n",
+        ["stages.distill.global_batch_size"],
+        "global_batch_size: 5",
+    ),
+    Case(
+        "batch-from-set",
+        "",
+        ["stages.distill.global_batch_size (--set stages.distill.global_batch_size)"],
+        options=["--set", "stages.distill.global_batch_size=5"],
+    ),
     # ---- settings that must agree
-    Case("rl-temperature", "stages:\n  teacher_rl:\n    temperature: 1.0\n",
-         ["stages.teacher_rl.temperature", "reward.teacher_temperature = 0.7"], "temperature: 1.0"),
-    Case("reward-temperature", "reward:\n  teacher_temperature: 0.9\n",
-         ["reward.teacher_temperature", "stages.teacher_rl.temperature = 0.7"], "teacher_temperature: 0.9"),
-    Case("rl-more-prompts-than-data", "data:\n  train:\n    limit: 1\n",
-         ["data.train.limit", "prompts_per_step = 2"], "limit: 1"),
-    Case("vllm-server-gpus", "launch:\n  vllm_mode: server\n  vllm_gpus: 3\n  tensor_parallel_size: 2\n",
-         ["launch.vllm_gpus", "tensor_parallel_size = 2"], "vllm_gpus: 3"),
-    Case("before-rl-baseline-without-inputs", "stages:\n  evaluate:\n    baselines: [before_rl_traces]\n",
-         ["stages.evaluate.baselines", "stages.generate.before_rl: true"], "baselines: [before_rl_traces]"),
+    Case(
+        "rl-temperature",
+        "stages:\n  teacher_rl:\n    temperature: 1.0\n",
+        ["stages.teacher_rl.temperature", "reward.teacher_temperature = 0.7"],
+        "temperature: 1.0",
+    ),
+    Case(
+        "reward-temperature",
+        "reward:\n  teacher_temperature: 0.9\n",
+        ["reward.teacher_temperature", "stages.teacher_rl.temperature = 0.7"],
+        "teacher_temperature: 0.9",
+    ),
+    Case(
+        "rl-more-prompts-than-data",
+        "data:\n  train:\n    limit: 1\n",
+        ["data.train.limit", "prompts_per_step = 2"],
+        "limit: 1",
+    ),
+    Case(
+        "vllm-server-gpus",
+        "launch:\n  vllm_mode: server\n  vllm_gpus: 3\n  tensor_parallel_size: 2\n",
+        ["launch.vllm_gpus", "tensor_parallel_size = 2"],
+        "vllm_gpus: 3",
+    ),
+    Case(
+        "before-rl-baseline-without-inputs",
+        "stages:\n  evaluate:\n    baselines: [before_rl_traces]\n",
+        ["stages.evaluate.baselines", "stages.generate.before_rl: true"],
+        "baselines: [before_rl_traces]",
+    ),
     # ---- reference thoughts a stage trains on
-    Case("teacher-sft-without-thoughts", "data:\n  train:\n    thought_column: null\n",
-         ["data.train.thought_column", "stages.teacher_sft trains on"], "thought_column: null"),
-    Case("distill-without-thoughts",
-         "data:\n  train:\n    thought_column: null\nstages:\n  teacher_sft:\n    enabled: false\n  generate:\n    enabled: false\n",
-         ["data.train.thought_column", "stages.distill (stages.generate is disabled)"], "thought_column: null"),
-    Case("reference-baseline-without-thoughts",
-         "data:\n  train:\n    thought_column: null\nstages:\n  teacher_sft:\n    enabled: false\n"
-         "  evaluate:\n    baselines: [reference_traces]\n",
-         ["data.train.thought_column", "reference_traces"], "thought_column: null"),
+    Case(
+        "teacher-sft-without-thoughts",
+        "data:\n  train:\n    thought_column: null\n",
+        ["data.train.thought_column", "stages.teacher_sft trains on"],
+        "thought_column: null",
+    ),
+    Case(
+        "distill-without-thoughts",
+        "data:\n  train:\n    thought_column: null\nstages:\n  teacher_sft:\n    enabled: false\n  generate:\n    enabled: false\n",
+        ["data.train.thought_column", "stages.distill (stages.generate is disabled)"],
+        "thought_column: null",
+    ),
+    Case(
+        "reference-baseline-without-thoughts",
+        "data:\n  train:\n    thought_column: null\nstages:\n  teacher_sft:\n    enabled: false\n"
+        "  evaluate:\n    baselines: [reference_traces]\n",
+        ["data.train.thought_column", "reference_traces"],
+        "thought_column: null",
+    ),
     # ---- data files: readable, the columns each stage needs (eval sets included)
-    Case("train-missing-column", "data:\n  train:\n    source: {dir}/train_no_solution.jsonl\n",
-         ["data.train.source", "train_no_solution.jsonl", "no column 'solution'"], "train_no_solution.jsonl"),
-    Case("train-not-found", "data:\n  train:\n    source: {dir}/missing.jsonl\n",
-         ["data.train.source", "data file not found", "missing.jsonl"], "missing.jsonl"),
-    Case("train-empty", "data:\n  train:\n    source: {dir}/empty.jsonl\n",
-         ["data.train.source", "empty.jsonl", "no rows"], "empty.jsonl"),
-    Case("eval-missing-answer", "data:\n  eval:\n    - name: held_out\n      source: {dir}/eval_no_answer.jsonl\n      format: jsonl\n",
-         ["data.eval.0.source", "eval_no_answer.jsonl", "no column 'answer'"], "eval_no_answer.jsonl"),
-    Case("eval-answer-column-renamed",
-         "data:\n  eval:\n    - name: held_out\n      source: {dir}/eval.jsonl\n      format: jsonl\n      answer_column: gold\n",
-         ["data.eval.0.source", "no column 'gold'"], "eval.jsonl"),
-    Case("eval-not-json", "data:\n  eval:\n    - name: held_out\n      source: {dir}/garbage.jsonl\n      format: jsonl\n",
-         ["data.eval.0.source", "garbage.jsonl line 1: not valid JSON"], "garbage.jsonl"),
-    Case("eval-unknown-quickstart-split",
-         "data:\n  eval:\n    - name: held_out\n      source: quickstart\n      format: quickstart\n      split: validation\n",
-         ["data.eval.0.source", "no split 'validation'"], "source: quickstart"),
+    Case(
+        "train-missing-column",
+        "data:\n  train:\n    source: {dir}/train_no_solution.jsonl\n",
+        ["data.train.source", "train_no_solution.jsonl", "no column 'solution'"],
+        "train_no_solution.jsonl",
+    ),
+    Case(
+        "train-not-found",
+        "data:\n  train:\n    source: {dir}/missing.jsonl\n",
+        ["data.train.source", "data file not found", "missing.jsonl"],
+        "missing.jsonl",
+    ),
+    Case(
+        "train-empty",
+        "data:\n  train:\n    source: {dir}/empty.jsonl\n",
+        ["data.train.source", "empty.jsonl", "no rows"],
+        "empty.jsonl",
+    ),
+    Case(
+        "eval-missing-answer",
+        "data:\n  eval:\n    - name: held_out\n      source: {dir}/eval_no_answer.jsonl\n      format: jsonl\n",
+        ["data.eval.0.source", "eval_no_answer.jsonl", "no column 'answer'"],
+        "eval_no_answer.jsonl",
+    ),
+    Case(
+        "eval-answer-column-renamed",
+        "data:\n  eval:\n    - name: held_out\n      source: {dir}/eval.jsonl\n      format: jsonl\n      answer_column: gold\n",
+        ["data.eval.0.source", "no column 'gold'"],
+        "eval.jsonl",
+    ),
+    Case(
+        "eval-not-json",
+        "data:\n  eval:\n    - name: held_out\n      source: {dir}/garbage.jsonl\n      format: jsonl\n",
+        ["data.eval.0.source", "garbage.jsonl line 1: not valid JSON"],
+        "garbage.jsonl",
+    ),
+    Case(
+        "eval-unknown-quickstart-split",
+        "data:\n  eval:\n    - name: held_out\n      source: quickstart\n      format: quickstart\n      split: validation\n",
+        ["data.eval.0.source", "no split 'validation'"],
+        "source: quickstart",
+    ),
     # ---- model folders
-    Case("model-without-weights", "models:\n  teacher:\n    source: {dir}/weightless\n",
-         ["models.teacher.source", "weightless has config.json but no weights"], "weightless"),
-    Case("model-path-missing", "models:\n  distill_base:\n    source: {dir}/no-such-model\n",
-         ["models.distill_base.source", "model folder not found", "no-such-model"], "no-such-model"),
-    Case("model-without-config", "models:\n  student:\n    source: {dir}/configless\n",
-         ["models.student.source", "configless has no config.json"], "configless"),
-    Case("unknown-packaged-model", "models:\n  student:\n    source: packaged:no-such-model\n",
-         ["models.student.source", "unknown packaged model 'packaged:no-such-model'"], "packaged:no-such-model"),
-    Case("not-a-model-source", "models:\n  teacher:\n    source: not a hub id!\n",
-         ["models.teacher.source", "neither an existing local folder, a Hub id"], "not a hub id!"),
+    Case(
+        "model-without-weights",
+        "models:\n  teacher:\n    source: {dir}/weightless\n",
+        ["models.teacher.source", "weightless has config.json but no weights"],
+        "weightless",
+    ),
+    Case(
+        "model-path-missing",
+        "models:\n  distill_base:\n    source: {dir}/no-such-model\n",
+        ["models.distill_base.source", "model folder not found", "no-such-model"],
+        "no-such-model",
+    ),
+    Case(
+        "model-without-config",
+        "models:\n  student:\n    source: {dir}/configless\n",
+        ["models.student.source", "configless has no config.json"],
+        "configless",
+    ),
+    Case(
+        "unknown-packaged-model",
+        "models:\n  student:\n    source: packaged:no-such-model\n",
+        ["models.student.source", "unknown packaged model 'packaged:no-such-model'"],
+        "packaged:no-such-model",
+    ),
+    Case(
+        "not-a-model-source",
+        "models:\n  teacher:\n    source: not a hub id!\n",
+        ["models.teacher.source", "neither an existing local folder, a Hub id"],
+        "not a hub id!",
+    ),
     # ---- every mistake at once
-    Case("all-together",
-         "models:\n  distill_base:\n    source: {dir}/weightless\nstages:\n  distill:\n    global_batch_size: 5\n"
-         "  teacher_rl:\n    temperature: 1.0\n",
-         ["3 problems", "models.distill_base.source", "stages.distill.global_batch_size", "stages.teacher_rl.temperature"]),
+    Case(
+        "all-together",
+        "models:\n  distill_base:\n    source: {dir}/weightless\nstages:\n  distill:\n    global_batch_size: 5\n"
+        "  teacher_rl:\n    temperature: 1.0\n",
+        [
+            "3 problems",
+            "models.distill_base.source",
+            "stages.distill.global_batch_size",
+            "stages.teacher_rl.temperature",
+        ],
+    ),
 ]
 
 COMMANDS = ("validate", "plan", "run")
@@ -180,7 +285,9 @@ print(json.dumps({"results": results, "heavy": heavy}))
 def world(tmp_path_factory, tiny_model_dir) -> Path:
     """The base recipe and the files the cases point at."""
     root = tmp_path_factory.mktemp("preflight")
-    rows = [{"question": f"What is {i} + 1?", "solution": f"\\boxed{{{i + 1}}}", "thought": "add one"} for i in range(4)]
+    rows = [
+        {"question": f"What is {i} + 1?", "solution": f"\\boxed{{{i + 1}}}", "thought": "add one"} for i in range(4)
+    ]
     write_jsonl(root / "train.jsonl", rows)
     write_jsonl(root / "train_no_solution.jsonl", [{"question": r["question"], "thought": r["thought"]} for r in rows])
     write_jsonl(root / "eval.jsonl", [{"question": "What is 2 + 2?", "answer": "4"}])
@@ -212,9 +319,14 @@ def drive(world: Path, groups: list[tuple[bool, list[list[str]]]]) -> dict:
     exit code and stderr, and the model libraries imported."""
     env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", DRIVER], input=json.dumps(groups), capture_output=True, text=True, env=env,
-        cwd=world, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "-c", DRIVER],
+        input=json.dumps(groups),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=world,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -289,7 +401,9 @@ def test_what_this_machine_lacks_stops_run_and_warns_in_validate_and_plan(world)
     for result in (validate, plan, run):
         message = " ".join(result["stderr"].split())
         assert f"bad.yaml:{lines['    report_to: [wandb]']}): wandb is not installed on this machine" in message
-        assert f"stages.generate.engine ({folder}/bad.yaml:{lines['    engine: vllm']}): vllm is not installed" in message
+        assert (
+            f"stages.generate.engine ({folder}/bad.yaml:{lines['    engine: vllm']}): vllm is not installed" in message
+        )
     assert "warning: stages.distill.report_to (" in validate["stderr"]
     assert "cannot run (2 problems" in run["stderr"]
     assert not (folder / "runs").exists()

@@ -87,7 +87,9 @@ def test_before_rl_baseline_needs_the_before_rl_traces(tmp_path):
     assert "stages.generate.before_rl: true" in message and "stages.teacher_rl.enabled" not in message
     recipe = load_recipe(path, ["stages.generate.before_rl=true"])
     assert recipe.stages.evaluate.baselines == ["distill_base", "before_rl_traces"]
-    assert "stages.teacher_rl.enabled: true" in error_of(path, ["stages.generate.before_rl=true", "stages.teacher_rl.enabled=false"])
+    assert "stages.teacher_rl.enabled: true" in error_of(
+        path, ["stages.generate.before_rl=true", "stages.teacher_rl.enabled=false"]
+    )
 
 
 def test_set_overrides_with_type_checking(tmp_path):

@@ -80,10 +80,19 @@ SFT = {
     "save_steps": 2,
 }
 RL = {  # one prompt's 4 generations a step, 8 prompts: step 3 is no epoch's end either
-    "steps": 3, "prompts_per_step": 1, "generations_per_prompt": 4, "per_device_batch_size": 4,
-    "learning_rate": 1.0e-3, "beta": 0.04, "ref_sync_steps": 1, "max_prompt_length": 2048,
-    "max_completion_length": 8, "gradient_checkpointing": False, "bf16": False, "save_steps": 2,
-}  # fmt: skip
+    "steps": 3,
+    "prompts_per_step": 1,
+    "generations_per_prompt": 4,
+    "per_device_batch_size": 4,
+    "learning_rate": 1.0e-3,
+    "beta": 0.04,
+    "ref_sync_steps": 1,
+    "max_prompt_length": 2048,
+    "max_completion_length": 8,
+    "gradient_checkpointing": False,
+    "bf16": False,
+    "save_steps": 2,
+}
 SETTINGS = {"teacher_sft": SFT, "distill": {**SFT, "packing": False}, "teacher_rl": RL}
 STEPS = {"teacher_sft": 5, "distill": 5, "teacher_rl": 3}
 CURVES = {"teacher_sft": "loss_curve.csv", "distill": "loss_curve.csv", "teacher_rl": "reward_curve.csv"}
@@ -94,12 +103,15 @@ def write_recipe(folder: Path, stage: str, teacher: Path, student: Path) -> Path
     stages[stage] = SETTINGS[stage]
     recipe = {
         "name": f"resume-{stage}",
-        "models": {"teacher": {"source": str(teacher)}, "student": {"source": str(student)},
-                   "distill_base": {"source": str(student)}},
+        "models": {
+            "teacher": {"source": str(teacher)},
+            "student": {"source": str(student)},
+            "distill_base": {"source": str(student)},
+        },
         "data": {"train": {"source": "quickstart", "format": "quickstart", "limit": 8}},
         "reward": {"batch_size": 4},
         "stages": stages,
-    }  # fmt: skip
+    }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stage}.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -121,7 +133,11 @@ def run(recipe: Path, runs: Path, stage: str) -> Path:
 def kill(recipe: Path, runs: Path, when: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     child = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(recipe), str(runs), when], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", DRIVER, str(recipe), str(runs), when],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert child.returncode == -9, child.stderr[-3000:]
 
@@ -164,7 +180,10 @@ def assert_same_run(stage: str, resumed: Path, reference: Path, resumed_from: in
 def references(tmp_path_factory, tiny_model_dir, tiny_student_dir) -> dict[str, Path]:
     """Each stage run once, uninterrupted."""
     tmp = tmp_path_factory.mktemp("uninterrupted")
-    return {stage: run(write_recipe(tmp, stage, tiny_model_dir, tiny_student_dir), tmp / "runs", stage) for stage in SETTINGS}
+    return {
+        stage: run(write_recipe(tmp, stage, tiny_model_dir, tiny_student_dir), tmp / "runs", stage)
+        for stage in SETTINGS
+    }
 
 
 @pytest.mark.parametrize("stage", list(SETTINGS))
@@ -176,7 +195,9 @@ def test_killed_right_after_the_final_checkpoint(stage, references, tmp_path, ti
     assert checkpoints(folder) == sorted(f"checkpoint-{step}" for step in {*range(2, final, 2), final})
     assert not (folder / "result.json").exists()
     saved = folder / "checkpoints"  # Adam's state only where training can go on from: not in the final checkpoint
-    assert (saved / "checkpoint-2" / "optimizer.pt").is_file() and not (saved / f"checkpoint-{final}" / "optimizer.pt").exists()
+    assert (saved / "checkpoint-2" / "optimizer.pt").is_file() and not (
+        saved / f"checkpoint-{final}" / "optimizer.pt"
+    ).exists()
     assert_same_run(stage, run(recipe, runs, stage), references[stage], resumed_from=final)
 
 

@@ -124,7 +124,9 @@ def test_batches_close_early_rather_than_pad_past_max_padding():
     from factory.rewards.rlt import ScoringSequences, _batches
 
     def item(length: int) -> ScoringSequences:
-        return ScoringSequences(TeacherSequence([1] * length, (1, length)), StudentSequence([1] * length, (1, 2), (2, length)), False)
+        return ScoringSequences(
+            TeacherSequence([1] * length, (1, length)), StudentSequence([1] * length, (1, 2), (2, length)), False
+        )
 
     built = [item(n) for n in (10, 10, 11, 12, 40, 41, 42, 43, 44)]
     order = list(range(len(built)))
@@ -140,7 +142,10 @@ def test_a_question_group_runs_its_prompt_once(reward_models):
     teacher, student, tok = reward_models
     generator = torch.Generator().manual_seed(1)
     question, solution = QUESTIONS[1]
-    group = [RewardItem(question, solution, torch.randint(3, len(tok), (n,), generator=generator).tolist()) for n in (9, 30, 17, 4)]
+    group = [
+        RewardItem(question, solution, torch.randint(3, len(tok), (n,), generator=generator).tolist())
+        for n in (9, 30, 17, 4)
+    ]
     other = RewardItem(*QUESTIONS[0], torch.randint(3, len(tok), (12,), generator=generator).tolist())
     reward = RLTReward(teacher, student, tok, Reward(batch_size=4))
     calls, hooks = record_forwards(teacher, student)
@@ -167,8 +172,9 @@ def test_a_batch_of_several_question_groups_runs_each_prompt_once(reward_models)
     generator = torch.Generator().manual_seed(2)
     batch = [
         RewardItem(*QUESTIONS[q], torch.randint(3, len(tok), (n,), generator=generator).tolist())
-        for q, lengths in ((1, (7, 21, 12)), (4, (16, 3, 9))) for n in lengths
-    ]  # fmt: skip
+        for q, lengths in ((1, (7, 21, 12)), (4, (16, 3, 9)))
+        for n in lengths
+    ]
     reward = RLTReward(teacher, student, tok, Reward(batch_size=8, max_padding=1.0))
     calls, hooks = record_forwards(teacher, student)
     try:
@@ -201,7 +207,10 @@ def test_truncation_keeps_the_solution_and_cuts_the_explanation(reward_models, i
     assert cut.truncated
     assert max(len(cut.student.input_ids), len(cut.teacher.input_ids)) == max_length
     assert cut.student.input_ids[slice(*cut.student.explanation_span)] == list(items[2].explanation_ids[:10])
-    assert cut.student.input_ids[slice(*cut.student.solution_span)] == full.student.input_ids[slice(*full.student.solution_span)]
+    assert (
+        cut.student.input_ids[slice(*cut.student.solution_span)]
+        == full.student.input_ids[slice(*full.student.solution_span)]
+    )
     assert cut.teacher.input_ids == full.teacher.input_ids[: full.teacher.explanation_span[0] + 10]
     results = reward.score(items)
     assert results[2]["explanation_tokens"] == 10 and results[2]["truncated"]
@@ -256,7 +265,9 @@ def test_bf16_models_accumulate_in_fp32(reward_models, items):
 
 def test_models_with_logit_transforms_are_refused(reward_models):
     teacher, student, tok = reward_models
-    capped = type(teacher)(teacher.config.__class__.from_dict({**teacher.config.to_dict(), "final_logit_softcapping": 30.0}))
+    capped = type(teacher)(
+        teacher.config.__class__.from_dict({**teacher.config.to_dict(), "final_logit_softcapping": 30.0})
+    )
     with pytest.raises(UserError, match="final_logit_softcapping"):
         RLTReward(capped, student, tok)
 

@@ -17,9 +17,18 @@ from factory.rewards.rlt import COMPONENTS
 from factory.score import score, settings_from
 
 ROWS = [
-    {"question": "What is 12 + 7?", "solution": "Units then tens: \\boxed{19}.", "explanation": "2 + 7 = 9 units and one ten: 19."},
+    {
+        "question": "What is 12 + 7?",
+        "solution": "Units then tens: \\boxed{19}.",
+        "explanation": "2 + 7 = 9 units and one ten: 19.",
+    },
     {"question": "What is 3 + 4?", "solution": "7", "explanation": f"Count on from 3: 4, 5, 6, 7.{EXPLANATION_CLOSE}"},
-    {"question": "A train travels 60 km in 1.5 hours; speed?", "solution": "40 km/h", "explanation": "60 / 1.5 = 40", "closed": False},
+    {
+        "question": "A train travels 60 km in 1.5 hours; speed?",
+        "solution": "40 km/h",
+        "explanation": "60 / 1.5 = 40",
+        "closed": False,
+    },
 ]
 
 
@@ -33,7 +42,9 @@ def test_score_writes_lines_dump_and_summary(tiny_model_dir, tiny_student_dir, t
 
     data = write_rows(tmp_path / "rows.jsonl", ROWS)
     console = Console(record=True, width=160)
-    records = score(str(tiny_model_dir), str(tiny_student_dir), str(data), tmp_path / "out.jsonl", True, console=console)
+    records = score(
+        str(tiny_model_dir), str(tiny_student_dir), str(data), tmp_path / "out.jsonl", True, console=console
+    )
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert lines == records and [line["row"] for line in lines] == [0, 1, 2]
     assert [line["closed"] for line in lines] == [True, True, False]
@@ -42,8 +53,13 @@ def test_score_writes_lines_dump_and_summary(tiny_model_dir, tiny_student_dir, t
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     first = lines[0]
     # spans run up to the closing tags, the padding before them included (as the reference scores them)
-    assert tok.decode(first["teacher_input_ids"][slice(*first["teacher_explanation_span"])]) == ROWS[0]["explanation"] + "\n\n"
-    assert tok.decode(first["student_input_ids"][slice(*first["student_solution_span"])]) == ROWS[0]["solution"] + "\n\n"
+    assert (
+        tok.decode(first["teacher_input_ids"][slice(*first["teacher_explanation_span"])])
+        == ROWS[0]["explanation"] + "\n\n"
+    )
+    assert (
+        tok.decode(first["student_input_ids"][slice(*first["student_solution_span"])]) == ROWS[0]["solution"] + "\n\n"
+    )
     assert tok.decode(lines[1]["student_input_ids"][slice(*lines[1]["student_explanation_span"])]) == (
         "Count on from 3: 4, 5, 6, 7.\n\n"
     )
@@ -51,11 +67,19 @@ def test_score_writes_lines_dump_and_summary(tiny_model_dir, tiny_student_dir, t
     student = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
     for line in lines:  # the dump alone is enough to recompute every component
         expected = reference_components(
-            teacher, student, line["teacher_input_ids"], line["teacher_explanation_span"],
-            line["student_input_ids"], line["student_explanation_span"], line["student_solution_span"],
-            line["closed"], teacher_temperature=line["teacher_temperature"],
-            student_temperature=line["student_temperature"], kl_coef=line["kl_coef"], alpha=line["alpha"],
-        )  # fmt: skip
+            teacher,
+            student,
+            line["teacher_input_ids"],
+            line["teacher_explanation_span"],
+            line["student_input_ids"],
+            line["student_explanation_span"],
+            line["student_solution_span"],
+            line["closed"],
+            teacher_temperature=line["teacher_temperature"],
+            student_temperature=line["student_temperature"],
+            kl_coef=line["kl_coef"],
+            alpha=line["alpha"],
+        )
         for key in COMPONENTS:
             assert line[key] == pytest.approx(expected[key], abs=1e-4), key
 
@@ -87,7 +111,9 @@ def test_score_takes_the_recipes_reward_terms(tiny_model_dir, tiny_student_dir, 
 def test_empty_explanation_pays_the_kl_penalty(tiny_model_dir, tiny_student_dir, tmp_path):
     """An explanation that closes at once is scored: +1 per KL term (kl_mean = kl_max = 1), never a free pass."""
     data = write_rows(tmp_path / "empty.jsonl", [{**ROWS[0], "explanation": f"\n\n{EXPLANATION_CLOSE}"}, ROWS[0]])
-    empty, real = score(str(tiny_model_dir), str(tiny_student_dir), str(data), tmp_path / "out.jsonl", console=Console())
+    empty, real = score(
+        str(tiny_model_dir), str(tiny_student_dir), str(data), tmp_path / "out.jsonl", console=Console()
+    )
     assert empty["explanation_tokens"] == 0 and empty["closed"]
     assert empty["kl_mean"] == empty["kl_max"] == 1.0
     r_ss = empty["r_ss_mean"] + 0.01 * empty["r_ss_min"]
@@ -125,8 +151,19 @@ def test_cli_score_exit_codes(tiny_model_dir, tiny_student_dir, tmp_path):
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
 
     def factory(data, *extra):
-        command = [sys.executable, "-m", "factory.cli", "score", "--teacher", str(tiny_model_dir), "--student",
-                   str(tiny_student_dir), "--data", str(data), *extra]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "score",
+            "--teacher",
+            str(tiny_model_dir),
+            "--student",
+            str(tiny_student_dir),
+            "--data",
+            str(data),
+            *extra,
+        ]
         return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
 
     result = factory(good, "--kl-estimator", "full", "--limit", "2", "--batch-size", "1")

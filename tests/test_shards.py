@@ -47,7 +47,9 @@ def test_a_claim_is_exclusive_while_its_holder_lives_and_taken_over_when_stale(t
     claims, logs = Claims(tmp_path / "claims"), []
     with claims.hold("s1of2", "generate-shard 1/2") as own:
         assert claims.live() == {"s1of2": own}
-        with pytest.raises(UserError, match=rf"s1of2 in .* is claimed by generate-shard 1/2 \(host .*, pid {os.getpid()}"):
+        with pytest.raises(
+            UserError, match=rf"s1of2 in .* is claimed by generate-shard 1/2 \(host .*, pid {os.getpid()}"
+        ):
             with claims.hold("s1of2", "a second process"):
                 pass
         with claims.hold("s0of2", "generate-shard 0/2"):  # another shard is free
@@ -81,20 +83,34 @@ def test_a_claim_is_exclusive_while_its_holder_lives_and_taken_over_when_stale(t
 def shard_process(recipe: Path, runs: Path, repo_root: Path) -> subprocess.Popen:
     """`factory generate-shard RECIPE --shard 1/2` in its own process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "factory.cli", "generate-shard", str(recipe), "--shard", "1/2", "--run-dir", str(runs)]
+    command = [
+        sys.executable,
+        "-m",
+        "factory.cli",
+        "generate-shard",
+        str(recipe),
+        "--shard",
+        "1/2",
+        "--run-dir",
+        str(runs),
+    ]
     return subprocess.Popen(command, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def wait_for(condition, what: str, child: subprocess.Popen | None = None, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert child is None or child.poll() is None, f"the shard process ended before {what}: {child.stderr.read()[-2000:]}"
+        assert child is None or child.poll() is None, (
+            f"the shard process ended before {what}: {child.stderr.read()[-2000:]}"
+        )
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
 
 
 def part_ids(folder: Path, prefix: str) -> set[str]:
-    return {i for part in folder.glob(f"{prefix}*.parquet") for i in pq.read_table(part, columns=["id"])["id"].to_pylist()}
+    return {
+        i for part in folder.glob(f"{prefix}*.parquet") for i in pq.read_table(part, columns=["id"])["id"].to_pylist()
+    }
 
 
 def shard_ids(recipe: Path, index: int, count: int) -> set[str]:
@@ -104,9 +120,16 @@ def shard_ids(recipe: Path, index: int, count: int) -> set[str]:
 
 
 def test_a_run_waits_for_a_shard_claimed_by_a_live_process(
-    tmp_path, tiny_model_dir, tiny_student_dir, data_dir, repo_root, monkeypatch  # noqa: F811
+    tmp_path,
+    tiny_model_dir,
+    tiny_student_dir,
+    data_dir,
+    repo_root,
+    monkeypatch,
 ):
-    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=8, n=2, batch_size=2, drop_unclosed=False)
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=8, n=2, batch_size=2, drop_unclosed=False
+    )
     runs = tmp_path / "runs"
     artifact = plan_for(recipe, runs).stage("generate").artifact_dir
     claim = artifact / "work" / "claims" / "s1of2.json"
@@ -118,7 +141,9 @@ def test_a_run_waits_for_a_shard_claimed_by_a_live_process(
     runner = threading.Thread(target=lambda: execute(plan_for(recipe, runs), str(recipe), log=logs.append))
     runner.start()
     try:
-        wait_for(lambda: any("generate: waiting for s1of2: generate-shard 1/2" in line for line in logs), "the run to wait")
+        wait_for(
+            lambda: any("generate: waiting for s1of2: generate-shard 1/2" in line for line in logs), "the run to wait"
+        )
         generated = artifact / "work" / "generated"
         assert part_ids(generated, "") == part_ids(generated, "s0of1-") == shard_ids(recipe, 0, 2)  # the rest, only
         assert runner.is_alive()
@@ -128,7 +153,9 @@ def test_a_run_waits_for_a_shard_claimed_by_a_live_process(
     runner.join(timeout=300)
     assert not runner.is_alive() and is_complete(artifact)
     assert any("generate: s1of2 ended (generate-shard 1/2)" in line for line in logs)
-    assert part_ids(generated, "s1of2-") == shard_ids(recipe, 1, 2) and not part_ids(generated, "s0of1-") & shard_ids(recipe, 1, 2)
+    assert part_ids(generated, "s1of2-") == shard_ids(recipe, 1, 2) and not part_ids(generated, "s0of1-") & shard_ids(
+        recipe, 1, 2
+    )
     candidates = read(artifact / "data" / "candidates")
     ids = kept_ids(recipe)
     assert [row["id"] for row in read(artifact / "data")] == ids
@@ -138,9 +165,15 @@ def test_a_run_waits_for_a_shard_claimed_by_a_live_process(
 
 
 def test_a_dead_holders_shard_is_taken_over_keeping_its_rows_and_the_merge_is_exact(
-    tmp_path, tiny_model_dir, tiny_student_dir, data_dir, repo_root  # noqa: F811
+    tmp_path,
+    tiny_model_dir,
+    tiny_student_dir,
+    data_dir,
+    repo_root,
 ):
-    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=16, n=2, batch_size=1, drop_unclosed=False)
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=16, n=2, batch_size=1, drop_unclosed=False
+    )
     runs = tmp_path / "runs"
     artifact = plan_for(recipe, runs).stage("generate").artifact_dir
     generated, scored = artifact / "work" / "generated", artifact / "work" / "scored"
@@ -172,7 +205,9 @@ def test_a_dead_holders_shard_is_taken_over_keeping_its_rows_and_the_merge_is_ex
     extra = pq.read_metadata(twice).num_rows
     assert read_meta(artifact).metrics["qa"]["duplicates_removed"] == extra == 2
     assert any(f"discarded {extra} duplicate rows" in line and f": {read_second} ({extra})" in line for line in logs)
-    assert any(line.startswith("[done] generate") and f"merge discarded {extra} duplicate rows" in line for line in logs)
+    assert any(
+        line.startswith("[done] generate") and f"merge discarded {extra} duplicate rows" in line for line in logs
+    )
     ids = kept_ids(recipe)
     candidates = read(artifact / "data" / "candidates")
     assert [row["id"] for row in read(artifact / "data")] == ids
@@ -181,7 +216,10 @@ def test_a_dead_holders_shard_is_taken_over_keeping_its_rows_and_the_merge_is_ex
 
 
 def test_a_shard_started_during_a_run_leaves_its_questions_to_the_run(
-    tmp_path, tiny_model_dir, tiny_student_dir, data_dir  # noqa: F811
+    tmp_path,
+    tiny_model_dir,
+    tiny_student_dir,
+    data_dir,  # noqa: F811
 ):
     recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=8, n=2, drop_unclosed=False)
     runs = tmp_path / "runs"

@@ -71,9 +71,20 @@ def report(folder: Path, baselines=(("distill_base", 31.25),)) -> Path:
 
 def plan_and_manifest(recipe_dir: Path, published: dict | None = None, with_report: bool = True) -> tuple[Plan, dict]:
     stages, entries = [], {}
-    for name, fingerprint, folder in (("generate", "g" * 64, "artifacts/generate-g"), ("evaluate", "e" * 64, "artifacts/evaluate-e")):
-        stages.append(PlannedStage(name=name, stage=None, enabled=True, status="cached", fingerprint=fingerprint,
-                                   artifact_dir=recipe_dir / folder))  # fmt: skip
+    for name, fingerprint, folder in (
+        ("generate", "g" * 64, "artifacts/generate-g"),
+        ("evaluate", "e" * 64, "artifacts/evaluate-e"),
+    ):
+        stages.append(
+            PlannedStage(
+                name=name,
+                stage=None,
+                enabled=True,
+                status="cached",
+                fingerprint=fingerprint,
+                artifact_dir=recipe_dir / folder,
+            )
+        )
         entries[name] = {"fingerprint": fingerprint, "status": "complete", "artifact_dir": folder, "published": None}
     entries["generate"]["published"] = published
     if not with_report:
@@ -88,7 +99,7 @@ def code_in(line: str) -> str:
 def run_load(expression: str):
     from datasets import load_dataset  # noqa: F401  (the printed line calls it)
 
-    assert re.fullmatch(r'load_dataset\(.*\)', expression)
+    assert re.fullmatch(r"load_dataset\(.*\)", expression)
     return eval(expression)  # the exact text the user is told to run
 
 
@@ -139,8 +150,15 @@ def test_local_store_lines_load_the_published_version(tmp_path):
 def test_hub_lines_name_repo_revision_and_space(tmp_path):
     recipe_dir = tmp_path / "runs" / "toy"
     traces(recipe_dir / "artifacts" / "generate-g")
-    published = {"repo": "org/toy-traces", "revision": "v3", "store": "hub", "url": "https://hf.co/datasets/org/toy-traces/tree/v3",
-                 "commit": "c" * 40, "repo_type": "dataset", "space": "https://hf.co/spaces/org/toy-compare"}  # fmt: skip
+    published = {
+        "repo": "org/toy-traces",
+        "revision": "v3",
+        "store": "hub",
+        "url": "https://hf.co/datasets/org/toy-traces/tree/v3",
+        "commit": "c" * 40,
+        "repo_type": "dataset",
+        "space": "https://hf.co/spaces/org/toy-compare",
+    }
     lines = run_summary(*plan_and_manifest(recipe_dir, published))
     assert lines[:4] == [
         'traces: load_dataset("org/toy-traces", revision="v3")',
@@ -195,8 +213,9 @@ def test_paired_bootstrap_interval_covers_the_true_mean():
     covered = 0
     for trial in range(200):
         differences = rng.normal(0.3, 0.5, 16)
-        result = paired_bootstrap({str(i): 0.0 for i in range(16)}, {str(i): d for i, d in enumerate(differences)},
-                                  resamples=2000, seed=trial)  # fmt: skip
+        result = paired_bootstrap(
+            {str(i): 0.0 for i in range(16)}, {str(i): d for i, d in enumerate(differences)}, resamples=2000, seed=trial
+        )
         covered += result["low"] <= 0.3 <= result["high"]
     assert 0.88 <= covered / 200 <= 0.99
 

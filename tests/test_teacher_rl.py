@@ -95,7 +95,9 @@ def check_advantages(records: list[dict]) -> None:
 
 def check_reward_components(records: list[dict], alpha: float = 0.01, kl_coef: float = 3.0) -> None:
     for r in records:
-        expected = (r["r_ss_mean"] + alpha * r["r_ss_min"]) - kl_coef * (r["kl_mean"] + alpha * r["kl_max"]) + r["penalty"]
+        expected = (
+            (r["r_ss_mean"] + alpha * r["r_ss_min"]) - kl_coef * (r["kl_mean"] + alpha * r["kl_max"]) + r["penalty"]
+        )
         assert r["reward"] == pytest.approx(expected, rel=1e-5)
         assert r["penalty"] == (0.0 if r["closed"] else -1.0)
         assert 0 <= r["explanation_tokens"] <= 12
@@ -127,7 +129,9 @@ def test_grpo_with_rlt_reward_runs_two_steps_on_one_process(one_process):
     for row in curve:  # the logged per-step figures are the means over that step's rollouts
         step = [r for r in records if r["step"] == int(row["step"])]
         assert float(row["reward"]) == pytest.approx(sum(r["reward"] for r in step) / 8, rel=1e-5)
-        assert float(row["r_ss"]) == pytest.approx(sum(r["r_ss_mean"] + 0.01 * r["r_ss_min"] for r in step) / 8, rel=1e-5)
+        assert float(row["r_ss"]) == pytest.approx(
+            sum(r["r_ss_mean"] + 0.01 * r["r_ss_min"] for r in step) / 8, rel=1e-5
+        )
         assert float(row["penalty_rate"]) == sum(not r["closed"] for r in step) / 8
         assert float(row["explanation_tokens"]) == sum(r["explanation_tokens"] for r in step) / 8
     assert float(curve[0]["kl_to_reference"]) == 0.0 < float(curve[1]["kl_to_reference"])  # the policy moved
@@ -237,7 +241,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, t
     recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir)
     run_dir = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", KILLER, str(recipe), str(run_dir)], capture_output=True, text=True, env=env)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, str(recipe), str(run_dir)], capture_output=True, text=True, env=env
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     plan = make_plan(load_recipe(recipe, ["stages.teacher_rl.steps=3"]), run_dir, load_stages())
     planned = plan.stage("teacher_rl")
@@ -311,21 +317,40 @@ def test_plan_shows_both_teacher_stages_with_paper_settings(repo_root):
     env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "factory.cli", "plan", "recipes/aime.yaml", "--run-dir", "/nonexistent-plan-dir"],
-        cwd=repo_root, capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     sft = result.stdout.split("teacher_sft", 1)[1].split("teacher_rl", 1)[0]
     rl = result.stdout.split("teacher_rl", 1)[1].split("generate", 1)[0]
-    for setting in ("learning_rate=1e-05", "lr_scheduler=cosine", "warmup_ratio=0.05", "global_batch_size=16",
-                    "max_length=16384"):  # fmt: skip
+    for setting in (
+        "learning_rate=1e-05",
+        "lr_scheduler=cosine",
+        "warmup_ratio=0.05",
+        "global_batch_size=16",
+        "max_length=16384",
+    ):
         assert setting in sft, setting
-    for setting in ("steps=125", "prompts_per_step=16", "generations_per_prompt=64", "iterations_per_generation=1",
-                    "temperature=0.7", "learning_rate=1e-06", "lr_scheduler=constant", "beta=0.04", "ref_sync_steps=32",
-                    "ref_sync_mix=0.9", "loss_type=grpo", "scale_rewards=group", "kl_bias_correction=False",
-                    "max_completion_length=16384"):  # fmt: skip
+    for setting in (
+        "steps=125",
+        "prompts_per_step=16",
+        "generations_per_prompt=64",
+        "iterations_per_generation=1",
+        "temperature=0.7",
+        "learning_rate=1e-06",
+        "lr_scheduler=constant",
+        "beta=0.04",
+        "ref_sync_steps=32",
+        "ref_sync_mix=0.9",
+        "loss_type=grpo",
+        "scale_rewards=group",
+        "kl_bias_correction=False",
+        "max_completion_length=16384",
+    ):
         assert setting in rl, setting
     assert "H100-hours" in rl
-
 
 
 def test_report_to_reaches_both_trainers_and_logs_land_in_the_artifact(repo_root, tmp_path):
@@ -355,7 +380,12 @@ def test_vllm_server_mode_maps_the_launch_section(repo_root, tmp_path):
     from factory.stages.teacher_rl import VLLM_SERVER_PORT, vllm_server, vllm_server_command
     from factory.stages.teacher_rl_worker import grpo_config
 
-    server = ["launch.num_processes=4", "launch.vllm_mode=server", "launch.vllm_gpus=4", "launch.tensor_parallel_size=2"]
+    server = [
+        "launch.num_processes=4",
+        "launch.vllm_mode=server",
+        "launch.vllm_gpus=4",
+        "launch.tensor_parallel_size=2",
+    ]
     recipe = load_recipe(repo_root / "recipes" / "aime.yaml", server)
     command = vllm_server_command(recipe.launch, "/models/teacher", 20480, "bfloat16")
     flags = dict(zip(command[5::2], command[6::2]))  # after: python -m vllm.entrypoints.cli.main serve MODEL
@@ -386,8 +416,15 @@ def test_rollouts_prefill_each_distinct_prompt_once_and_sample_the_same(tiny_mod
     rows = [p for p in prompts for _ in range(3)]  # as GRPO orders them: each prompt's copies together
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in rows])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
-    config = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    config = GenerationConfig(
+        max_new_tokens=12,
+        do_sample=True,
+        temperature=0.7,
+        top_p=1.0,
+        top_k=0,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
 
     def sample() -> tuple[torch.Tensor, list[tuple[int, int]]]:
         shapes = []

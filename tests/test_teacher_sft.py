@@ -16,10 +16,16 @@ from factory.recipe import load_recipe
 from factory.stages import load_stages
 
 ROWS = [
-    {"question": "What is 12 + 7?", "solution": "12 + 7 = \\boxed{19}",
-     "thought": "Add the units: 2 + 7 = 9, keep the ten: 19."},
-    {"question": "A train travels 60 km in 1.5 hours; what is its speed?", "solution": "\\boxed{40} km/h",
-     "thought": "Speed is distance over time: 60 / 1.5 = 40."},
+    {
+        "question": "What is 12 + 7?",
+        "solution": "12 + 7 = \\boxed{19}",
+        "thought": "Add the units: 2 + 7 = 9, keep the ten: 19.",
+    },
+    {
+        "question": "A train travels 60 km in 1.5 hours; what is its speed?",
+        "solution": "\\boxed{40} km/h",
+        "thought": "Speed is distance over time: 60 / 1.5 = 40.",
+    },
     {"question": "Solve 2x = 10.", "solution": "x = \\boxed{5}", "thought": "Divide both sides by two: x = 5."},
     {"question": "What is 9 - 4?", "solution": "\\boxed{5}", "thought": "Take four from nine, which leaves 5."},
 ]

@@ -16,12 +16,34 @@ from factory.recipe import load_recipe
 
 # What AdamW, the schedule, the seeds and the batches do: each is passed by every worker, whatever its default.
 RESULT_ARGUMENTS = (
-    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "weight_decay",
-    "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "label_smoothing_factor", "neftune_noise_alpha",
-    "use_liger_kernel", "torch_compile", "bf16", "fp16", "tf32", "seed", "data_seed", "dataloader_drop_last",
-    "average_tokens_across_devices", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-    "gradient_checkpointing", "save_strategy", "save_steps",
-)  # fmt: skip
+    "learning_rate",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "optim",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "label_smoothing_factor",
+    "neftune_noise_alpha",
+    "use_liger_kernel",
+    "torch_compile",
+    "bf16",
+    "fp16",
+    "tf32",
+    "seed",
+    "data_seed",
+    "dataloader_drop_last",
+    "average_tokens_across_devices",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_steps",
+    "gradient_checkpointing",
+    "save_strategy",
+    "save_steps",
+)
 # GRPOConfig's own fields left at TRL's default, and why that cannot change the run.
 GRPO_INERT = {
     "num_generations_eval": "no evaluation during RL",
@@ -37,18 +59,24 @@ GRPO_INERT = {
     "vllm_importance_sampling_clip_max": "the correction is off",
     "vllm_importance_sampling_clip_min": "the correction is off",
     "vllm_importance_sampling_cap": "the correction is off",
-    "sapo_temperature_neg": "loss_type grpo", "sapo_temperature_pos": "loss_type grpo",
-    "vespo_k_pos": "loss_type grpo", "vespo_lambda_pos": "loss_type grpo",
-    "vespo_k_neg": "loss_type grpo", "vespo_lambda_neg": "loss_type grpo",
-    "entropy_coef_min": "adaptive entropy is off", "entropy_coef_max": "adaptive entropy is off",
+    "sapo_temperature_neg": "loss_type grpo",
+    "sapo_temperature_pos": "loss_type grpo",
+    "vespo_k_pos": "loss_type grpo",
+    "vespo_lambda_pos": "loss_type grpo",
+    "vespo_k_neg": "loss_type grpo",
+    "vespo_lambda_neg": "loss_type grpo",
+    "entropy_coef_min": "adaptive entropy is off",
+    "entropy_coef_max": "adaptive entropy is off",
     "entropy_coef_delta": "adaptive entropy is off",
     "entropy_target": "adaptive entropy is off",
     "router_aux_loss_coef": "dense models",
     "max_tool_calling_iterations": "no tools",
     "use_transformers_continuous_batching": "transformers' own generate, sampled alike",
     "transformers_continuous_batching_config": "continuous batching is off",
-    "log_multimodal": "logging", "log_unique_prompts": "logging", "log_completions_hub_repo": "logging",
-}  # fmt: skip
+    "log_multimodal": "logging",
+    "log_unique_prompts": "logging",
+    "log_completions_hub_repo": "logging",
+}
 SFT_INERT = {
     "chat_template_path": "the tokenizer's own template",
     "dataset_text_field": "rows are token ids (teacher) or prompt/completion pairs (distill)",
@@ -98,28 +126,69 @@ def test_grpo_config_is_the_papers_and_leaves_only_inert_defaults(aime, monkeypa
 
     passed = captured(monkeypatch, teacher_rl_worker, "GRPOConfig")
     config = teacher_rl_worker.grpo_config(aime, tmp_path, "aime", False)
-    check(config, {
-        # cfgs/run_cfg/teacher_rlt.yaml
-        "max_steps": 125, "num_generations": 64, "temperature": 0.7, "learning_rate": 1e-6,
-        "lr_scheduler_type": "constant", "warmup_steps": 0.0, "beta": 0.04, "sync_ref_model": True,
-        "ref_model_mixup_alpha": 0.9, "ref_model_sync_steps": 32, "max_completion_length": 16384,
-        "vllm_max_model_length": 32768, "seed": 42, "bf16": True, "use_vllm": True, "vllm_mode": "colocate",
-        # 1024 rollouts a step, one update per generation round (1024 / (8 per device x 8 GPUs) = 16)
-        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 16, "steps_per_generation": 16,
-        "num_iterations": 1,
-        # trainers/grpo.py: k3 KL unweighted, per-sequence mean then mean, (r - mean) / (std + 1e-4), no correction
-        "loss_type": "grpo", "scale_rewards": "group", "use_bias_correction_kl": False,
-        "vllm_importance_sampling_correction": False, "importance_sampling_level": "token", "epsilon": 0.2,
-        "epsilon_high": None, "delta": None, "off_policy_mask_threshold": None, "top_entropy_quantile": 1.0,
-        "entropy_coef": 0.0, "use_adaptive_entropy": False, "mask_truncated_completions": False,
-        "reward_weights": None, "top_p": 1.0, "top_k": 0, "min_p": None, "repetition_penalty": 1.0,
-        "generation_kwargs": None, "disable_dropout": False, "cast_lm_head_to_fp32": False, "shuffle_dataset": True,
-        # cfgs/trainer_cfg/base.yaml
-        "optim": "adamw_torch_fused", "weight_decay": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.999,
-        "adam_epsilon": 1e-8, "max_grad_norm": 1.0, "tf32": True if is_torch_tf32_available() else None,
-        "label_smoothing_factor": 0.0, "neftune_noise_alpha": None, "use_liger_kernel": False,
-        "data_seed": 42, "dataloader_drop_last": False,
-    })  # fmt: skip
+    check(
+        config,
+        {
+            # cfgs/run_cfg/teacher_rlt.yaml
+            "max_steps": 125,
+            "num_generations": 64,
+            "temperature": 0.7,
+            "learning_rate": 1e-6,
+            "lr_scheduler_type": "constant",
+            "warmup_steps": 0.0,
+            "beta": 0.04,
+            "sync_ref_model": True,
+            "ref_model_mixup_alpha": 0.9,
+            "ref_model_sync_steps": 32,
+            "max_completion_length": 16384,
+            "vllm_max_model_length": 32768,
+            "seed": 42,
+            "bf16": True,
+            "use_vllm": True,
+            "vllm_mode": "colocate",
+            # 1024 rollouts a step, one update per generation round (1024 / (8 per device x 8 GPUs) = 16)
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 16,
+            "steps_per_generation": 16,
+            "num_iterations": 1,
+            # trainers/grpo.py: k3 KL unweighted, per-sequence mean then mean, (r - mean) / (std + 1e-4), no correction
+            "loss_type": "grpo",
+            "scale_rewards": "group",
+            "use_bias_correction_kl": False,
+            "vllm_importance_sampling_correction": False,
+            "importance_sampling_level": "token",
+            "epsilon": 0.2,
+            "epsilon_high": None,
+            "delta": None,
+            "off_policy_mask_threshold": None,
+            "top_entropy_quantile": 1.0,
+            "entropy_coef": 0.0,
+            "use_adaptive_entropy": False,
+            "mask_truncated_completions": False,
+            "reward_weights": None,
+            "top_p": 1.0,
+            "top_k": 0,
+            "min_p": None,
+            "repetition_penalty": 1.0,
+            "generation_kwargs": None,
+            "disable_dropout": False,
+            "cast_lm_head_to_fp32": False,
+            "shuffle_dataset": True,
+            # cfgs/trainer_cfg/base.yaml
+            "optim": "adamw_torch_fused",
+            "weight_decay": 0.0,
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.999,
+            "adam_epsilon": 1e-8,
+            "max_grad_norm": 1.0,
+            "tf32": True if is_torch_tf32_available() else None,
+            "label_smoothing_factor": 0.0,
+            "neftune_noise_alpha": None,
+            "use_liger_kernel": False,
+            "data_seed": 42,
+            "dataloader_drop_last": False,
+        },
+    )
     assert 8 * aime.launch.world_size * config.steps_per_generation == aime.stages.teacher_rl.rollouts_per_step == 1024
     # TRL's generation batch: this machine's processes x per-device batch x steps per generation (1024 on 8 GPUs)
     assert config.generation_batch_size == config.world_size * 8 * config.steps_per_generation
@@ -138,15 +207,38 @@ def test_teacher_sft_config_is_the_reference_warm_up(aime, monkeypatch, tmp_path
 
     passed = captured(monkeypatch, teacher_sft_worker, "SFTConfig")
     config = teacher_sft_worker.sft_config(aime, tmp_path, "aime", False)
-    check(config, {
-        "num_train_epochs": 10, "save_strategy": "epoch", "learning_rate": 1e-5, "lr_scheduler_type": "cosine",
-        "warmup_steps": 0.05, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2,  # 16 = 1 x 8 x 2
-        "weight_decay": 1e-4, "adam_beta1": 0.9, "adam_beta2": 0.95, "adam_epsilon": 1e-8, "max_grad_norm": 1.0,
-        "packing": False, "padding_free": False, "gradient_checkpointing": True, "bf16": True, "seed": 42,
-        "tf32": True if is_torch_tf32_available() else None, "optim": "adamw_torch_fused", "loss_type": "nll",
-        "completion_only_loss": False, "assistant_only_loss": False, "neftune_noise_alpha": None,
-        "label_smoothing_factor": 0.0, "use_liger_kernel": False, "dataloader_drop_last": False, "max_steps": -1,
-    })  # fmt: skip
+    check(
+        config,
+        {
+            "num_train_epochs": 10,
+            "save_strategy": "epoch",
+            "learning_rate": 1e-5,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.05,
+            "per_device_train_batch_size": 1,
+            "gradient_accumulation_steps": 2,  # 16 = 1 x 8 x 2
+            "weight_decay": 1e-4,
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.95,
+            "adam_epsilon": 1e-8,
+            "max_grad_norm": 1.0,
+            "packing": False,
+            "padding_free": False,
+            "gradient_checkpointing": True,
+            "bf16": True,
+            "seed": 42,
+            "tf32": True if is_torch_tf32_available() else None,
+            "optim": "adamw_torch_fused",
+            "loss_type": "nll",
+            "completion_only_loss": False,
+            "assistant_only_loss": False,
+            "neftune_noise_alpha": None,
+            "label_smoothing_factor": 0.0,
+            "use_liger_kernel": False,
+            "dataloader_drop_last": False,
+            "max_steps": -1,
+        },
+    )
     assert config.max_length is None  # the stage cuts rows at stages.teacher_sft.max_length = 16384, with a count
     assert aime.stages.teacher_sft.max_length == 16384
     unset = own_fields(trl.SFTConfig) - set(passed)
@@ -171,15 +263,36 @@ def test_distill_config_is_the_released_students_recipe(aime, monkeypatch, tmp_p
     config = distill_worker.sft_config(job)
     world = aime.launch.world_size
     assert world == 8
-    check(config, {
-        "per_device_train_batch_size": 1, "gradient_accumulation_steps": 12,  # 1 x 12 x 8 GPUs = 96 sequences
-        "packing": False, "padding_free": False, "max_length": 16384, "truncation_mode": "keep_start",
-        "learning_rate": 1e-5, "num_train_epochs": 3, "lr_scheduler_type": "cosine", "warmup_steps": 0.1,
-        "weight_decay": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "max_grad_norm": 1.0,
-        "save_strategy": "steps", "save_steps": 100, "bf16": True, "seed": 42, "loss_type": "nll",
-        "completion_only_loss": True, "assistant_only_loss": False, "neftune_noise_alpha": None,
-        "tf32": False if is_torch_tf32_available() else None, "optim": "adamw_torch_fused",
-    })  # fmt: skip
+    check(
+        config,
+        {
+            "per_device_train_batch_size": 1,
+            "gradient_accumulation_steps": 12,  # 1 x 12 x 8 GPUs = 96 sequences
+            "packing": False,
+            "padding_free": False,
+            "max_length": 16384,
+            "truncation_mode": "keep_start",
+            "learning_rate": 1e-5,
+            "num_train_epochs": 3,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 0.1,
+            "weight_decay": 0.0,
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.999,
+            "adam_epsilon": 1e-8,
+            "max_grad_norm": 1.0,
+            "save_strategy": "steps",
+            "save_steps": 100,
+            "bf16": True,
+            "seed": 42,
+            "loss_type": "nll",
+            "completion_only_loss": True,
+            "assistant_only_loss": False,
+            "neftune_noise_alpha": None,
+            "tf32": False if is_torch_tf32_available() else None,
+            "optim": "adamw_torch_fused",
+        },
+    )
     assert config.per_device_train_batch_size * config.gradient_accumulation_steps * world == 96
     unset = fields - set(passed)
     assert unset == set(SFT_INERT) - {"packing_strategy", "truncation_mode"}, sorted(unset)
@@ -203,8 +316,12 @@ def test_plan_shows_the_reference_values(repo_root):
     env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "factory.cli", "plan", "recipes/aime.yaml", "--run-dir", "/nonexistent-plan-dir"],
-        cwd=repo_root, capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     settings, stage = {}, None
     for line in result.stdout.splitlines():
@@ -213,12 +330,30 @@ def test_plan_shows_the_reference_values(repo_root):
         elif line.strip().startswith("settings "):
             settings[stage] = line.strip().removeprefix("settings ").split(", ")
     expected = {
-        "teacher_sft": ("epochs=10.0", "save_strategy=epoch", "weight_decay=0.0001", "adam_beta1=0.9",
-                        "adam_beta2=0.95", "adam_epsilon=1e-08", "max_grad_norm=1.0", "warmup_ratio=0.05"),
-        "teacher_rl": ("vllm_importance_sampling_correction=False", "kl_bias_correction=False",
-                       "max_prompt_length=16384", "adam_beta2=0.999"),
-        "distill": ("global_batch_size=96", "per_device_batch_size=1", "packing=False", "epochs=3.0",
-                    "warmup_ratio=0.1", "max_length=16384"),
-    }  # fmt: skip
+        "teacher_sft": (
+            "epochs=10.0",
+            "save_strategy=epoch",
+            "weight_decay=0.0001",
+            "adam_beta1=0.9",
+            "adam_beta2=0.95",
+            "adam_epsilon=1e-08",
+            "max_grad_norm=1.0",
+            "warmup_ratio=0.05",
+        ),
+        "teacher_rl": (
+            "vllm_importance_sampling_correction=False",
+            "kl_bias_correction=False",
+            "max_prompt_length=16384",
+            "adam_beta2=0.999",
+        ),
+        "distill": (
+            "global_batch_size=96",
+            "per_device_batch_size=1",
+            "packing=False",
+            "epochs=3.0",
+            "warmup_ratio=0.1",
+            "max_length=16384",
+        ),
+    }
     missing = {name: [item for item in wanted if item not in settings[name]] for name, wanted in expected.items()}
     assert missing == {name: [] for name in expected}, missing

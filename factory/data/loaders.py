@@ -47,8 +47,10 @@ def load_rows(source: DataSource | EvalSet, log: Log = logger.warning) -> list[R
     if failures and not out:
         raise UserError(f"{_describe(source)}: no row is in the Stratos layout ({failures[0]})")
     if failures:
-        log(f"{_describe(source)}: skipped {len(failures)} of {len(failures) + len(out)} rows read, "
-            f"not in the Stratos layout (first: {failures[0]})")
+        log(
+            f"{_describe(source)}: skipped {len(failures)} of {len(failures) + len(out)} rows read, "
+            f"not in the Stratos layout (first: {failures[0]})"
+        )
     return out
 
 
@@ -219,13 +221,19 @@ def _mapped_row(source: DataSource | EvalSet, number: int, record: Any) -> Row:
     # only when present or when solution_column was set explicitly
     columns = [
         ("question", source.question_column, True, "question_column"),
-        ("solution", source.solution_column, not is_eval or "solution_column" in source.model_fields_set,
-         "solution_column"),
+        (
+            "solution",
+            source.solution_column,
+            not is_eval or "solution_column" in source.model_fields_set,
+            "solution_column",
+        ),
         ("thought", source.thought_column, True, "thought_column"),
     ]
     if is_eval:
         columns.append(("answer", source.answer_column, True, "answer_column"))
-        columns += [(f"distractor_{n}", c, True, "distractor_columns") for n, c in enumerate(source.distractor_columns, 1)]
+        columns += [
+            (f"distractor_{n}", c, True, "distractor_columns") for n, c in enumerate(source.distractor_columns, 1)
+        ]
     row: Row = {}
     for key, column, required, setting in columns:
         if column is None or (not required and record.get(column) in (None, "")):

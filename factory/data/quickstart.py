@@ -22,8 +22,28 @@ SPLIT_SIZES = {"train": 2000, "eval": 200}
 SPLIT_ALIASES = {"test": "eval"}  # EvalSet's default split name
 EVAL_BUCKETS = 8  # one question in eight goes to eval
 
-NAMES = ["Ana", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jack",
-         "Kim", "Leo", "Mia", "Noah", "Omar", "Pia", "Ravi", "Sara", "Tom", "Uma"]
+NAMES = [
+    "Ana",
+    "Ben",
+    "Cara",
+    "Dan",
+    "Eva",
+    "Finn",
+    "Gia",
+    "Hugo",
+    "Ivy",
+    "Jack",
+    "Kim",
+    "Leo",
+    "Mia",
+    "Noah",
+    "Omar",
+    "Pia",
+    "Ravi",
+    "Sara",
+    "Tom",
+    "Uma",
+]
 ITEMS = ["apples", "pencils", "marbles", "stickers", "cookies", "books", "coins", "shells", "cards", "eggs"]
 
 Problem = tuple[str, str, str, int]  # question, thought, expression, answer
@@ -35,8 +55,7 @@ def _gain_then_loss(rng: random.Random) -> Problem:
     total = a + b
     c = rng.randint(1, total - 1)
     return (
-        f"{name} has {a} {items}. {name} buys {b} more and then gives away {c}. "
-        f"How many {items} does {name} have now?",
+        f"{name} has {a} {items}. {name} buys {b} more and then gives away {c}. How many {items} does {name} have now?",
         f"{name} starts with {a} {items}. Buying {b} more gives {a} + {b} = {total}. "
         f"Giving away {c} leaves {total} - {c} = {total - c}.",
         f"{a} + {b} - {c}",
@@ -110,7 +129,12 @@ def _share_then_more(rng: random.Random) -> Problem:
 
 
 TEMPLATES: list[Callable[[random.Random], Problem]] = [
-    _gain_then_loss, _groups_minus, _rate_plus, _two_sales, _times_as_many, _share_then_more,
+    _gain_then_loss,
+    _groups_minus,
+    _rate_plus,
+    _two_sales,
+    _times_as_many,
+    _share_then_more,
 ]
 
 

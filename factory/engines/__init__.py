@@ -52,9 +52,12 @@ def load_engine(
         from factory.engines.vllm import VLLMEngine
 
         return VLLMEngine(
-            model_source, launch=launch, dtype=dtype, max_model_len=max_model_len,
+            model_source,
+            launch=launch,
+            dtype=dtype,
+            max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
-        )  # fmt: skip
+        )
     from factory.engines.hf import HFEngine
 
     return HFEngine.load(model_source, dtype=dtype, device=device, batch_size=batch_size)

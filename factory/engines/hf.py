@@ -76,9 +76,7 @@ class HFEngine(Engine):
         self.eos_ids = _token_ids(tokenizer.eos_token_id) | _token_ids(model.generation_config.eos_token_id)
 
     @classmethod
-    def load(
-        cls, source: Source, *, dtype: str = "auto", device: str | None = None, **options: Any
-    ) -> HFEngine:
+    def load(cls, source: Source, *, dtype: str = "auto", device: str | None = None, **options: Any) -> HFEngine:
         """Load model and tokenizer onto `device` (default: cuda when visible, else cpu)."""
         from factory.models import load_causal_lm, load_tokenizer
 
@@ -199,7 +197,12 @@ class HFEngine(Engine):
     def _last_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """The next-token logits of each row after `ids`, extending `cache`."""
         return self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
         ).logits[:, -1]
 
     def _generate_static(
@@ -246,7 +249,9 @@ class HFEngine(Engine):
         end = next((i + 1 for i, token in enumerate(ids) if token in stop_ids), len(ids))
         kept = ids[:end]
         stopped = (
-            len(kept) < sampling.max_new_tokens or kept[-1] in stop_ids or _ends_with_stop(self.tokenizer, kept, sampling.stop)
+            len(kept) < sampling.max_new_tokens
+            or kept[-1] in stop_ids
+            or _ends_with_stop(self.tokenizer, kept, sampling.stop)
         )
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         return Completion(kept, text, "stop" if stopped else "length")

@@ -78,13 +78,17 @@ def _plots(paths: list[str]) -> str:
     lines = []
     for path in paths:
         name = Path(path).stem.replace("_", " ")
-        lines.append(f"![{name}]({path})" if path.endswith(".png") else f"- [{Path(path).name}]({path}) (data of the plots)")
+        lines.append(
+            f"![{name}]({path})" if path.endswith(".png") else f"- [{Path(path).name}]({path}) (data of the plots)"
+        )
     return "\n\n".join(lines) + "\n" if lines else "_no plots recorded_\n"
 
 
 def _recipe_block(recipe: Recipe) -> str:
     text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
-    return f"<details><summary>Resolved recipe <code>{recipe.name}</code></summary>\n\n```yaml\n{text}```\n\n</details>\n"
+    return (
+        f"<details><summary>Resolved recipe <code>{recipe.name}</code></summary>\n\n```yaml\n{text}```\n\n</details>\n"
+    )
 
 
 def _footer(record: dict[str, Any], recipe: Recipe) -> str:
@@ -256,9 +260,13 @@ def _settings_line(config: dict[str, Any]) -> str:
 
 
 def dataset_card(
-    record: dict[str, Any], recipe: Recipe, target: Target, plots: list[str], files: dict[str, Path],
+    record: dict[str, Any],
+    recipe: Recipe,
+    target: Target,
+    plots: list[str],
+    files: dict[str, Path],
     comparison: dict[str, Any] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """The card of a traces version: configs, features, sampling, QA figures, reward statistics, loading;
     with `comparison` (Store._comparison: sources, Space), how to see it before vs after RL."""
     import pyarrow.parquet as pq
@@ -281,7 +289,9 @@ def dataset_card(
             rows_total += rows if config == "default" else 0
         infos[config] = DatasetInfo(features=features, splits=split_infos, config_name=config)
         configs[config] = {"data_files": [{"split": s, "path": p} for s, p in splits.items()]}
-        feature_rows += [(config, name, getattr(feature, "dtype", None) or repr(feature)) for name, feature in features.items()]
+        feature_rows += [
+            (config, name, getattr(feature, "dtype", None) or repr(feature)) for name, feature in features.items()
+        ]
     generated_by = {i["fingerprint"] for i in record["inputs"] if i["role"] == "teacher"}
     teacher = [e for e in record["lineage"] if e["fingerprint"] in generated_by]
     data = DatasetCardData(
@@ -306,12 +316,16 @@ def dataset_card(
         f"and distill a student directly. Produced by the `{record['stage']}` stage of the factory recipe `{recipe.name}`.\n",
         "## Lineage\n",
         _lineage(record, f"{target.repo}@{record['tag']}"),
-        "Teacher: " + (", ".join(f"[{e['repo']}@{e['revision']}]({e['url']})" for e in teacher if e.get("repo")) or "not published") + "\n",
+        "Teacher: "
+        + (", ".join(f"[{e['repo']}@{e['revision']}]({e['url']})" for e in teacher if e.get("repo")) or "not published")
+        + "\n",
         "Base inputs:\n",
         _base_inputs(record),
         "## Configs and features\n",
-        _table([(c, s, len(p), infos[c].splits[s].num_examples) for c, sp in layout.items() for s, p in sp.items()],
-               ("config", "split", "files", "rows")),
+        _table(
+            [(c, s, len(p), infos[c].splits[s].num_examples) for c, sp in layout.items() for s, p in sp.items()],
+            ("config", "split", "files", "rows"),
+        ),
         _table(feature_rows, ("config", "feature", "type")),
         "## Sampling settings\n",
         _table(sorted(flatten(record["config"]).items()), ("setting", "value")),
@@ -377,4 +391,3 @@ def _size_category(rows: int) -> str:
 
 def plot_paths(files: dict[str, Any], prefix: str = PLOTS_DIR) -> list[str]:
     return sorted(p for p in files if p.startswith(prefix) and p.endswith((".png", ".csv")))
-

@@ -98,7 +98,9 @@ def owned(path: str, kind: str) -> bool:
     return kind != "report" or path.startswith(EVAL_DIR)
 
 
-def make_record(meta: ArtifactMeta, tag: str, lineage: list[dict[str, Any]], evaluates: dict[str, Any] | None) -> dict[str, Any]:
+def make_record(
+    meta: ArtifactMeta, tag: str, lineage: list[dict[str, Any]], evaluates: dict[str, Any] | None
+) -> dict[str, Any]:
     """The `factory.json` of a version: what was published, from what, with which settings."""
     record = {
         "fingerprint": meta.fingerprint,

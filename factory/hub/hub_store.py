@@ -134,10 +134,14 @@ class HubStore(Store):
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            self.api.create_repo(target.repo, repo_type=target.repo_type, private=self.recipe.hub.private, exist_ok=True)
+            self.api.create_repo(
+                target.repo, repo_type=target.repo_type, private=self.recipe.hub.private, exist_ok=True
+            )
         except HfHubHTTPError as exc:
             if exc.response is not None and exc.response.status_code == 403:
-                raise UserError(f"the Hugging Face token cannot create or write {target.repo} on {self.api.endpoint}") from None
+                raise UserError(
+                    f"the Hugging Face token cannot create or write {target.repo} on {self.api.endpoint}"
+                ) from None
             raise
         self._ready.add(target)
 

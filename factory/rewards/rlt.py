@@ -82,14 +82,19 @@ def fit_to_length(teacher: TeacherSequence, student: StudentSequence, max_length
     prompt = teacher.explanation_span[0]
     head, explanation_end = student.explanation_span
     solution_start, solution_end = student.solution_span
-    explanation, solution, tags = explanation_end - head, solution_end - solution_start, solution_start - explanation_end
+    explanation, solution, tags = (
+        explanation_end - head,
+        solution_end - solution_start,
+        solution_start - explanation_end,
+    )
     keep_solution = _clamp(max_length - head - tags, solution)
     keep_explanation = _clamp(min(max_length - prompt, max_length - head - tags - keep_solution), explanation)
     if keep_explanation == explanation and keep_solution == solution:
         return ScoringSequences(teacher, student, False)
     teacher_ids = teacher.input_ids[: prompt + keep_explanation][:max_length]
     student_ids = (
-        student.input_ids[: head + keep_explanation] + student.input_ids[explanation_end : solution_start + keep_solution]
+        student.input_ids[: head + keep_explanation]
+        + student.input_ids[explanation_end : solution_start + keep_solution]
     )[:max_length]
     new_solution_start = head + keep_explanation + tags
     return ScoringSequences(
@@ -161,13 +166,18 @@ class RLTReward:
         question, solution, explanation_ids, _ = RewardItem(*item)
         explanation_ids = [int(i) for i in explanation_ids]  # also accepts a tensor
         teacher = build_teacher_sequence(self.tokenizer, question, solution, explanation_ids, self.teacher_system)
-        student = build_student_sequence(self.student_tokenizer, question, explanation_ids, solution, self.student_format)
+        student = build_student_sequence(
+            self.student_tokenizer, question, explanation_ids, solution, self.student_format
+        )
         return fit_to_length(teacher, student, self.settings.max_length)
 
     def summarise(self, result: dict[str, Any]) -> dict[str, float]:
         """r_ss and r_kl of one scored item, before the coefficients."""
         alpha = self.settings.alpha
-        return {"r_ss": result["r_ss_mean"] + alpha * result["r_ss_min"], "r_kl": result["kl_mean"] + alpha * result["kl_max"]}
+        return {
+            "r_ss": result["r_ss_mean"] + alpha * result["r_ss_min"],
+            "r_kl": result["kl_mean"] + alpha * result["kl_max"],
+        }
 
     def score(self, items: Sequence[RewardItem | tuple]) -> list[dict[str, Any]]:
         """Per-item components, in the order given."""
@@ -183,7 +193,10 @@ class RLTReward:
     def _score_batch(self, built: list[ScoringSequences], closed: list[bool]) -> list[dict[str, Any]]:
         s = self.settings
         teacher_rows, teacher_targets = _hidden_rows(
-            self.teacher_model, [b.teacher.input_ids for b in built], [[b.teacher.explanation_span for b in built]], self.work
+            self.teacher_model,
+            [b.teacher.input_ids for b in built],
+            [[b.teacher.explanation_span for b in built]],
+            self.work,
         )
         student_rows, student_targets = _hidden_rows(
             self.student_model,
@@ -195,12 +208,19 @@ class RLTReward:
         explanation_total = teacher_rows.shape[0]  # student rows: all explanations first, then all solutions
         teacher_head, student_head = _output_head(self.teacher_model), _output_head(self.student_model)
         with torch.no_grad():
-            student_lp = _target_logprobs(student_head, student_rows, student_targets, s.student_temperature, s.chunk_size)
+            student_lp = _target_logprobs(
+                student_head, student_rows, student_targets, s.student_temperature, s.chunk_size
+            )
             if s.kl_estimator == "full":
                 kl = _full_kl(
-                    teacher_head, teacher_rows, s.teacher_temperature,
-                    student_head, student_rows[:explanation_total], s.student_temperature, s.chunk_size,
-                )  # fmt: skip
+                    teacher_head,
+                    teacher_rows,
+                    s.teacher_temperature,
+                    student_head,
+                    student_rows[:explanation_total],
+                    s.student_temperature,
+                    s.chunk_size,
+                )
             else:
                 teacher_lp = _target_logprobs(
                     teacher_head, teacher_rows, teacher_targets, s.teacher_temperature, s.chunk_size
@@ -221,7 +241,9 @@ class RLTReward:
     ) -> dict[str, Any]:
         s = self.settings
         empty = s.empty_span_penalty
-        r_ss_mean, r_ss_min = (solution_lp.mean().item(), solution_lp.min().item()) if solution_lp.numel() else (empty, empty)
+        r_ss_mean, r_ss_min = (
+            (solution_lp.mean().item(), solution_lp.min().item()) if solution_lp.numel() else (empty, empty)
+        )
         kl_mean, kl_max = (kl.mean().item(), kl.max().item()) if kl.numel() else (-empty, -empty)
         penalty = 0.0 if closed else s.missing_tag_penalty
         return {
@@ -274,6 +296,7 @@ def _output_head(model: Any) -> Any:
 def _grouped_order(built: list[ScoringSequences]) -> list[int]:
     """Item indices with equal teacher prompts together: larger groups first (a group that fills
     whole batches shares its full prompt in each), then by mean length; items by length."""
+
     def length(i: int) -> int:
         return len(built[i].teacher.input_ids) + len(built[i].student.input_ids)
 
@@ -355,7 +378,9 @@ def _hidden_rows(
             if unit_cache is not None:
                 unit_cache.batch_repeat_interleave(len(rows))
             states = decoder(
-                input_ids=batch[rows, prefix:width].to(device), past_key_values=unit_cache, use_cache=unit_cache is not None
+                input_ids=batch[rows, prefix:width].to(device),
+                past_key_values=unit_cache,
+                use_cache=unit_cache is not None,
             ).last_hidden_state
             work.decoder_positions += len(rows) * (width - prefix)
             hidden.update((row, (states[index], prefix)) for index, row in enumerate(rows))

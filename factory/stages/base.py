@@ -12,6 +12,7 @@ stage producing it, or to the recipe's base input.
 must agree): pure and cheap, so `validate`, `plan` and `run` report every mistake together before
 any stage does work (factory.pipeline.preflight), instead of one stage failing hours into a run.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

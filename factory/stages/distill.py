@@ -62,7 +62,9 @@ def trace_rows(traces: ResolvedInput, log: Callable[[str], None], config: str | 
             "with stages.generate disabled the student is distilled on the reference thoughts: set "
             "data.train.thought_column (or format: stratos), or enable stages.generate"
         )
-    return [{"id": r["id"], "question": r["question"], "solution": r["solution"], "explanation": r["thought"]} for r in rows]
+    return [
+        {"id": r["id"], "question": r["question"], "solution": r["solution"], "explanation": r["thought"]} for r in rows
+    ]
 
 
 def _artifact_rows(folder: Path, config: str | None) -> list[dict[str, str]]:

@@ -43,7 +43,10 @@ def sft_config(job: dict[str, Any]):
 
     recipe = Recipe.model_validate(job["recipe"])
     distill = recipe.stages.distill
-    model_init: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": job["base"].get("trust_remote_code", False)}
+    model_init: dict[str, Any] = {
+        "dtype": torch.float32,
+        "trust_remote_code": job["base"].get("trust_remote_code", False),
+    }
     if job.get("attn_implementation"):  # e.g. flash_attention_2: varlen kernels for packed rows on GPU
         model_init["attn_implementation"] = job["attn_implementation"]
     return SFTConfig(

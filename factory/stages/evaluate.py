@@ -202,9 +202,14 @@ def evaluate_model(
     if pending:
         sampling = Sampling.of(settings, settings.n, SOLUTION_CLOSE)
         engine = open_engine(
-            settings.engine, source, recipe.launch, dtype, batch_size=settings.batch_size,
-            gpu_memory_utilization=settings.gpu_memory_utilization, key="stages.evaluate.engine",
-        )  # fmt: skip
+            settings.engine,
+            source,
+            recipe.launch,
+            dtype,
+            batch_size=settings.batch_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            key="stages.evaluate.engine",
+        )
         model = getattr(engine, "model", None)
         engine_info = {"engine": engine.kind, "dtype": dtype, "loaded_dtype": str(getattr(model, "dtype", "")) or None}
         info_file.write_text(json.dumps(engine_info))
@@ -220,12 +225,20 @@ def evaluate_model(
                 for row, completions in zip(rows, outputs):
                     for sample, completion in enumerate(completions):
                         check = check_answer(completion.text, row["answer"], kinds[name])
-                        records.append({
-                            "id": row["id"], "sample": sample, "question": row["question"], "prompt": row["prompt"],
-                            "answer": row["answer"],
-                            "completion": completion.text, "extracted": check.extracted, "correct": check.correct,
-                            "finish_reason": completion.finish_reason, "completion_tokens": len(completion.token_ids),
-                        })  # fmt: skip
+                        records.append(
+                            {
+                                "id": row["id"],
+                                "sample": sample,
+                                "question": row["question"],
+                                "prompt": row["prompt"],
+                                "answer": row["answer"],
+                                "completion": completion.text,
+                                "extracted": check.extracted,
+                                "correct": check.correct,
+                                "finish_reason": completion.finish_reason,
+                                "completion_tokens": len(completion.token_ids),
+                            }
+                        )
                 pq.write_table(pa.Table.from_pylist(records), folder / f".{name}.parquet.tmp")
                 (folder / f".{name}.parquet.tmp").rename(folder / f"{name}.parquet")
     elif info_file.is_file():

@@ -165,7 +165,9 @@ def teacher_passes(
     if recipe.stages.generate.before_rl:
         initial = inputs["initial_teacher"]
         if initial.fingerprint == teacher.fingerprint:
-            log("generate: stages.generate.before_rl: no teacher_rl stage changed the teacher here; no before_rl config")
+            log(
+                "generate: stages.generate.before_rl: no teacher_rl stage changed the teacher here; no before_rl config"
+            )
         else:
             passes.append((initial, f"{MAIN_WORK}/{BEFORE_RL}"))
     return passes
@@ -256,14 +258,18 @@ def run_shard(plan: Plan, index: int, count: int, log: Callable[[str], None] = p
         skip = claimed_ids(questions, others)
         left = [row["id"] for row in questions.owned(index, count) if row["id"] in skip]
         for teacher, work in teacher_passes(planned.inputs, plan.recipe, log):
-            fields = _job_fields(teacher, planned.inputs["reward_student"], planned.artifact_dir, kind, plan.recipe, work)
+            fields = _job_fields(
+                teacher, planned.inputs["reward_student"], planned.artifact_dir, kind, plan.recipe, work
+            )
             run_job(_job(fields, shards=[index], num_shards=count, skip=sorted(skip)), log=log, questions=questions)
     if left:
         return (
             f"generate shard {index}/{count}: {len(left)} of its questions are claimed by {_describe(others)} and "
             f"were left to them; the rest is done in {planned.artifact_dir}"
         )
-    return f"generate shard {index}/{count} done in {planned.artifact_dir}; `factory run` merges when all shards are done"
+    return (
+        f"generate shard {index}/{count} done in {planned.artifact_dir}; `factory run` merges when all shards are done"
+    )
 
 
 def shard_claims(out_dir: Path) -> Claims:
@@ -317,7 +323,9 @@ def wait_for_claims(claims: Claims, waiting: dict[str, Holder], log: Callable[[s
                 log(f"generate: {name} ended ({holder.what})")
             elif not current.live():
                 claims.take_over(current)
-                log(f"generate: {name} is stale, {current.describe()}: its finished rows are kept, this run does the rest")
+                log(
+                    f"generate: {name} is stale, {current.describe()}: its finished rows are kept, this run does the rest"
+                )
             else:
                 continue
             del pending[name]

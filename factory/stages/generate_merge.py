@@ -168,9 +168,13 @@ def select(recipe: Recipe, questions: Questions, work: Any, teacher: str, log: C
         for candidate in candidates:
             messages = student_messages(question["question"], candidate["explanation"], question["solution"], fmt)
             candidate.update(
-                question=question["question"], solution=question["solution"], prompt=messages[:2],
-                completion=messages[2:], answer_leaked=answer_leaked(candidate["explanation"], answer), **sampling,
-            )  # fmt: skip
+                question=question["question"],
+                solution=question["solution"],
+                prompt=messages[:2],
+                completion=messages[2:],
+                answer_leaked=answer_leaked(candidate["explanation"], answer),
+                **sampling,
+            )
             candidate["drop_reason"] = _drop_reason(candidate, settings)
             candidate["selected"] = False
             chosen.reasons[candidate["drop_reason"]] += 1
@@ -220,9 +224,14 @@ def merge(
 
 
 def merge_before_rl(
-    recipe: Recipe, questions: Questions, out_dir: Path, teacher: str, after: Selection, result: StageResult,
+    recipe: Recipe,
+    questions: Questions,
+    out_dir: Path,
+    teacher: str,
+    after: Selection,
+    result: StageResult,
     log: Callable[[str], None],
-) -> None:  # fmt: skip
+) -> None:
     """The initial teacher's pass: config `before_rl`, its figures and the before/after comparison, into `result`."""
     from factory.qa import paired_bootstrap
     from factory.rewards.build import components_of
@@ -238,7 +247,9 @@ def merge_before_rl(
     result.metrics[BEFORE_RL] = figures
     result.files.update(_comparison_plot(out_dir, before.candidates, after.candidates))
     if not before.selected:
-        log(f"generate: before_rl: no explanation of the initial teacher ({teacher}) passed the checks; no before_rl config")
+        log(
+            f"generate: before_rl: no explanation of the initial teacher ({teacher}) passed the checks; no before_rl config"
+        )
         result.summary += f"; before RL: no passing explanation of {len(before.candidates)}"
         return
     _write_configs(out_dir, f"data/{BEFORE_RL}", {"": (before.selected, False)}, components)
@@ -283,10 +294,12 @@ def _plots(out_dir: Path, candidates: list[dict[str, Any]], selected: list[dict[
     for key, label in (("reward", "RLT reward"), ("explanation_tokens", "explanation length (tokens)")):
         name = f"{key}_hist"
         histogram(
-            out_dir / f"{name}.png", out_dir / f"{name}.csv",
+            out_dir / f"{name}.png",
+            out_dir / f"{name}.csv",
             {"all candidates": [c[key] for c in candidates], "selected": [c[key] for c in selected]},
-            xlabel=label, title=f"Traces: {label}",
-        )  # fmt: skip
+            xlabel=label,
+            title=f"Traces: {label}",
+        )
         files[name] = f"{name}.png"
         files[f"{name}_csv"] = f"{name}.csv"
     return files
@@ -298,10 +311,12 @@ def _comparison_plot(out_dir: Path, before: list[dict[str, Any]], after: list[di
 
     name = "reward_before_after_rl"
     histogram(
-        out_dir / f"{name}.png", out_dir / f"{name}.csv",
+        out_dir / f"{name}.png",
+        out_dir / f"{name}.csv",
         {"before RL": [c["reward"] for c in before], "after RL": [c["reward"] for c in after]},
-        xlabel="RLT reward (all candidates)", title="Teacher before vs after RL, same questions",
-    )  # fmt: skip
+        xlabel="RLT reward (all candidates)",
+        title="Teacher before vs after RL, same questions",
+    )
     return {name: f"{name}.png", f"{name}_csv": f"{name}.csv"}
 
 

@@ -48,9 +48,10 @@ class Questions:
 
     def owned(self, shard: int, num_shards: int) -> list[dict[str, str]]:
         return [
-            row for index, row in enumerate(self.rows)
+            row
+            for index, row in enumerate(self.rows)
             if index % num_shards == shard and row["id"] not in self.contaminated
-        ]  # fmt: skip
+        ]
 
     @property
     def kept(self) -> list[dict[str, str]]:
@@ -191,9 +192,13 @@ def run_job(job: Job, log: Callable[[str], None] = print, questions: Questions |
 
         settings = recipe.stages.generate
         engine = load_engine(
-            job.engine, teacher, recipe.launch, _dtype(teacher), batch_size=settings.batch_size,
+            job.engine,
+            teacher,
+            recipe.launch,
+            _dtype(teacher),
+            batch_size=settings.batch_size,
             gpu_memory_utilization=settings.gpu_memory_utilization,
-        )  # fmt: skip
+        )
         for shard in job.shards:
             generate_shard(engine, recipe, questions, work, shard, job.num_shards, log, skip)
         if engine.kind == "hf":
@@ -221,9 +226,15 @@ def _unscored(work: WorkDir, prefixes: tuple[str, ...]) -> list[Path]:
 
 
 def generate_shard(
-    engine: Any, recipe: Recipe, questions: Questions, work: WorkDir, shard: int, num_shards: int,
-    log: Callable[[str], None] = print, skip: set[str] = frozenset(),
-) -> int:  # fmt: skip
+    engine: Any,
+    recipe: Recipe,
+    questions: Questions,
+    work: WorkDir,
+    shard: int,
+    num_shards: int,
+    log: Callable[[str], None] = print,
+    skip: set[str] = frozenset(),
+) -> int:
     """Phase 1 for one shard (but the `skip`ped questions); returns the number of questions generated now."""
     from tqdm.auto import tqdm
 
@@ -272,7 +283,11 @@ def checked_tokenizers(teacher: ModelSpec | str, student: ModelSpec | str) -> tu
 
 
 def load_reward(
-    recipe: Recipe, teacher: ModelSpec | str, student: ModelSpec | str, tokenizers: tuple[Any, Any], teacher_model: Any = None
+    recipe: Recipe,
+    teacher: ModelSpec | str,
+    student: ModelSpec | str,
+    tokenizers: tuple[Any, Any],
+    teacher_model: Any = None,
 ):
     """The recipe's reward (factory.rewards.build); loads the models not already loaded."""
     from factory.data.student import student_format_of

@@ -126,7 +126,11 @@ class TeacherRL(Stage):
         problems += vllm_problems(launch.vllm_mode != "off", "launch.vllm_mode")
         if reward.teacher_temperature != rl.temperature:
             # named by the key the recipe wrote; the other one is at its default
-            key = "stages.teacher_rl.temperature" if "temperature" in rl.model_fields_set else "reward.teacher_temperature"
+            key = (
+                "stages.teacher_rl.temperature"
+                if "temperature" in rl.model_fields_set
+                else "reward.teacher_temperature"
+            )
             message = (
                 f"reward.teacher_temperature = {reward.teacher_temperature} differs from stages.teacher_rl.temperature "
                 f"= {rl.temperature}: the RLT reward takes the teacher's log-probabilities at the sampling "

@@ -202,17 +202,25 @@ class RewardFunction:
             student_format=self.student_format,
         )
 
-    def __call__(self, prompts, completions, completion_ids, question, solution, row_id, trainer_state, log_metric, **_):
+    def __call__(
+        self, prompts, completions, completion_ids, question, solution, row_id, trainer_state, log_metric, **_
+    ):
         split = [split_completion_ids(self.tokenizer, ids) for ids in completion_ids]
         with policy_unsharded(self.trainer.model), self.trainer.accelerator.autocast():  # bf16 like training
             scored = self.reward.score([(q, s, e, c) for q, s, (e, c) in zip(question, solution, split)])
         step = trainer_state.global_step + 1
         rank = self.trainer.accelerator.process_index
         local = [
-            {"step": step, "rank": rank, "id": identifier, **result, "closed": closed,
-             "explanation": self.tokenizer.decode(explanation)}
+            {
+                "step": step,
+                "rank": rank,
+                "id": identifier,
+                **result,
+                "closed": closed,
+                "explanation": self.tokenizer.decode(explanation),
+            }
             for identifier, result, (explanation, closed) in zip(row_id, scored, split)
-        ]  # fmt: skip
+        ]
         gathered = gather_object(local)
         for name in reward_figures(self.reward):
             log_metric(f"rlt/{name}", self.step_mean(gathered, name))  # the same on every rank: TRL's mean keeps it
@@ -282,7 +290,11 @@ def share_prompt_prefill(model: Any) -> None:
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate numbers them
         cache = DynamicCache(config=model.config)
         model.get_decoder()(
-            input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=input_ids[first, :-1],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
         )
         cache.batch_select_indices(copy_of)
         return generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
@@ -358,7 +370,10 @@ def build_trainer(job: dict[str, Any]) -> tuple[RLTGRPOTrainer, Any, RolloutLog]
         reward_funcs=reward,
         args=args,
         train_dataset=Dataset.from_list(
-            [{"row_id": r["id"], "question": r["question"], "solution": r["solution"], "prompt": r["prompt"]} for r in rows]
+            [
+                {"row_id": r["id"], "question": r["question"], "solution": r["solution"], "prompt": r["prompt"]}
+                for r in rows
+            ]
         ),
         processing_class=tokenizer,
         callbacks=[rollouts],
@@ -389,14 +404,23 @@ def main(job_file: str | Path) -> None:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     reward = trainer.reward_funcs[0].reward
     rows = history_rows(trainer.state.log_history, curve_columns(reward))
-    result = {**job["counts"], "steps": trainer.state.global_step, "rollouts_per_step": trainer.args.generation_batch_size}
+    result = {
+        **job["counts"],
+        "steps": trainer.state.global_step,
+        "rollouts_per_step": trainer.args.generation_batch_size,
+    }
     for name in ("reward", *reward.summaries, "penalty_rate"):  # e.g. reward_first_third, r_ss_last_third
         result[f"{name}_first_third"], result[f"{name}_last_third"] = thirds(
             [row[name] for row in rows if row[name] is not None]
         )
     result["resumed_from_step"] = checkpoint_step(resume) if resume else 0
     if trainer.accelerator.is_main_process:
-        panels = [["reward"], list(reward.summaries or reward.components[:-1]), ["penalty_rate"], ["explanation_tokens"]]
+        panels = [
+            ["reward"],
+            list(reward.summaries or reward.components[:-1]),
+            ["penalty_rate"],
+            ["explanation_tokens"],
+        ]
         title = f"teacher RL: reward per step ({' + '.join(trainer.reward_funcs[0].recipe.reward.terms)})"
         write_curve(rows, out_dir, "reward_curve", panels, title)
     finish(trainer, tokenizer, out_dir, result)

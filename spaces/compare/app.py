@@ -39,7 +39,9 @@ def configured() -> dict[str, Any]:
     return settings
 
 
-def build_app(comparison: cd.Comparison, votes: cv.VoteStore, votes_repo: str | None = None, title: str | None = None) -> gr.Blocks:
+def build_app(
+    comparison: cd.Comparison, votes: cv.VoteStore, votes_repo: str | None = None, title: str | None = None
+) -> gr.Blocks:
     """The page: shared search/sort/pair controls, then Question, Overview, Distributions and Votes tabs."""
     labels = comparison.labels
     pair = [(label, index) for index, label in enumerate(labels)]
@@ -68,7 +70,9 @@ def build_app(comparison: cd.Comparison, votes: cv.VoteStore, votes_repo: str | 
 
     def overview(view: dict, left: int, right: int, page: float | None, delta: int = 0) -> list[Any]:
         page = int(page or 1) + delta
-        table, page, pages, total = comparison.overview(view["query"], view["sort"], int(left), int(right), page, PAGE_SIZE)
+        table, page, pages, total = comparison.overview(
+            view["query"], view["sort"], int(left), int(right), page, PAGE_SIZE
+        )
         return [table, page, f"page {page} / {pages} · {total} questions"]
 
     def jump(qid: str, view: dict, left: int, right: int) -> list[Any]:
@@ -108,7 +112,9 @@ def build_app(comparison: cd.Comparison, votes: cv.VoteStore, votes_repo: str | 
         gr.Markdown(f"# {title or 'Compare teachers’ explanations'}\n\n{_sources_markdown(comparison)}")
         with gr.Row():
             query_box = gr.Textbox(label="search id, question, explanations", scale=3, elem_id="search")
-            sort_box = gr.Dropdown([(text, key) for key, text in cd.SORTS.items()], value="disagreement", label="order", scale=2)
+            sort_box = gr.Dropdown(
+                [(text, key) for key, text in cd.SORTS.items()], value="disagreement", label="order", scale=2
+            )
             left_box = gr.Dropdown(pair, value=0, label="left", scale=1)
             right_box = gr.Dropdown(pair, value=1, label="right", scale=1)
         with gr.Tabs() as tabs:
@@ -119,16 +125,27 @@ def build_app(comparison: cd.Comparison, votes: cv.VoteStore, votes_repo: str | 
                     position = gr.Markdown(elem_id="position")
                     id_box = gr.Textbox(label="go to id", scale=2, elem_id="jump-id")
                     go_btn = gr.Button("go", scale=1, elem_id="jump")
-                question = gr.Markdown(latex_delimiters=cd.LATEX_DELIMITERS, elem_id="question", container=True, padding=True, line_breaks=True)
+                question = gr.Markdown(
+                    latex_delimiters=cd.LATEX_DELIMITERS,
+                    elem_id="question",
+                    container=True,
+                    padding=True,
+                    line_breaks=True,
+                )
                 metrics, explanations = [], []
                 with gr.Row(equal_height=False):
                     for index in range(len(labels)):
                         with gr.Column():
                             metrics.append(gr.Markdown(elem_id=f"metrics-{index}"))
                             explanations.append(
-                                gr.Markdown(latex_delimiters=cd.LATEX_DELIMITERS, elem_id=f"explanation-{index}",
-                                            elem_classes="explanation", max_height=700, line_breaks=True)
-                            )  # fmt: skip
+                                gr.Markdown(
+                                    latex_delimiters=cd.LATEX_DELIMITERS,
+                                    elem_id=f"explanation-{index}",
+                                    elem_classes="explanation",
+                                    max_height=700,
+                                    line_breaks=True,
+                                )
+                            )
                 with gr.Row():
                     vote_buttons = {
                         "left": gr.Button("◀ left is better", elem_id="vote-left"),
@@ -162,12 +179,21 @@ def build_app(comparison: cd.Comparison, votes: cv.VoteStore, votes_repo: str | 
             trigger(jump, [id_box, view, *pair_in], [query_box, *shown], api_name="go_to")
         for trigger in (query_box.submit, sort_box.change, left_box.change, right_box.change):
             trigger(search, [query_box, sort_box, view, *pair_in], shown + page_out, api_name="search")
-        page_prev.click(lambda v, a, b, p: overview(v, a, b, p, -1), [view, *pair_in, page_box], page_out, api_name="page_previous")
-        page_next.click(lambda v, a, b, p: overview(v, a, b, p, +1), [view, *pair_in, page_box], page_out, api_name="page_next")
+        page_prev.click(
+            lambda v, a, b, p: overview(v, a, b, p, -1), [view, *pair_in, page_box], page_out, api_name="page_previous"
+        )
+        page_next.click(
+            lambda v, a, b, p: overview(v, a, b, p, +1), [view, *pair_in, page_box], page_out, api_name="page_next"
+        )
         page_box.submit(overview, [view, *pair_in, page_box], page_out, api_name="page")
         table.select(pick_row, [view, *pair_in], [tabs, query_box, *shown])
         for kind, button in vote_buttons.items():
-            button.click(lambda v, a, b, kind=kind: vote(kind, v, a, b), [view, *pair_in], [vote_status, votes_info], api_name=f"vote_{kind}")
+            button.click(
+                lambda v, a, b, kind=kind: vote(kind, v, a, b),
+                [view, *pair_in],
+                [vote_status, votes_info],
+                api_name=f"vote_{kind}",
+            )
         publish_btn.click(publish, None, publish_info, api_name="publish_votes")
     return demo
 
@@ -192,7 +218,10 @@ def _sources_markdown(comparison: cd.Comparison) -> str:
     lines = [f"{len(comparison)} questions present in all {len(comparison.sources)} sources, aligned by id."]
     for source in comparison.sources:
         extra = comparison.missing[source.label]
-        lines.append(f"- **{source.label}**: `{source.ref}`" + (f" ({extra} row{'s' if extra != 1 else ''} not in every source)" if extra else ""))
+        lines.append(
+            f"- **{source.label}**: `{source.ref}`"
+            + (f" ({extra} row{'s' if extra != 1 else ''} not in every source)" if extra else "")
+        )
     if comparison.mismatched:
         lines.append(f"\n⚠ {comparison.mismatched} aligned rows have a different question text than the first source.")
     return "\n".join(lines)
@@ -204,7 +233,7 @@ def unconfigured_app() -> gr.Blocks:
         gr.Markdown(
             "# Compare teachers’ explanations\n\nNo sources are configured. Set the Space variable `SOURCES` "
             "to two or more trace datasets, one per line, as `owner/name@revision` (optionally `label=owner/name@revision`), "
-            "or add a `sources.json` (`{\"sources\": [...]}`) beside app.py."
+            'or add a `sources.json` (`{"sources": [...]}`) beside app.py.'
         )
     return demo
 

@@ -126,7 +126,9 @@ def _read_local(path: Path, config: str | None = None) -> tuple[str, pd.DataFram
             files = sorted((data / config).glob("*.parquet"))
             if not files:
                 found = ["default", *sorted(p.name for p in data.glob("*/") if any(p.glob("*.parquet")))]
-                raise SourceError(f"{path}: no config {config!r} (no parquet under {data / config}); configs: {', '.join(found)}")
+                raise SourceError(
+                    f"{path}: no config {config!r} (no parquet under {data / config}); configs: {', '.join(found)}"
+                )
             return "artifact", *_read_parquet(files)
         files = sorted(data.glob("*.parquet")) if data.is_dir() else sorted(path.glob("*.parquet"))
         if not files:
@@ -229,7 +231,9 @@ class Comparison:
         base = self.frames[0]
         self.question_text = base["question"].astype(str).to_numpy(dtype=object)
         self.solution_text = base["solution"].astype(str).to_numpy(dtype=object)
-        self.mismatched = int(sum((f["question"].astype(str).to_numpy(dtype=object) != self.question_text).sum() for f in self.frames[1:]))
+        self.mismatched = int(
+            sum((f["question"].astype(str).to_numpy(dtype=object) != self.question_text).sum() for f in self.frames[1:])
+        )
         self.rewards = np.stack([f["reward"].to_numpy(dtype=float) for f in self.frames])
         self.lengths = np.stack([self._lengths(f) for f in self.frames])
         self._position = {qid: i for i, qid in enumerate(self.ids)}
@@ -345,17 +349,19 @@ class Comparison:
         for index, source in enumerate(self.sources):
             rewards, lengths = self.rewards[index], self.lengths[index]
             correct = self.frames[index].get("student_correct")
-            rows.append({
-                "source": source.label,
-                "ref": source.ref,
-                "questions": len(self),
-                "reward mean": round(float(np.nanmean(rewards)), 4),
-                "reward median": round(float(np.nanmedian(rewards)), 4),
-                "reward std": round(float(np.nanstd(rewards)), 4),
-                f"mean {self.length_unit}": round(float(np.nanmean(lengths)), 1),
-                "student correct": round(float(correct.astype(float).mean()), 4) if correct is not None else None,
-                "best reward share": round(float(np.mean(np.argmax(self.rewards, axis=0) == index)), 4),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "source": source.label,
+                    "ref": source.ref,
+                    "questions": len(self),
+                    "reward mean": round(float(np.nanmean(rewards)), 4),
+                    "reward median": round(float(np.nanmedian(rewards)), 4),
+                    "reward std": round(float(np.nanstd(rewards)), 4),
+                    f"mean {self.length_unit}": round(float(np.nanmean(lengths)), 1),
+                    "student correct": round(float(correct.astype(float).mean()), 4) if correct is not None else None,
+                    "best reward share": round(float(np.mean(np.argmax(self.rewards, axis=0) == index)), 4),
+                }
+            )
         return pd.DataFrame(rows)
 
     def figure(self, what: str):

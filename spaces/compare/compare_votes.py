@@ -17,16 +17,32 @@ if TYPE_CHECKING:
 VOTES = ("left", "right", "tie")
 
 PREFERENCE_FIELDS = {
-    "id": "string", "prompt": "string", "solution": "string", "chosen": "string", "rejected": "string",
-    "chosen_source": "string", "rejected_source": "string", "chosen_reward": "float64",
-    "rejected_reward": "float64", "timestamp": "string",
-}  # fmt: skip
-VOTE_FIELDS = {
-    "id": "string", "vote": "string", "left_source": "string", "right_source": "string",
-    "left_label": "string", "right_label": "string", "left_reward": "float64", "right_reward": "float64",
-    "question": "string", "solution": "string", "left_explanation": "string", "right_explanation": "string",
+    "id": "string",
+    "prompt": "string",
+    "solution": "string",
+    "chosen": "string",
+    "rejected": "string",
+    "chosen_source": "string",
+    "rejected_source": "string",
+    "chosen_reward": "float64",
+    "rejected_reward": "float64",
     "timestamp": "string",
-}  # fmt: skip
+}
+VOTE_FIELDS = {
+    "id": "string",
+    "vote": "string",
+    "left_source": "string",
+    "right_source": "string",
+    "left_label": "string",
+    "right_label": "string",
+    "left_reward": "float64",
+    "right_reward": "float64",
+    "question": "string",
+    "solution": "string",
+    "left_explanation": "string",
+    "right_explanation": "string",
+    "timestamp": "string",
+}
 
 
 class VoteStore:
@@ -43,14 +59,20 @@ class VoteStore:
             raise ValueError("left and right must be two different sources")
         a, b = comparison.panel(left, pos), comparison.panel(right, pos)
         entry = {
-            "id": str(comparison.ids[pos]), "vote": vote,
-            "left_source": comparison.sources[left].ref, "right_source": comparison.sources[right].ref,
-            "left_label": a["label"], "right_label": b["label"],
-            "left_reward": a["reward"], "right_reward": b["reward"],
-            "question": comparison.question_text[pos], "solution": comparison.solution_text[pos],
-            "left_explanation": a["explanation"], "right_explanation": b["explanation"],
+            "id": str(comparison.ids[pos]),
+            "vote": vote,
+            "left_source": comparison.sources[left].ref,
+            "right_source": comparison.sources[right].ref,
+            "left_label": a["label"],
+            "right_label": b["label"],
+            "left_reward": a["reward"],
+            "right_reward": b["reward"],
+            "question": comparison.question_text[pos],
+            "solution": comparison.solution_text[pos],
+            "left_explanation": a["explanation"],
+            "right_explanation": b["explanation"],
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        }  # fmt: skip
+        }
         line = json.dumps(entry, ensure_ascii=False) + "\n"
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,13 +108,20 @@ def preference_rows(votes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if entry["vote"] == "tie":
             continue
         win, lose = ("left", "right") if entry["vote"] == "left" else ("right", "left")
-        rows.append({
-            "id": entry["id"], "prompt": entry["question"], "solution": entry["solution"],
-            "chosen": entry[f"{win}_explanation"], "rejected": entry[f"{lose}_explanation"],
-            "chosen_source": entry[f"{win}_source"], "rejected_source": entry[f"{lose}_source"],
-            "chosen_reward": entry[f"{win}_reward"], "rejected_reward": entry[f"{lose}_reward"],
-            "timestamp": entry["timestamp"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": entry["id"],
+                "prompt": entry["question"],
+                "solution": entry["solution"],
+                "chosen": entry[f"{win}_explanation"],
+                "rejected": entry[f"{lose}_explanation"],
+                "chosen_source": entry[f"{win}_source"],
+                "rejected_source": entry[f"{lose}_source"],
+                "chosen_reward": entry[f"{win}_reward"],
+                "rejected_reward": entry[f"{lose}_reward"],
+                "timestamp": entry["timestamp"],
+            }
+        )
     return rows
 
 
@@ -108,7 +137,10 @@ def publish_votes(store: VoteStore, repo_id: str, token: str | None = None, priv
         features = datasets.Features({key: datasets.Value(kind) for key, kind in fields.items()})
         table = datasets.Dataset.from_list([{k: r[k] for k in fields} for r in rows], features=features)
         table.push_to_hub(
-            repo_id, config_name=name, token=token, private=private,
+            repo_id,
+            config_name=name,
+            token=token,
+            private=private,
             commit_message=f"compare votes: {len(pairs)} preference pairs, {len(votes)} votes",
-        )  # fmt: skip
+        )
     return {"pairs": len(pairs), "votes": len(votes)}

@@ -15,10 +15,25 @@ import yaml
 from .storage import Hub, HubError
 
 LICENSES = {
-    "apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0",
-    "cc-by-nc-sa-4.0", "cc0-1.0", "gpl-3.0", "lgpl-3.0", "agpl-3.0", "openrail", "llama3", "llama3.1",
-    "gemma", "other", "unknown",
-}  # fmt: skip
+    "apache-2.0",
+    "mit",
+    "bsd-2-clause",
+    "bsd-3-clause",
+    "cc-by-4.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-4.0",
+    "cc-by-nc-sa-4.0",
+    "cc0-1.0",
+    "gpl-3.0",
+    "lgpl-3.0",
+    "agpl-3.0",
+    "openrail",
+    "llama3",
+    "llama3.1",
+    "gemma",
+    "other",
+    "unknown",
+}
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
@@ -100,7 +115,8 @@ def _configs_errors(configs: Any) -> list[str]:
         files = config.get("data_files")
         items = [files] if isinstance(files, str) else files
         ok = isinstance(items, list) and all(
-            isinstance(i, str) or (isinstance(i, dict) and isinstance(i.get("split"), str) and "path" in i) for i in items
+            isinstance(i, str) or (isinstance(i, dict) and isinstance(i.get("split"), str) and "path" in i)
+            for i in items
         )
         if not ok:
             errors.append(f'"configs[{name}].data_files" must be paths or {{split, path}} items')
@@ -113,7 +129,11 @@ def check_card(content: str, repo_type: str) -> None:
     metadata = card_metadata(content)
     errors = validate_metadata(metadata, repo_type) if metadata else []
     if errors:
-        raise HubError(400, "Invalid metadata in README.md.\n" + "\n".join(f"- {e}" for e in errors), errors=[{"message": e} for e in errors])
+        raise HubError(
+            400,
+            "Invalid metadata in README.md.\n" + "\n".join(f"- {e}" for e in errors),
+            errors=[{"message": e} for e in errors],
+        )
 
 
 def validate_yaml(hub: Hub, body, **_):

@@ -24,7 +24,7 @@ def tree(hub: Hub, headers, query, type, repo_id, rev, path="", **_):
     for file_path, entry in commit.files.items():
         if not file_path.startswith(prefix):
             continue
-        parts = file_path[len(prefix):].split("/")
+        parts = file_path[len(prefix) :].split("/")
         folders = range(1, len(parts)) if recursive else range(1, min(len(parts), 2))
         for level in folders:
             folder = prefix + "/".join(parts[:level])

@@ -27,7 +27,11 @@ def whoami(hub: Hub, headers, **_):
         raise HubError(401, "Invalid credentials in Authorization header", message_header=True)
     orgs = [{"type": "org", "name": org} for org in user.orgs]
     auth = {"type": "access_token", "accessToken": {"displayName": "test token", "role": user.role}}
-    return 200, {}, {"type": "user", "id": user.name, "name": user.name, "fullname": user.name, "orgs": orgs, "auth": auth}
+    return (
+        200,
+        {},
+        {"type": "user", "id": user.name, "name": user.name, "fullname": user.name, "orgs": orgs, "auth": auth},
+    )
 
 
 def create_repo(hub: Hub, headers, body, **_):
@@ -58,25 +62,35 @@ def info(hub: Hub, headers, type, repo_id, rev="main", **_):
     for path, entry in sorted(commit.files.items()):
         sibling = {"rfilename": path, "size": entry.size, "blobId": entry.git_oid}
         if entry.lfs:
-            sibling["lfs"] = {"size": entry.size, "sha256": entry.sha256, "pointerSize": len(lfs_pointer(entry.sha256, entry.size))}
+            sibling["lfs"] = {
+                "size": entry.size,
+                "sha256": entry.sha256,
+                "pointerSize": len(lfs_pointer(entry.sha256, entry.size)),
+            }
         siblings.append(sibling)
-    card = card_metadata(hub.read_blob(commit.files["README.md"].sha256).decode()) if "README.md" in commit.files else None
-    return 200, {}, {
-        "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24],
-        "id": repo.id,
-        "author": repo.id.split("/")[0],
-        "sha": commit.oid,
-        "lastModified": commit.date,
-        "createdAt": repo.created,
-        "private": repo.private,
-        "gated": False,
-        "disabled": False,
-        "downloads": 0,
-        "likes": 0,
-        "tags": (card or {}).get("tags", []),
-        "cardData": card,
-        "siblings": siblings,
-    }
+    card = (
+        card_metadata(hub.read_blob(commit.files["README.md"].sha256).decode()) if "README.md" in commit.files else None
+    )
+    return (
+        200,
+        {},
+        {
+            "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24],
+            "id": repo.id,
+            "author": repo.id.split("/")[0],
+            "sha": commit.oid,
+            "lastModified": commit.date,
+            "createdAt": repo.created,
+            "private": repo.private,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": (card or {}).get("tags", []),
+            "cardData": card,
+            "siblings": siblings,
+        },
+    )
 
 
 def refs(hub: Hub, headers, type, repo_id, **_):
@@ -85,7 +99,16 @@ def refs(hub: Hub, headers, type, repo_id, **_):
     def listing(items: dict[str, str], kind: str) -> list[dict[str, str]]:
         return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": oid} for n, oid in sorted(items.items())]
 
-    return 200, {}, {"branches": listing(repo.branches, "heads"), "tags": listing(repo.tags, "tags"), "converts": [], "pullRequests": []}
+    return (
+        200,
+        {},
+        {
+            "branches": listing(repo.branches, "heads"),
+            "tags": listing(repo.tags, "tags"),
+            "converts": [],
+            "pullRequests": [],
+        },
+    )
 
 
 def tag(hub: Hub, headers, body, type, repo_id, rev, **_):
@@ -101,6 +124,11 @@ def tag(hub: Hub, headers, body, type, repo_id, rev, **_):
 def commits(hub: Hub, headers, type, repo_id, rev, **_):
     repo = hub.repo(type, repo_id, hub.user(headers))
     history = repo.history(repo.resolve(rev).oid)
-    return 200, {}, [
-        {"id": c.oid, "title": c.title, "message": c.message, "authors": [{"user": c.author}], "date": c.date} for c in history
-    ]
+    return (
+        200,
+        {},
+        [
+            {"id": c.oid, "title": c.title, "message": c.message, "authors": [{"user": c.author}], "date": c.date}
+            for c in history
+        ],
+    )

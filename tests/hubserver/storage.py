@@ -51,7 +51,11 @@ class Entry:
     def tree_json(self, path: str) -> dict[str, Any]:
         item: dict[str, Any] = {"type": "file", "oid": self.git_oid, "size": self.size, "path": path}
         if self.lfs:
-            item["lfs"] = {"oid": self.sha256, "size": self.size, "pointerSize": len(lfs_pointer(self.sha256, self.size))}
+            item["lfs"] = {
+                "oid": self.sha256,
+                "size": self.size,
+                "pointerSize": len(lfs_pointer(self.sha256, self.size)),
+            }
         return item
 
     @property
@@ -156,9 +160,13 @@ class Hub:
         return repo
 
     # ---- commits
-    def new_commit(self, repo: Repo, parent: str | None, files: dict[str, Entry], title: str, message: str, author: str) -> Commit:
+    def new_commit(
+        self, repo: Repo, parent: str | None, files: dict[str, Entry], title: str, message: str, author: str
+    ) -> Commit:
         self._counter += 1
-        oid = hashlib.sha1(f"{repo.id}\0{parent}\0{title}\0{self._counter}\0{sorted(files.items())}".encode()).hexdigest()
+        oid = hashlib.sha1(
+            f"{repo.id}\0{parent}\0{title}\0{self._counter}\0{sorted(files.items())}".encode()
+        ).hexdigest()
         commit = Commit(oid, parent, files, title, message, author, timestamp())
         repo.commits[oid] = commit
         return commit

@@ -69,7 +69,10 @@ def commit(hub: Hub, headers, body, type, repo_id, rev, **_):
             files[value["path"]] = hub.entry(value["path"], content, files)
         elif key == "lfsFile":
             if value["oid"] not in hub.lfs_objects:
-                raise HubError(422, f"Your push was rejected because an LFS pointer pointed to a file that does not exist ({value['path']})")
+                raise HubError(
+                    422,
+                    f"Your push was rejected because an LFS pointer pointed to a file that does not exist ({value['path']})",
+                )
             size = hub.blob_path(value["oid"]).stat().st_size
             files[value["path"]] = Entry(value["oid"], size, git_blob_oid(lfs_pointer(value["oid"], size)), True)
         elif key == "deletedFile":
@@ -83,4 +86,8 @@ def commit(hub: Hub, headers, body, type, repo_id, rev, **_):
     commit = hub.new_commit(repo, head.oid, files, header["summary"], header.get("description", ""), user.name)
     repo.branches[rev] = commit.oid
     url = f"{hub.endpoint}/{repo.url_path}/commit/{commit.oid}"
-    return 200, {}, {"success": True, "commitOid": commit.oid, "commitUrl": url, "hookOutput": "", "pullRequestUrl": None}
+    return (
+        200,
+        {},
+        {"success": True, "commitOid": commit.oid, "commitUrl": url, "hookOutput": "", "pullRequestUrl": None},
+    )

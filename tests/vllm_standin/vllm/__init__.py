@@ -58,12 +58,18 @@ class LLM:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         eos = self.model.generation_config.eos_token_id
-        self.eos = {self.tokenizer.eos_token_id} | (set(eos) if isinstance(eos, list) else {eos} if eos is not None else set())
+        self.eos = {self.tokenizer.eos_token_id} | (
+            set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
+        )
         self.requests: list[tuple[list[int], SamplingParams]] = []
         CREATED.append(self)
 
     def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list[RequestOutput]:
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
+        params = (
+            sampling_params
+            if isinstance(sampling_params, list)
+            else [sampling_params or SamplingParams()] * len(prompts)
+        )
         outputs = []
         for number, (prompt, param) in enumerate(zip(prompts, params)):
             ids = list(prompt["prompt_token_ids"])
