@@ -207,6 +207,11 @@ def run(
     from factory.plan_view import render_plan, render_run_end
     from factory.summary import run_summary
 
+    loaded = _load(recipe, set_)
+    if loaded.launch.machine_rank > 0:
+        machine_0_options = {"--push": push, "--force": force, "--from": from_stage, "--only": only}
+        _follow(loaded, run_dir, ignored=[flag for flag, given in machine_0_options.items() if given])
+        return
     planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or (), running=True)
     publisher = _publisher(planned, run_dir, push)
     render_plan(planned, console, compact=True)
@@ -214,6 +219,21 @@ def run(
     render_run_end(planned, report, console)
     for line in run_summary(planned, load_manifest(planned.recipe_dir)):
         console.print(escape(line), soft_wrap=True)
+
+
+def _follow(loaded, run_dir: Path, ignored: list[str]) -> None:
+    """A machine of rank > 0: check the recipe here, then join machine 0's run (factory.machines)."""
+    from factory.launch import run_worker
+    from factory.machines import follow
+    from factory.pipeline import preflight
+    from factory.stages import load_stages
+
+    _warn(preflight(loaded, load_stages(), running=True))
+    rank = loaded.launch.machine_rank
+    if ignored:
+        _warn([f"{', '.join(ignored)} ignored on machine {rank}: machine 0 plans, runs the stages and publishes"])
+    ran = follow(run_dir / loaded.name, loaded.launch, run_worker, console.print)
+    console.print(f"machine {rank}: ran its part of {ran} training world(s) of machine 0's run; machine 0 published")
 
 
 @command()

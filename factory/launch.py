@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from factory import machines
 from factory.bundled import bundled
 from factory.errors import UserError
 from factory.recipe import Launch
@@ -63,6 +64,8 @@ def run_worker(launch: Launch, module: str, job_file: Path, *, cpu: bool | None 
         import torch
 
         cpu = not torch.cuda.is_available()
+    if launch.machine_rank == 0:
+        machines.announce(launch, module, job_file)  # the other machines start their part of this world
     command = accelerate_command(launch, module, [str(job_file)], cpu=cpu)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
     completed = subprocess.run(command, env=env)

@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from factory import machines
 from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete, read_meta, write_json_atomic
 from factory.data import resolve_revision as resolve_data_revision
 from factory.dotted import changed_keys
@@ -340,9 +341,13 @@ def execute(
     publisher: Publisher | None = None,
     log: Callable[[str], None] = print,
 ) -> RunReport:
-    """Run the stages the plan says to run, in order; record lineage in the manifest after each."""
+    """Run the stages the plan says to run, in order; record lineage in the manifest after each.
+
+    On machine 0 of several (`launch.num_machines`), the other machines join through `factory.machines`
+    before the first stage runs, and each training world is announced to them."""
     report = RunReport()
-    with _run_lock(plan.recipe_dir):
+    has_work = any(planned.will_run for planned in plan.stages)
+    with _run_lock(plan.recipe_dir), machines.lead(plan.recipe_dir, plan.recipe.launch, has_work, log):
         manifest = load_manifest(plan.recipe_dir)
         manifest.update(recipe_name=plan.recipe.name, recipe=recipe_to_dict(plan.recipe), recipe_path=recipe_path)
         entries = manifest.setdefault("stages", {})

@@ -109,6 +109,11 @@ class Recipe(Section):
             raise _combination_error("launch.preset", "preset 'single' runs one process; use ddp, zero3 or fsdp2")
         if launch.num_machines > 1 and not launch.main_process_ip:
             raise _combination_error("launch.main_process_ip", "multi-machine launch needs main_process_ip")
+        if launch.machine_rank >= launch.num_machines:
+            raise _combination_error(
+                "launch.machine_rank",
+                f"{launch.machine_rank} is not a rank of num_machines={launch.num_machines} (0 to {launch.num_machines - 1})",
+            )
         if self.hub.push and not self.hub.namespace:
             raise _combination_error("hub.namespace", "hub.push is on but no namespace is set")
         if self.stages.evaluate.enabled and not self.data.eval:

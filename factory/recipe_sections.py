@@ -381,6 +381,12 @@ class Launch(Section):
     machine_rank: int = Field(default=0, ge=0)
     main_process_ip: str | None = None
     main_process_port: int = 29500
+    join_timeout_s: int = Field(
+        default=900,
+        ge=1,
+        description="with num_machines > 1: how long machine 0 waits for the others to join, and they for it",
+        json_schema_extra=RESULT_NEUTRAL,
+    )
     vllm_mode: Literal["off", "colocate", "server"] = "off"
     vllm_gpus: int = Field(default=0, ge=0, description="GPUs given to a vLLM server (server mode)")
     tensor_parallel_size: int = Field(default=1, ge=1)

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -285,8 +286,10 @@ def mean_loss(log_history: Iterable[dict[str, Any]]) -> float | None:
 def finish(trainer: Any, tokenizer: Any, out_dir: Path, result: dict[str, Any]) -> None:
     """Save the final model and tokenizer, then `result.json` (the completion mark), then drop checkpoints.
 
-    Every rank calls this (saving a sharded model is collective); only the main process writes files.
+    Every rank calls this (saving a sharded model is collective); only the main process writes the model
+    and the result, each process its own record under `logs/ranks/` (`record_rank`).
     """
+    record_rank(trainer, out_dir)
     trainer.save_model(str(out_dir / "model"))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
@@ -296,6 +299,20 @@ def finish(trainer: Any, tokenizer: Any, out_dir: Path, result: dict[str, Any]) 
         write_json_atomic(out_dir / RESULT_FILE, result)
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+
+
+def record_rank(trainer: Any, out_dir: Path) -> None:
+    """`logs/ranks/<process>.json`: the machine, host and steps of one process of the world, so a run over
+    several machines shows that each took part (torchrun's GROUP_RANK is the machine's rank)."""
+    state = trainer.accelerator.state
+    record = {
+        "process_index": state.process_index,
+        "local_process_index": state.local_process_index,
+        "machine_rank": int(os.environ.get("GROUP_RANK", "0")),
+        "host": socket.gethostname(),
+        "steps": trainer.state.global_step,
+    }
+    write_json_atomic(out_dir / LOGS / "ranks" / f"{state.process_index}.json", record)
 
 
 # ---------------------------------------------------------------------------------------- curves
