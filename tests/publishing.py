@@ -112,14 +112,73 @@ def traces_artifact(folder: Path, questions: list[str], config: dict, teacher: P
     )
 
 
+def before_after_artifact(folder: Path, teacher: Path, after: list[float], before: list[float], config: dict) -> Path:
+    """A traces artifact with configs default (after RL) and before_rl, and generate's before/after metrics."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def rows(rewards: list[float], text: str) -> pa.Table:
+        ids = [f"q{i}" for i in range(len(rewards))]
+        return pa.table(
+            {
+                "id": ids,
+                "question": [f"question {i}" for i in ids],
+                "solution": ["\\boxed{1}"] * len(ids),
+                "explanation": [text] * len(ids),
+                "reward": rewards,
+            }
+        )
+
+    (folder / "data" / "before_rl").mkdir(parents=True)
+    pq.write_table(rows(after, "after RL"), folder / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(rows(before, "before RL"), folder / "data" / "before_rl" / "train-00000-of-00001.parquet")
+    (folder / "reward_before_after_rl.png").write_bytes(png())
+
+    def figures(rewards: list[float]) -> dict:
+        mean = sum(rewards) / len(rewards)
+        reward = {"candidates": {"mean": mean - 0.25}, "selected": {"mean": mean}}
+        return {"rows": len(rewards), "qa": {"closed_rate": 1.0}, "reward": reward}
+
+    gain = (sum(after) - sum(before)) / len(after)
+    metrics = {**figures(after), "before_rl": figures(before), "reward_gain_vs_before_rl": gain}
+    from factory.qa import paired_bootstrap
+
+    metrics["reward_gain_vs_before_rl_paired"] = paired_bootstrap(dict(enumerate(before)), dict(enumerate(after)))
+    inputs = [upstream(teacher, "teacher"), base_ref("initial_teacher"), base_ref("reward_student")]
+    return finish(folder, "dataset", "generate", "traces", config, inputs, metrics)
+
+
+EVAL_REVISION = "b" * 40  # the aime24 commit the reports below evaluated
+PROTOCOL = {  # as factory.stages.evaluate.protocol records it
+    "system_prompt": "Your role as an assistant involves thoroughly exploring questions.",
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "n": 1,
+    "max_new_tokens": 96,
+    "seed": 0,
+    "stop": ["end of turn (eos)", "<|end_of_solution|>"],
+    "sets": {
+        "aime24": {
+            "kind": "math",
+            "template": "skythought_math",
+            "template_text": "Return your final response within \\boxed{{}}. {question}",
+            "grader": {"name": "math-verify", "version": "0.8.0", "rule": "the last \\boxed{} of the completion"},
+        }
+    },
+}
+
+
 def report_artifact(folder: Path, student: InputRef, accuracy: float) -> Path:
+    """What evaluate leaves: scores of the student and a baseline, the protocol, the eval set's revision."""
     folder.mkdir(parents=True)
     metrics = {
         "aime24": {"accuracy": accuracy, "mean_length": 812.0},
         "overall": accuracy,
         "baselines": {"before_rl_traces": {"aime24": 20.0, "overall": 20.0}},
+        "protocol": PROTOCOL,
     }
-    (folder / "report.json").write_text(json.dumps(metrics))
+    report = {**metrics, "eval_sets": [{"name": "aime24", "resolved_revision": EVAL_REVISION}]}
+    (folder / "report.json").write_text(json.dumps(report))
     (folder / "accuracy.png").write_bytes(png())
     return finish(folder, "report", "evaluate", "report", {"temperature": 0.0}, [student], metrics)
 
@@ -172,7 +231,7 @@ def payload_stages(model_dir: Path) -> dict:
                 ctx.out_dir / "data" / "train-00000-of-00001.parquet",
             )
             return {"reward": {"selected": {"mean": 1.0}}}
-        metrics = {"held_out": {"accuracy": 50.0}, "overall": 50.0}
+        metrics = {s.name: {"accuracy": 50.0} for s in ctx.recipe.data.eval} | {"overall": 50.0}
         (ctx.out_dir / "report.json").write_text(json.dumps(metrics))
         return metrics
 

@@ -174,7 +174,7 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
     api = HfApi()
     files_v1 = set(api.list_repo_files(STUDENT_REPO, revision="v1"))
     files_v2 = set(api.list_repo_files(STUDENT_REPO, revision="v2"))
-    assert files_v2 - files_v1 == {"eval/report.json", "eval/accuracy.png"}
+    assert files_v2 - files_v1 == {"eval/report.json", "eval/accuracy.png", ".eval_results/aime24.yaml"}
     weights = {
         rev: api.get_paths_info(STUDENT_REPO, ["model.safetensors"], revision=rev)[0].lfs.sha256 for rev in ("v1", "v2")
     }

@@ -6,47 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from publishing import TRACES_REPO, base_ref, finish, make_recipe, model_artifact, png, traces_artifact, upstream
+from publishing import TRACES_REPO, base_ref, before_after_artifact, make_recipe, model_artifact, traces_artifact
 
 from factory.hub import open_store
 from factory.hub.hub_store import HubStore
 from factory.qa import paired_bootstrap
 
 SPACE_REPO = "factory-tester/tiny-compare"
-
-
-def before_after_artifact(folder: Path, teacher: Path, after: list[float], before: list[float], config: dict) -> Path:
-    """A traces artifact with configs default (after RL) and before_rl, and generate's before/after metrics."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def rows(rewards: list[float], text: str) -> pa.Table:
-        ids = [f"q{i}" for i in range(len(rewards))]
-        return pa.table(
-            {
-                "id": ids,
-                "question": [f"question {i}" for i in ids],
-                "solution": ["\\boxed{1}"] * len(ids),
-                "explanation": [text] * len(ids),
-                "reward": rewards,
-            }
-        )
-
-    (folder / "data" / "before_rl").mkdir(parents=True)
-    pq.write_table(rows(after, "after RL"), folder / "data" / "train-00000-of-00001.parquet")
-    pq.write_table(rows(before, "before RL"), folder / "data" / "before_rl" / "train-00000-of-00001.parquet")
-    (folder / "reward_before_after_rl.png").write_bytes(png())
-
-    def figures(rewards: list[float]) -> dict:
-        mean = sum(rewards) / len(rewards)
-        reward = {"candidates": {"mean": mean - 0.25}, "selected": {"mean": mean}}
-        return {"rows": len(rewards), "qa": {"closed_rate": 1.0}, "reward": reward}
-
-    gain = (sum(after) - sum(before)) / len(after)
-    metrics = {**figures(after), "before_rl": figures(before), "reward_gain_vs_before_rl": gain}
-    metrics["reward_gain_vs_before_rl_paired"] = paired_bootstrap(dict(enumerate(before)), dict(enumerate(after)))
-    inputs = [upstream(teacher, "teacher"), base_ref("initial_teacher"), base_ref("reward_student")]
-    return finish(folder, "dataset", "generate", "traces", config, inputs, metrics)
 
 
 def space_sources() -> list[str]:

@@ -12,17 +12,16 @@ baselines (`metrics["baselines"][label] = {set: value, "overall": value}`), one 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from factory.dotted import flatten
-from factory.hub.content import BEFORE_RL, PLOTS_DIR, Target, data_layout
+from factory.hub.content import BEFORE_RL, PLOTS_DIR, Target, data_layout, hub_id
+from factory.hub.eval_results import where_published
 from factory.recipe import Recipe, recipe_to_dict
 
-HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 TAGS = ["factory", "rlt", "reinforcement-learned-teaching"]
 # factory has no public home to link to yet, so the card names the file in factory's source.
 FIDELITY_LINE = (
@@ -38,11 +37,11 @@ ROLE_TEXT = {
     "student_before_rl": "a baseline student, not an RLT one: distilled with the settings of this recipe's student on "
     "the explanations of the teacher before RL (same questions), so the student's evaluation shows what RL bought",
 }
-
-
-def _hub_id(source: str) -> str | None:
-    """`source` when it names a Hub repo (what card metadata may link to), None for local or packaged sources."""
-    return source if HUB_REPO.fullmatch(source) and not Path(source).expanduser().exists() else None
+# why a card with a local or packaged base has no `base_model` metadata
+NOT_ON_HUB = (
+    " (a local folder or a packaged model, not a Hub model id: the metadata names no `base_model`, which the Hub "
+    "would link to a model page)."
+)
 
 
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
@@ -172,7 +171,7 @@ def _eval_results(rows: list[tuple[str | None, str, float]], recipe: Recipe) -> 
         EvalResult(
             task_type="text-generation",
             task_name="Reasoning",
-            dataset_type=_hub_id(sets[name].source) or name,
+            dataset_type=hub_id(sets[name].source) or name,
             dataset_name=name,
             dataset_split=sets[name].split,
             dataset_revision=sets[name].revision,
@@ -203,12 +202,14 @@ def model_card(
     tag = version["tag"]
     base = recipe.models.teacher if role == "teacher" else recipe.models.distill_base
     datasets = [e["repo"] for e in record["lineage"] if e.get("repo") and e.get("repo_type") == "dataset"]
-    if role == "teacher" and (train := _hub_id(recipe.data.train.source)):
+    if role == "teacher" and (train := hub_id(recipe.data.train.source)):
         datasets.append(train)
     rows = evaluation_rows(evaluation[0]["metrics"], recipe) if evaluation else []
     eval_results = _eval_results(rows, recipe)
+    base_model = hub_id(base.source)
     data = ModelCardData(
-        base_model=_hub_id(base.source),
+        base_model=base_model,
+        base_model_relation="finetune" if base_model else None,
         datasets=sorted(set(datasets)) or None,
         license=recipe.hub.license,
         library_name="transformers",
@@ -223,7 +224,9 @@ def model_card(
         f"recipe `{recipe.name}` (Reinforcement-Learned Teaching).\n",
         "## Lineage\n",
         _lineage(version, f"{target.repo}@{tag}"),
-        f"Base model: `{base.source}`{f' at `{base.revision}`' if base.revision else ''}.\n",
+        f"Base model: `{base.source}`{f' at `{base.revision}`' if base.revision else ''}"
+        + ("." if base_model else NOT_ON_HUB)
+        + "\n",
         "Base inputs:\n",
         _base_inputs(record),
     ]
@@ -232,6 +235,7 @@ def model_card(
         body += [
             "## Evaluation\n",
             evaluation_table(report["metrics"], recipe),
+            where_published(recipe, list(report["metrics"].get("baselines", {}))),
             evaluation_protocol(report["metrics"].get("protocol")),
             f"Settings: {_settings_line(report['config'])}\n",
             _plots(report_plots),
@@ -300,6 +304,7 @@ def dataset_card(
         tags=[*TAGS, "synthetic", "distillation"],
         task_categories=["text-generation"],
         size_categories=[_size_category(rows_total)],
+        **_traces_links(teacher, comparison),
     )
     configs.to_dataset_card_data(data)
     infos.to_dataset_card_data(data)
@@ -341,6 +346,18 @@ def dataset_card(
     ]
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
     return str(card)
+
+
+def _traces_links(teacher: list[dict[str, Any]], comparison: dict[str, Any] | None) -> dict[str, Any]:
+    """The traces card's metadata naming who wrote them (`teacher`: repo and revision of each published
+    teacher version) and where they are compared (`compare_space`: the Space repo, when deployed)."""
+    links: dict[str, Any] = {}
+    published = [{"repo": e["repo"], "revision": e["revision"]} for e in teacher if e.get("repo")]
+    if published:
+        links["teacher"] = published[0] if len(published) == 1 else published
+    if comparison and comparison["space"]:
+        links["compare_space"] = comparison["space"]["repo"]
+    return links
 
 
 def _before_after(metrics: dict[str, Any], comparison: dict[str, Any] | None) -> list[str]:

@@ -6,7 +6,8 @@ repo), and one model repo per distilled baseline of evaluate, `-student-referenc
 a dataset artifact's parquet files keep their place under `data/`
 (`data/{split}[-NNNNN-of-NNNNN].parquet` is config `default`, `data/{config}/{split}...parquet` another
 config, e.g. `candidates`); PNG and CSV files at the artifact root are plots and go under `plots/`. A
-report goes into the student repo under `eval/`.
+report goes into the student repo under `eval/`, its scores also under `.eval_results/` (the Hub's
+format, factory.hub.eval_results).
 
 `factory.json` is the record of one published version: fingerprint, stage, config, metrics, base
 inputs, and the lineage (upstream repos at their tags). Stores find an existing publish by reading
@@ -18,6 +19,7 @@ in the recipe's compare Space, `{namespace}/{recipe}-compare`, on stores that ho
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,12 @@ CARD_FILE = "README.md"
 REPO_TYPES = {role: role.repo_type for role in Role if role.repo_type}  # role -> repo type; suffix: the role
 PLOT_SUFFIXES = (".png", ".csv")
 EVAL_DIR = "eval/"
+EVAL_RESULTS_DIR = ".eval_results/"  # the scores the Hub reads (factory.hub.eval_results)
 PLOTS_DIR = "plots/"
 BEFORE_RL = "before_rl"  # the traces config of the teacher before RL (factory.stages.generate)
 SPACE_SUFFIX = "compare"
 SKIPPED = "skipped"  # the metrics key of an artifact with nothing to publish (a baseline that found no rows): why
+HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Target:
 
     repo: str
     repo_type: str
+
+
+def hub_id(source: str) -> str | None:
+    """`source` when it names a Hub repo (what card metadata may link to), None for local or packaged sources."""
+    return source if HUB_REPO.fullmatch(source) and not Path(source).expanduser().exists() else None
 
 
 def target_for(namespace: str, recipe_name: str, role: str) -> Target:
@@ -94,8 +103,9 @@ def data_layout(files: dict[str, Path]) -> dict[str, dict[str, list[str]]]:
 
 
 def owned(path: str, kind: str) -> bool:
-    """Whether a publish of this kind replaces `path`: everything for models and datasets, eval/ for reports."""
-    return kind != "report" or path.startswith(EVAL_DIR)
+    """Whether a publish of this kind replaces `path`: everything for models and datasets, eval/ and
+    .eval_results/ for reports."""
+    return kind != "report" or path.startswith((EVAL_DIR, EVAL_RESULTS_DIR))
 
 
 def make_record(

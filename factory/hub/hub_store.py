@@ -145,6 +145,16 @@ class HubStore(Store):
             raise
         self._ready.add(target)
 
+    def _read(self, target: Target, commit: str, path: str) -> bytes | None:
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return Path(
+                self.api.hf_hub_download(target.repo, path, repo_type=target.repo_type, revision=commit)
+            ).read_bytes()
+        except EntryNotFoundError:
+            return None
+
     def _record(self, target: Target, commit: str) -> dict[str, Any] | None:
         from huggingface_hub.errors import EntryNotFoundError
 

@@ -13,10 +13,12 @@ Lineage is looked up the same way: each upstream artifact input is found in its 
 fingerprint, so the card links the versions this store actually holds, whichever run published them.
 
 A report (the evaluate stage) is not its own repo: it becomes a version of the student repo whose
-commit adds `eval/` and re-renders the card with the `model-index`, on top of the student version it
-evaluated (so the newest student tag carries both the weights and their evaluation); its lineage is
-that student's (the distilled baselines it also scores have repos of their own). An artifact whose
-metrics say `skipped` (a baseline stage that found nothing to train on) is not published.
+commit adds `eval/` and `.eval_results/` (the scores the Hub reads) and re-renders the card with the
+`model-index`, on top of the student version it evaluated (so the newest student tag carries both the
+weights and their evaluation); its lineage is that student's. The distilled baselines it also scores
+have repos of their own: each gets its `.eval_results/` on main, on top of the version evaluated (no new
+tag: same weights), when main still holds that version. An artifact whose metrics say `skipped` (a
+baseline stage that found nothing to train on) is not published.
 
 A traces version with a `before_rl` config is comparable before vs after RL: its card says how
 (`factory compare` on the version, and the compare Space's link where the store holds Spaces), and
@@ -43,6 +45,7 @@ from factory.hub.content import (
     BEFORE_RL,
     CARD_FILE,
     EVAL_DIR,
+    EVAL_RESULTS_DIR,
     RECORD_FILE,
     REPO_TYPES,
     SKIPPED,
@@ -54,6 +57,7 @@ from factory.hub.content import (
     space_repo,
     target_for,
 )
+from factory.hub.eval_results import report_results
 from factory.recipe import Recipe
 
 TAG = re.compile(r"v(\d+)")
@@ -139,6 +143,10 @@ class Store:
     def _tag(self, target: Target, tag: str, commit: str) -> None:
         raise NotImplementedError
 
+    def _read(self, target: Target, commit: str, path: str) -> bytes | None:
+        """A file's content at a commit; None when the commit has no such file."""
+        raise NotImplementedError
+
     def url(self, target: Target, tag: str) -> str:
         raise NotImplementedError
 
@@ -176,6 +184,8 @@ class Store:
             return None
         state = "published" if ref.created else "already published"
         self.log(f"{meta.stage}: {state} {ref.repo}@{ref.revision} ({ref.url})")
+        if meta.kind == "report":
+            self._publish_baseline_results(meta, artifact_dir, ref)
         if meta.kind != "dataset":
             return ref
         comparison = self._comparison(self.target(meta.role), ref.revision, artifact_files(meta, artifact_dir))
@@ -223,6 +233,34 @@ class Store:
         attempted.add(tag)
         self._tag(target, tag, commit)
         return self._ref(target, tag, commit, created=True)
+
+    def _publish_baseline_results(self, meta: ArtifactMeta, artifact_dir: Path, report: PublishedRef) -> None:
+        """Each published distilled baseline the report scored: its `.eval_results/` on its repo's main."""
+        files = artifact_files(meta, artifact_dir)
+        for ref in meta.inputs:
+            if ref.source is not None or ref.role == "student" or ref.role not in REPO_TYPES:
+                continue
+            target = self.target(ref.role)
+            version = self._find(target, ref.fingerprint)
+            if version is None:
+                continue
+            scores = meta.metrics.get("baselines", {}).get(version.record["metrics"].get("baseline"), {})
+            results = report_results(meta, files, self.recipe, report.url, scores)
+            if results:
+                self._run(lambda t=target, v=version, r=results: self._attach(t, v, r))
+
+    def _attach(self, target: Target, version: Version, files: dict[str, bytes]) -> None:
+        """Commit `files` on main on top of `version` unless main already holds them; skipped (logged)
+        when main has moved to another version, whose weights these scores are not."""
+        head = self._head(target)
+        if head.record is None or head.record.get("fingerprint") != version.record["fingerprint"]:
+            self.log(f"{target.repo}: main is no longer {version.tag}, the version evaluated; its scores not written")
+            return
+        if all(self._read(target, head.commit, path) == content for path, content in files.items()):
+            return
+        stale = [p for p in head.files if p.startswith(EVAL_RESULTS_DIR) and p not in files]
+        self._commit(target, dict(files), stale, head.commit, f"evaluate: scores of {version.tag}")
+        self.log(f"evaluate: scores of {target.repo}@{version.tag} in {EVAL_RESULTS_DIR} on main")
 
     def _ref(self, target: Target, tag: str, commit: str, created: bool) -> PublishedRef:
         return PublishedRef(target.repo, tag, commit, self.url(target, tag), created, target.repo_type, self.name)
@@ -288,6 +326,7 @@ class Store:
             record = make_record(meta, tag, lineage, evaluates=self._entry(student_target, student_version))
             evaluation = (record, plot_paths(files, EVAL_DIR))
             card = model_card(student_version.record, self.recipe, target, plot_paths(head.files), evaluation)
+            files.update(report_results(meta, files, self.recipe, self.url(target, tag), meta.metrics))
         else:
             record = make_record(meta, tag, lineage, evaluates=None)
             if meta.kind == "model":
@@ -369,6 +408,10 @@ class LocalStore(Store):
             raise UserError(f"{link} already points at another snapshot")
         if not link.is_symlink():
             link.symlink_to(Path("snapshots") / commit)
+
+    def _read(self, target: Target, commit: str, path: str) -> bytes | None:
+        file = self._dir(target) / "snapshots" / commit / path
+        return file.read_bytes() if file.is_file() else None
 
     def url(self, target: Target, tag: str) -> str:
         return str(self._dir(target) / tag)

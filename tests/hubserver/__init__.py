@@ -7,6 +7,7 @@ on sys.path, as it does for tests/tiny.py. Split by concern, one module each:
 
 - storage:   users, repos, commits and blobs, git-like (any branch, tag or commit sha resolves to its content)
 - cards:     card metadata checked with the Hub's rules, on validate-yaml and on every commit of a README.md
+- eval_results: a model's `.eval_results/*.yaml` checked and read as the model page shows them
 - repos:     whoami-v2, repos/create, model/dataset info and revision info, refs, tag, commit history
 - uploads:   preupload, the LFS batch API and upload, commit (NDJSON)
 - downloads: tree, paths-info, resolve (HEAD/GET with X-Repo-Commit, ETag and Range)

@@ -1,7 +1,10 @@
 """Card metadata checked with the Hub's rules, on validate-yaml and on every commit of a README.md.
 
-Only the keys factory writes (license, tags, base_model, datasets, model-index, configs): a card the
-real Hub would refuse fails here too, before a release meets it.
+The keys factory writes, with the rules the Hub documents (https://huggingface.co/docs/hub/model-cards,
+datasets-cards, spaces-config-reference): license ids, string lists (tags, datasets, models), base_model
+as Hub repo ids with base_model_relation one of the four relations, the model-index structure, dataset
+configs and size categories, a Space's sdk and colors. A card the real Hub would refuse fails here too,
+before a release meets it; keys the Hub does not know are allowed, as on the Hub.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ LICENSES = {
     "unknown",
 }
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+BASE_MODEL_RELATIONS = {"adapter", "merge", "quantized", "finetune"}
+SIZE_CATEGORIES = {"n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B", "1B<n<10B"}
+SPACE_SDKS = {"gradio", "streamlit", "docker", "static"}
+SPACE_COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
 
 
 def card_metadata(content: str) -> dict[str, Any] | None:
@@ -68,14 +75,38 @@ def validate_metadata(data: dict[str, Any], repo_type: str) -> list[str]:
         if lic not in LICENSES:
             errors.append(f'"license" must be one of the Hub licenses, got "{lic}"')
     str_list("tags", data.get("tags", []))
-    for key in ("base_model", "datasets"):
+    for key in ("base_model", "datasets", "models"):
         for value in str_list(key, data.get(key, [])):
             if not REPO_ID.match(value):
                 errors.append(f'"{key}" must be Hub repo ids, got "{value}"')
+    if "base_model_relation" in data:
+        if data["base_model_relation"] not in BASE_MODEL_RELATIONS:
+            errors.append(f'"base_model_relation" must be one of {sorted(BASE_MODEL_RELATIONS)}')
+        if not data.get("base_model"):
+            errors.append('"base_model_relation" needs a "base_model"')
     if repo_type == "model" and "model-index" in data:
         errors += _model_index_errors(data["model-index"])
     if repo_type == "dataset":
         errors += _configs_errors(data.get("configs", []))
+        for size in str_list("size_categories", data.get("size_categories", [])):
+            if size not in SIZE_CATEGORIES:
+                errors.append(f'"size_categories" must be one of the Hub size categories, got "{size}"')
+        str_list("task_categories", data.get("task_categories", []))
+    if repo_type == "space":
+        errors += _space_errors(data)
+    return errors
+
+
+def _space_errors(data: dict[str, Any]) -> list[str]:
+    errors = []
+    if data.get("sdk") not in SPACE_SDKS:
+        errors.append(f'"sdk" must be one of {sorted(SPACE_SDKS)}')
+    for key in ("colorFrom", "colorTo"):
+        if key in data and data[key] not in SPACE_COLORS:
+            errors.append(f'"{key}" must be one of {sorted(SPACE_COLORS)}')
+    for key in ("title", "emoji", "app_file", "sdk_version", "python_version"):
+        if key in data and not isinstance(data[key], str):
+            errors.append(f'"{key}" must be a string')
     return errors
 
 

@@ -1,4 +1,4 @@
-"""Account and repository routes: whoami, create, info, refs, tags and commit history.
+"""Account and repository routes: whoami, create, info (with `expand=evalResults`), refs, tags and commit history.
 
 What a client asks before it reads or writes files: who the token belongs to, whether a repo exists
 (and may be seen), which revisions it has.
@@ -10,6 +10,7 @@ import hashlib
 import json
 
 from .cards import card_metadata
+from .eval_results import read_eval_results
 from .storage import TYPE_PREFIX, Hub, HubError, Repo, lfs_pointer, timestamp
 
 # The .gitattributes the Hub puts in every new repo: these paths are stored with LFS.
@@ -55,7 +56,7 @@ def create_repo(hub: Hub, headers, body, **_):
     return 200, {}, {"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]}
 
 
-def info(hub: Hub, headers, type, repo_id, rev="main", **_):
+def info(hub: Hub, headers, query, type, repo_id, rev="main", **_):
     repo = hub.repo(type, repo_id, hub.user(headers))
     commit = repo.resolve(rev)
     siblings = []
@@ -71,10 +72,12 @@ def info(hub: Hub, headers, type, repo_id, rev="main", **_):
     card = (
         card_metadata(hub.read_blob(commit.files["README.md"].sha256).decode()) if "README.md" in commit.files else None
     )
+    expanded = {"evalResults": read_eval_results(hub, commit)} if "evalResults" in query.get("expand", []) else {}
     return (
         200,
         {},
-        {
+        expanded
+        | {
             "_id": hashlib.sha1(repo.id.encode()).hexdigest()[:24],
             "id": repo.id,
             "author": repo.id.split("/")[0],
