@@ -244,3 +244,13 @@ def test_the_local_store_holds_the_same_scores(tmp_path, tiny_model_dir):
     assert not (baseline / "v1" / ".eval_results").exists()  # the tag keeps the version as published
     snapshots = sorted((baseline / "snapshots").iterdir())
     assert local.publish(report).created is False and sorted((baseline / "snapshots").iterdir()) == snapshots
+
+
+def test_a_lost_answer_to_the_baseline_scores_commit_is_not_committed_twice(hub_env, tmp_path, tiny_model_dir):
+    """The Hub commits the baseline's scores but the answer is lost: the retry re-reads main and finds them."""
+    hub_env.inject(rf"^POST /api/models/{BEFORE_RL_REPO}/commit/main", "drop_after", nth=2)  # 1st: its v1
+    store = HubStore(make_recipe(space=False), log=lambda _: None, backoff_s=0.01)
+    publish_chain(store, tmp_path, tiny_model_dir)
+    dropped = [r for r in hub_env.requests if r[1].startswith(f"/api/models/{BEFORE_RL_REPO}/commit/")]
+    assert [r[2] for r in dropped] == [200, None]  # the scores commit's answer was lost, and not sent again
+    assert len(hub_env.repo(BEFORE_RL_REPO).commits) == 3 and [e.value for e in shown_results(BEFORE_RL_REPO)] == [20.0]
