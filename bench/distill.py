@@ -21,7 +21,6 @@ mask (no varlen kernel), so the gain tracks the padding share of the padded run 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -30,9 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny import build_model, build_tokenizer  # noqa: E402
 
+from factory.formats import StudentFormat  # noqa: E402
+from factory.models import load_tokenizer  # noqa: E402
 from factory.recipe import Recipe  # noqa: E402
 from factory.stages import distill_worker  # noqa: E402
-from factory.stages.distill import ROWS_FILE, student_rows  # noqa: E402
+from factory.stages.distill import student_rows, tokenised_rows  # noqa: E402
+from factory.worker_job import WorkerJob, write_rows  # noqa: E402
 
 WORDS = "add the units then tens carry one so the total is nine seven twelve hence we check again".split()
 
@@ -81,7 +83,7 @@ def save_model(name: str, folder: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run_once(job: dict) -> dict:
+def run_once(job: WorkerJob) -> dict:
     """One epoch of training from the saved model: time, tokens, and positions computed (with padding)."""
     trainer = distill_worker.build_trainer(job)
     counts = distill_worker.token_counts(trainer.train_dataset)
@@ -125,12 +127,12 @@ def main() -> None:
         folder = Path(scratch)
         params = save_model(args.model, folder / "model")
         rows = skewed_rows(args.rows, args.short, args.long, args.long_share, seed=0)
-        lines = "".join(json.dumps(row) + "\n" for row in student_rows(rows, None))
+        pairs = student_rows(rows, StudentFormat())
+        tokenizer = load_tokenizer(str(folder / "model"))
         jobs = {}
         for mode, packing, per_device in (("padded", False, args.batch), ("packed", True, args.pack_rows)):
             out = folder / mode
-            out.mkdir()
-            (out / ROWS_FILE).write_text(lines)
+            write_rows(out, tokenised_rows(pairs, tokenizer))
             distill = {
                 "epochs": 1,
                 "global_batch_size": per_device,
@@ -152,16 +154,16 @@ def main() -> None:
                     "stages": {"teacher_rl": {"enabled": False}, "evaluate": {"enabled": False}, "distill": distill},
                 }
             )
-            jobs[mode] = {
-                "recipe": recipe.model_dump(mode="json"),
-                "out_dir": str(out),
-                "base": {"source": str(folder / "model")},
-                "rows": ROWS_FILE,
-                "counts": {},
-                "run_name": f"bench-{mode}",
-                "title": mode,
-                "attn_implementation": args.attn,
-            }
+            jobs[mode] = WorkerJob(
+                worker=distill_worker.__name__,
+                out_dir=out,
+                run_name=f"bench-{mode}",
+                recipe=recipe,
+                models={"base": {"source": str(folder / "model")}},
+                counts={},
+                title=mode,
+                attn_implementation=args.attn,
+            )
         results: dict[str, dict] = {}
         for _ in range(args.repeats):  # interleaved, best of each: a shared machine's load hits both alike
             for mode, job in jobs.items():

@@ -1,8 +1,9 @@
 """Run a training worker in one process or under `accelerate launch`, from the recipe's `launch:`.
 
-Training stages write their inputs to a JSON job file in the artifact folder and call
-`run_worker(launch, "factory.stages.x_worker", job_file)`. With one process (the CPU path) the
-worker's `main(job_file)` runs in this process; otherwise `accelerate launch` starts the world with
+Training stages write their job file and rows into the artifact folder and call
+`run_worker(launch, "factory.worker", job_file)` (through `factory.worker.run_training`; the job names
+the worker module). With one process (the CPU path) `factory.worker.main(job_file)` runs in this
+process; otherwise `accelerate launch` starts the world with
 the named preset of the package's `recipes/accelerate/` (DeepSpeed ZeRO-3, FSDP2, DDP), on one or many
 machines.
 """

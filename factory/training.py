@@ -1,10 +1,9 @@
-"""What the two TRL training stages share: the job file, tracking, checkpoints, curves, the end of a run.
+"""What the TRL training workers share: tracking, arguments, checkpoints, curves, the end of a run.
 
-A training stage prepares its data in the pipeline process (so user errors surface before any model
-loads), writes a job file into its artifact folder and hands it to a worker module through
-`factory.launch.run_worker` (in-process for one process, `accelerate launch` for many). The worker
-trains with checkpoints under `checkpoints/`, resumes from the last complete one, and finishes by
-saving `model/`, the curve (CSV + PNG) and `result.json`, written last: a stage that finds
+A training stage hands its job and tokenised rows to a worker through `factory.worker.run_training`
+(factory.worker_job: the job file and the Arrow rows). The worker trains with checkpoints under
+`checkpoints/`, resumes from the last complete one, and finishes by saving `model/`, the curve
+(CSV + PNG) and `result.json`, written last: a stage that finds
 `result.json` has nothing left to train (and drops checkpoints a kill left behind it). A resumed run
 ends as an uninterrupted one does: same steps (`ExactResume`), weights and whole-run metrics
 (`mean_loss` reads the log history the checkpoint carries).
@@ -24,16 +23,11 @@ import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from factory.artifacts import write_json_atomic
 from factory.errors import Problem
-from factory.recipe import ModelSpec
 
-if TYPE_CHECKING:
-    from factory.stages.base import ResolvedInput
-
-JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
@@ -42,41 +36,6 @@ TRACKING_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": (
 
 
 # ------------------------------------------------------------------------------------------- job
-
-
-def model_entry(item: ResolvedInput) -> dict[str, Any]:
-    """A consumed model as JSON: an upstream artifact's absolute `model/` path, or the base ModelSpec."""
-    source = item.model_source()
-    if isinstance(source, ModelSpec):
-        return source.model_dump(mode="json")
-    return {"source": str(Path(source).resolve())}
-
-
-def model_spec(entry: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec of a `model_entry` (an absolute path is never split at '@')."""
-    return ModelSpec.model_validate(entry)
-
-
-def write_job(out_dir: Path, job: dict[str, Any]) -> Path:
-    path = out_dir / JOB_FILE
-    write_json_atomic(path, job)
-    return path
-
-
-def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """The rows a stage hands to its worker, one JSON object a line (UTF-8, text kept readable)."""
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def read_job(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
 
 
 def read_result(out_dir: Path) -> dict[str, Any] | None:

@@ -69,7 +69,7 @@ from factory.launch import accelerate_command
 from factory.recipe import Launch
 
 site = Path(sys.argv[1])
-command = accelerate_command(Launch(preset="ddp", num_processes=2), "factory.stages.teacher_sft_worker", ["job.json"])
+command = accelerate_command(Launch(preset="ddp", num_processes=2), "factory.worker", ["job.json"])
 preset = Path(command[command.index("--config_file") + 1])
 assert preset.is_file() and preset.is_relative_to(site), preset
 assert command[command.index("--num_processes") + 1] == "2", command

@@ -16,7 +16,8 @@ from factory.formats import DEFAULT_STUDENT_SYSTEM, StudentFormat, student_messa
 from factory.recipe import Recipe
 from factory.stages import distill_worker
 from factory.stages.base import ResolvedInput
-from factory.stages.distill import ROWS_FILE, DistillStage, distill_model, student_rows, trace_rows
+from factory.stages.distill import DistillStage, distill_model, student_rows, tokenised_rows, trace_rows
+from factory.worker_job import WorkerJob, write_rows
 
 CLOSING_TEMPLATE = (  # ChatML as SmolLM2 / Qwen2.5 render it: every turn, the last too, ends with <|im_end|>
     "{% for message in messages %}"
@@ -68,21 +69,22 @@ def skewed_rows(count: int = 10) -> list[dict[str, str]]:
     return rows
 
 
-def job_for(tmp_path: Path, model: Path, rows, *, packing: bool, max_length: int = 256) -> dict:
-    """A distill worker job, as the stage writes it, for a trainer built without training."""
+def job_for(tmp_path: Path, model: Path, rows, *, packing: bool, max_length: int = 256) -> WorkerJob:
+    """A distill worker job and its rows, as the stage writes them, for a trainer built without training."""
+    from factory.models import load_tokenizer
+
     recipe = make_recipe(model, packing=packing, max_length=max_length)
     out = tmp_path / f"job-{model.name}-{packing}-{max_length}"
-    out.mkdir()
-    (out / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in student_rows(rows, StudentFormat())))
-    return {
-        "recipe": recipe.model_dump(mode="json"),
-        "out_dir": str(out),
-        "base": {"source": str(model)},
-        "rows": ROWS_FILE,
-        "counts": {"rows": len(rows)},
-        "run_name": "test",
-        "title": "test",
-    }
+    write_rows(out, tokenised_rows(student_rows(rows, StudentFormat()), load_tokenizer(str(model))))
+    return WorkerJob(
+        worker="factory.stages.distill_worker",
+        out_dir=out,
+        run_name="test",
+        recipe=recipe,
+        models={"base": {"source": str(model)}},
+        counts={"rows": len(rows)},
+        title="test",
+    )
 
 
 @pytest.fixture
@@ -124,6 +126,51 @@ def test_only_completion_tokens_are_supervised(tmp_path, tiny_student_dir, closi
         if template == "closing":  # the end-of-turn token is supervised: the student learns to stop
             assert completion_text == messages[2]["content"] + "<|im_end|>\n"
             assert supervised.count(tokenizer.convert_tokens_to_ids("<|im_end|>")) == 1
+
+
+@pytest.fixture
+def qwen_model_dir(tmp_path, tiny_student_dir, request) -> Path:
+    """The tiny model with Qwen2.5-Instruct's real tokenizer (its ids go beyond the model's vocabulary, which
+    preparing a dataset never looks at)."""
+    folder = tmp_path / "qwen"
+    shutil.copytree(tiny_student_dir, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    request.getfixturevalue("qwen_tokenizer").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("template", ["tiny", "closing", "qwen"])
+def test_stage_tokenisation_is_trls(tmp_path, tiny_student_dir, closing_model_dir, request, template, packing):
+    """The rows the stage tokenises once give the trainer the dataset TRL made from the conversational
+    prompt/completion rows on every rank (the worker's input before the Arrow hand-over): the same ids and
+    labels, truncated at max_length or packed alike."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from factory.models import load_tokenizer
+
+    model = {"tiny": tiny_student_dir, "closing": closing_model_dir}.get(template)
+    model = model or request.getfixturevalue("qwen_model_dir")
+    rows = skewed_rows(10)
+    lengths = sorted(
+        len(r["input_ids"]) for r in tokenised_rows(student_rows(rows, StudentFormat()), load_tokenizer(str(model)))
+    )
+    max_length = lengths[0] + lengths[1]  # the two shortest fit in a packed row; the longest are cut
+    assert lengths[-1] > max_length
+    job = job_for(tmp_path, model, rows, packing=packing, max_length=max_length)
+    ours = distill_worker.build_trainer(job).train_dataset
+    conversational = Dataset.from_list(student_rows(rows, StudentFormat()))
+    trls = SFTTrainer(
+        model=str(model),
+        args=distill_worker.sft_config(job.model_copy(update={"out_dir": tmp_path / "trl"})),
+        train_dataset=conversational,
+        processing_class=load_tokenizer(str(model)),
+    ).train_dataset
+    columns = ["input_ids", "labels", "seq_lengths"] if packing else ["input_ids", "labels"]
+    assert ours.select_columns(columns).to_list() == trls.select_columns(columns).to_list()
+    trained = [len(ids) for ids in ours["input_ids"]]
+    assert (len(trained) < 10) if packing else (len(trained) == 10 and max(trained) == max_length)  # packed, or cut
 
 
 def _supervised_from_loader(trainer) -> Counter:

@@ -229,9 +229,11 @@ def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, ti
     import pyarrow as pa
     import torch
     from safetensors.torch import load_file
+    from transformers import AutoTokenizer
 
     from factory.artifacts import ArtifactMeta, mark_complete
     from factory.stages.distill import distill_model, trace_rows
+    from factory.worker_job import open_rows
 
     data = make_recipe(tiny_model_dir, tmp_path, distill=True, generate=True).model_dump(mode="json")
     data["stages"]["teacher_rl"]["enabled"] = data["stages"]["generate"]["before_rl"] = True  # what the baseline needs
@@ -270,12 +272,13 @@ def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, ti
     result = stage.run(ctx)
     folder = ctx.out_dir
     assert (folder / "model" / "config.json").is_file() and result.metrics["baseline"] == "before_rl_traces"
-    trained_on = [json.loads(line) for line in (folder / "sft_rows.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trained_on = [  # the supervised text of each row the worker trained on
+        tokenizer.decode([label for label in row["labels"] if label != -100])
+        for row in open_rows(folder / "rows" / "rows.arrow")
+    ]
     assert len(trained_on) == 3
-    assert all(
-        "before RL" in row["completion"][0]["content"] and "after RL" not in row["completion"][0]["content"]
-        for row in trained_on
-    )
+    assert all("before RL" in text and "after RL" not in text for text in trained_on)
     mark_complete(
         folder, ArtifactMeta("model", stage.name, stage.produces, "s", recipe.name, {}, metrics=result.metrics)
     )

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -163,23 +164,25 @@ def test_a_sum_of_reward_terms_trains_and_logs_every_component(tmp_path, tiny_mo
     assert metrics["r_ss_first_third"] == pytest.approx(float(row["r_ss"]))
 
 
-def trainer_job(artifact: Path, out_dir: Path, steps: int) -> dict:
+def trainer_job(artifact: Path, out_dir: Path, steps: int):
     """The job of a finished run, pointed at a fresh folder, for building trainers in the test process."""
-    from factory.training import read_job
+    from factory.worker_job import ROWS_DIR, WorkerJob, read_job
 
-    job = read_job(artifact / "job.json")
+    job = read_job(artifact / "job.json").model_dump(mode="json")
     job["out_dir"] = str(out_dir)
     job["recipe"]["stages"]["teacher_rl"]["steps"] = steps
-    (out_dir / job["prompts"]).write_text((artifact / job["prompts"]).read_text())
-    return job
+    shutil.copytree(artifact / ROWS_DIR, out_dir / ROWS_DIR)
+    return WorkerJob.model_validate(job)
 
 
 def test_grpo_generates_from_the_exact_prefilled_teacher_prompt(one_process, tmp_path):
     """What TRL's generation feeds the policy is formats.teacher_prompt_ids (left-padded), not a re-tokenised text."""
     from factory.stages.teacher_rl_worker import build_trainer
+    from factory.worker_job import open_rows
 
-    trainer, tokenizer, _ = build_trainer(trainer_job(one_process.artifact_dir, tmp_path, steps=1))
-    rows = [json.loads(line) for line in (tmp_path / "rl_prompts.jsonl").read_text().splitlines()][:3]
+    job = trainer_job(one_process.artifact_dir, tmp_path, steps=1)
+    trainer, tokenizer, _ = build_trainer(job)
+    rows = open_rows(job.rows_file).select(range(3)).to_list()
     seen = []
     generate = trainer.model.generate
 
@@ -296,7 +299,7 @@ def test_prompts_over_max_prompt_length_are_dropped_with_a_count(tiny_model_dir)
     ]
     lengths = [len(teacher_prompt_ids(tokenizer, r["question"], r["solution"])) for r in rows]
     prompts, dropped = teacher_prompts(rows, tokenizer, None, max_prompt_length=lengths[0])
-    assert dropped == 1 and [p["id"] for p in prompts] == ["a"] and len(prompts[0]["prompt_ids"]) == lengths[0]
+    assert dropped == 1 and [p["row_id"] for p in prompts] == ["a"] and len(prompts[0]["prompt_ids"]) == lengths[0]
     assert teacher_prompts(rows, tokenizer, None, max_prompt_length=lengths[1])[1] == 0
 
 

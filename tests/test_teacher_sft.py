@@ -83,7 +83,7 @@ def test_sft_supervises_exactly_the_explanation_tokens(sft_artifact, tiny_model_
     """Token by token, over the batches the trainer really draws: prompt and prefilled solution masked,
     explanation + closing tag + end of turn supervised, padding masked."""
     from factory.stages.teacher_sft_worker import build_trainer
-    from factory.training import read_job
+    from factory.worker_job import read_job
 
     trainer, tokenizer = build_trainer(read_job(sft_artifact / "job.json"))
     by_question = {row["question"]: row for row in ROWS}

@@ -13,6 +13,7 @@ from transformers import TrainingArguments
 from transformers.utils import is_torch_tf32_available
 
 from factory.recipe import load_recipe
+from factory.worker_job import WorkerJob
 
 # What AdamW, the schedule, the seeds and the batches do: each is passed by every worker, whatever its default.
 RESULT_ARGUMENTS = (
@@ -246,6 +247,14 @@ def test_teacher_sft_config_is_the_reference_warm_up(aime, monkeypatch, tmp_path
     assert [name for name in RESULT_ARGUMENTS if name not in passed] == []
 
 
+def distill_job(recipe, out_dir, base: str) -> WorkerJob:
+    """The distill worker's job for `recipe`, as far as its trainer config reads it."""
+    worker = "factory.stages.distill_worker"
+    return WorkerJob(
+        worker=worker, out_dir=out_dir, run_name="x", recipe=recipe, models={"base": {"source": base}}, counts={}
+    )
+
+
 def test_distill_config_is_the_released_students_recipe(aime, monkeypatch, tmp_path):
     """SkyThought@4bb8f3e LLaMA-Factory/examples/train_full/qwen2_full_sft.yaml: 96 sequences per optimizer step."""
     import trl
@@ -254,13 +263,7 @@ def test_distill_config_is_the_released_students_recipe(aime, monkeypatch, tmp_p
 
     fields = own_fields(trl.SFTConfig)
     passed = captured(monkeypatch, trl, "SFTConfig")
-    job = {
-        "recipe": aime.model_dump(mode="json"),
-        "out_dir": str(tmp_path),
-        "run_name": "aime-distill",
-        "base": {"source": "Qwen/Qwen2.5-7B-Instruct"},
-    }
-    config = distill_worker.sft_config(job)
+    config = distill_worker.sft_config(distill_job(aime, tmp_path, "Qwen/Qwen2.5-7B-Instruct"))
     world = aime.launch.world_size
     assert world == 8
     check(
@@ -306,8 +309,7 @@ def test_a_packed_distillation_step_counts_rows(repo_root, monkeypatch, tmp_path
 
     assert "global_batch_size counts rows" in Distill.model_fields["packing"].description
     recipe = load_recipe(repo_root / "recipes" / "aime.yaml", ["stages.distill.packing=true"])
-    job = {"recipe": recipe.model_dump(mode="json"), "out_dir": str(tmp_path), "run_name": "x", "base": {"source": "b"}}
-    config = distill_worker.sft_config(job)
+    config = distill_worker.sft_config(distill_job(recipe, tmp_path, "b"))
     assert (config.packing, config.packing_strategy, config.padding_free) == (True, "bfd", True)
 
 

@@ -9,15 +9,18 @@ decreasing (TRL `bfd`, padding-free): whole sequences share a row without attend
 (a sequence over `max_length` is cut there, as without packing), and with packing one row of a
 batch holds up to `max_length` tokens of several examples, so `global_batch_size` counts rows.
 
-Training runs in `factory.stages.distill_worker` through `factory.launch.run_worker` (one process
-here, `accelerate launch` with the recipe's preset otherwise), with the folder layout and resume of
-factory.training (shared with teacher SFT/RL). Output: `model/` (weights + tokenizer),
-`loss_curve.png` + `loss_curve.csv`, the rows trained on (`sft_rows.jsonl`).
+The stage tokenises the pairs itself, once, exactly as TRL's SFTTrainer would (`tokenised_rows`), and
+hands them to `factory.stages.distill_worker` as a memory-mapped Arrow file through
+`factory.worker.run_training` (one process here, `accelerate launch` with the recipe's preset
+otherwise), with the folder layout and resume of factory.training (shared with teacher SFT/RL).
+Output: `model/` (weights + tokenizer), `loss_curve.png` + `loss_curve.csv`, the rows trained on
+(`rows/rows.arrow`: input_ids, labels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +36,13 @@ from factory.stages.base import (
     register,
     thought_problems,
 )
+from factory.worker_job import WorkerJob, model_of
 
 if TYPE_CHECKING:
     from factory.formats import StudentFormat
     from factory.recipe import Recipe
 
 WORKER = "factory.stages.distill_worker"
-ROWS_FILE = "sft_rows.jsonl"
 TRACE_COLUMNS = ("id", "question", "solution", "explanation")
 
 
@@ -97,6 +100,28 @@ def student_rows(rows: list[dict[str, str]], fmt: StudentFormat) -> list[dict[st
     return out
 
 
+def tokenised_rows(pairs: Iterable[dict[str, Any]], tokenizer: Any, batch_rows: int = 64) -> Iterator[dict[str, Any]]:
+    """Prompt/completion pairs (`student_rows`) as the trainer consumes them: the conversation's token ids and
+    its labels, -100 over the prompt.
+
+    TRL 1.16's SFTTrainer tokenisation of a conversational pair, done once here instead of on every rank:
+    the prompt rendered with the generation prompt, the whole conversation without it, the completion
+    starting where the two token sequences diverge (`common_prefix_length`). tests/test_distill.py checks
+    the ids and labels against TRL's own on the tiny and the Qwen tokenizer.
+    """
+    from trl.data_utils import common_prefix_length
+
+    from factory.stages.handoff import IGNORE
+
+    pairs = iter(pairs)
+    while batch := list(islice(pairs, batch_rows)):
+        prompts = tokenizer.apply_chat_template([row["prompt"] for row in batch], add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template([row["prompt"] + row["completion"] for row in batch])
+        for prompt_ids, ids in zip(prompts["input_ids"], whole["input_ids"]):
+            start = common_prefix_length(prompt_ids, ids)
+            yield {"input_ids": ids, "labels": [IGNORE] * start + ids[start:]}
+
+
 def check_settings(recipe: Recipe) -> list[Problem]:
     """Mistakes in `stages.distill`, which the distill stage and evaluate's distilled baselines train with."""
     from factory.training import check_sft_settings
@@ -119,38 +144,32 @@ def distill_model(
     The folder follows factory.training's layout (job.json, checkpoints/, result.json last); a
     folder whose result.json exists has nothing left to train and returns its metrics.
     """
-    from factory.data.student import student_format_of
-    from factory.launch import run_worker
-    from factory.training import last_checkpoint, model_entry, read_result, write_job, write_rows
+    from factory.worker import run_training
 
-    result = read_result(out_dir)
-    if result is not None:
-        return result
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_rows(out_dir / ROWS_FILE, student_rows(rows, student_format_of(recipe, log)))
-    job = write_job(
-        out_dir,
-        {
-            "recipe": recipe.model_dump(mode="json"),
-            "out_dir": str(out_dir.resolve()),
-            "base": model_entry(base),
-            "rows": ROWS_FILE,
-            "counts": {"rows": len(rows)},
-            "run_name": run_name,
-            "title": title,
-        },
-    )
-    resume = last_checkpoint(out_dir)
-    log(
-        f"distill: {len(rows)} rows, {'resuming from ' + resume.name if resume else 'starting'} "
-        f"({recipe.launch.preset}, {recipe.launch.world_size} process(es), packing "
-        f"{'bfd' if recipe.stages.distill.packing else 'off'})"
-    )
-    run_worker(recipe.launch, WORKER, job)
-    result = read_result(out_dir)
-    if result is None:
-        raise RuntimeError(f"the distill worker ended without writing {out_dir / 'result.json'}")
-    return result
+    def prepare() -> tuple[WorkerJob, Iterator[dict[str, Any]]]:
+        from factory.data.student import student_format_of
+        from factory.models import load_tokenizer
+        from factory.training import last_checkpoint
+
+        resume = last_checkpoint(out_dir)
+        log(
+            f"distill: {len(rows)} rows, {'resuming from ' + resume.name if resume else 'starting'} "
+            f"({recipe.launch.preset}, {recipe.launch.world_size} process(es), packing "
+            f"{'bfd' if recipe.stages.distill.packing else 'off'})"
+        )
+        job = WorkerJob(
+            worker=WORKER,
+            out_dir=out_dir.resolve(),
+            run_name=run_name,
+            recipe=recipe,
+            models={"base": model_of(base)},
+            counts={"rows": len(rows)},
+            title=title,
+        )
+        pairs = student_rows(rows, student_format_of(recipe, log))
+        return job, tokenised_rows(pairs, load_tokenizer(job.models["base"]))
+
+    return run_training(out_dir, recipe.launch, prepare)
 
 
 @register

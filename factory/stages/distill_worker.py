@@ -1,56 +1,35 @@
-"""Distillation worker: TRL SFTTrainer on the student-format prompt/completion rows a stage wrote.
+"""Distillation worker: TRL SFTTrainer on the student-format rows a stage tokenised.
 
-Run by `factory.launch.run_worker` in-process or once per rank under `accelerate launch` (ZeRO-3,
-FSDP2, multi-node): `python -m factory.stages.distill_worker JOB`. The rows are conversational
-prompt/completion pairs, so TRL supervises the completion tokens only (the prompt's tokenisation
-is the mask); packing is best-fit decreasing, padding-free. Resumes from the last complete
-checkpoint; ends with `factory.training.finish` (model, tokenizer, then `result.json`).
+`start(job)` is called by the worker entry (`python -m factory.worker JOB`, factory.worker), in process
+or once per rank under `accelerate launch` (ZeRO-3, FSDP2, multi-node). The rows are the stage's
+memory-mapped Arrow file: the token ids of each conversation in the student format and its labels,
+-100 over the prompt, exactly as TRL would tokenise the conversational prompt/completion pairs
+(factory.stages.distill.tokenised_rows), so the loss covers the completion only. TRL truncates them
+at `max_length` or packs them best-fit decreasing, padding-free, writing its results beside the rows.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 from factory.stages.handoff import IGNORE
-from factory.training import (
-    LOSS_COLUMNS,
-    checkpoint_step,
-    common_arguments,
-    finish,
-    head_on_labelled_positions,
-    history_rows,
-    last_checkpoint,
-    mean_loss,
-    model_spec,
-    read_job,
-    read_rows,
-    resumable,
-    sft_arguments,
-    tf32,
-    tracking_env,
-    write_curve,
-)
+from factory.training import LOSS_COLUMNS, common_arguments, head_on_labelled_positions, resumable, sft_arguments, tf32
+from factory.worker import Session, loss_metrics
+from factory.worker_job import WorkerJob, open_rows
 
 
-def sft_config(job: dict[str, Any]):
+def sft_config(job: WorkerJob):
     """SFTConfig of the job's `stages.distill` section (fp32 master weights, bf16 autocast if asked)."""
     import torch
     from trl import SFTConfig
 
-    from factory.recipe import Recipe
-
-    recipe = Recipe.model_validate(job["recipe"])
+    recipe = job.recipe
     distill = recipe.stages.distill
-    model_init: dict[str, Any] = {
-        "dtype": torch.float32,
-        "trust_remote_code": job["base"].get("trust_remote_code", False),
-    }
-    if job.get("attn_implementation"):  # e.g. flash_attention_2: varlen kernels for packed rows on GPU
-        model_init["attn_implementation"] = job["attn_implementation"]
+    model_init: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": job.models["base"].trust_remote_code}
+    if job.attn_implementation:  # e.g. flash_attention_2: varlen kernels for packed rows on GPU
+        model_init["attn_implementation"] = job.attn_implementation
     return SFTConfig(
-        **common_arguments(distill, Path(job["out_dir"]), job["run_name"], f"factory-{recipe.name}"),
+        **common_arguments(distill, job.out_dir, job.run_name, f"factory-{recipe.name}"),
         **sft_arguments(distill, recipe.launch.world_size),
         tf32=tf32(False),  # torch's default, which SkyThought's training recipe keeps
         max_length=distill.max_length,
@@ -65,19 +44,19 @@ def sft_config(job: dict[str, Any]):
     )
 
 
-def build_trainer(job: dict[str, Any]):
-    """The SFTTrainer of a job, its dataset tokenised (and packed) but not yet trained."""
-    from datasets import Dataset
+def build_trainer(job: WorkerJob):
+    """The SFTTrainer of a job, its rows truncated (or packed) but not yet trained."""
     from trl import SFTTrainer
 
     from factory.models import load_tokenizer, resolve_model_path
 
     head_on_labelled_positions()
-    spec = model_spec(job["base"])
-    tokenizer = load_tokenizer(spec)
-    dataset = Dataset.from_list(read_rows(Path(job["out_dir"]) / job["rows"]))
+    spec = job.models["base"]
     return resumable(SFTTrainer)(
-        model=str(resolve_model_path(spec)), args=sft_config(job), train_dataset=dataset, processing_class=tokenizer
+        model=str(resolve_model_path(spec)),
+        args=sft_config(job),
+        train_dataset=open_rows(job.rows_file),
+        processing_class=load_tokenizer(spec),
     )
 
 
@@ -89,33 +68,24 @@ def token_counts(dataset) -> dict[str, int]:
     return {"tokens": len(labels), "supervised_tokens": pc.sum(pc.not_equal(labels, IGNORE)).as_py() or 0}
 
 
-def main(job_file: str | Path) -> None:
-    job = read_job(job_file)
-    out_dir = Path(job["out_dir"])
-    with tracking_env(out_dir):
-        trainer = build_trainer(job)
-        resume = last_checkpoint(out_dir)
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    rows = history_rows(trainer.state.log_history, LOSS_COLUMNS)
-    losses = [row["loss"] for row in rows if row["loss"] is not None]
-    result = {
-        **job["counts"],
+def metrics(trainer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         **token_counts(trainer.train_dataset),
         "sequences": len(trainer.train_dataset),
         "packing": trainer.args.packing,
-        "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "train_loss": mean_loss(trainer.state.log_history),
-        "resumed_from_step": checkpoint_step(resume) if resume else 0,
+        **loss_metrics(trainer, rows),
     }
-    if trainer.accelerator.is_main_process:
-        write_curve(rows, out_dir, "loss_curve", [["loss"], ["learning_rate"]], job["title"])
-    if trainer.is_fsdp_enabled:  # the presets shard the state dict; save_pretrained needs it whole
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    finish(trainer, trainer.processing_class, out_dir, result)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1])
+def start(job: WorkerJob) -> Session:
+    trainer = build_trainer(job)
+    return Session(
+        trainer,
+        trainer.processing_class,
+        curve="loss_curve",
+        columns=LOSS_COLUMNS,
+        panels=[["loss"], ["learning_rate"]],
+        title=job.title,
+        metrics=metrics,
+    )

@@ -21,26 +21,27 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from factory.errors import UserError
 from factory.formats import check_same_vocabulary, student_format, teacher_prompt_ids
-from factory.launch import run_worker
 from factory.recipe import Launch, Recipe
 from factory.roles import Role
 from factory.stages.base import Problem, Stage, StageContext, StageResult, register, vllm_problems
 from factory.stages.handoff import ROLLOUTS_FILE, VLLM_SERVER_PORT
-from factory.training import LOGS, check_report_to, model_entry, read_result, write_job, write_rows
+from factory.training import LOGS, check_report_to
+from factory.worker import run_training
+from factory.worker_job import WorkerJob, model_of
 
-PROMPTS_FILE = "rl_prompts.jsonl"
+WORKER = "factory.stages.teacher_rl_worker"
 
 
 def teacher_prompts(
     rows: list[dict[str, str]], tokenizer: Any, system: str | None, max_prompt_length: int
 ) -> tuple[list[dict[str, Any]], int]:
-    """GRPO rows (id, question, solution, prompt text, prompt ids) within `max_prompt_length`, and how many were dropped."""
+    """GRPO rows (row_id, question, solution, prompt text, prompt ids) within `max_prompt_length`, and how many
+    were dropped."""
     prompts, dropped = [], 0
     for row in rows:
         ids = teacher_prompt_ids(tokenizer, row["question"], row["solution"], system)
@@ -49,7 +50,7 @@ def teacher_prompts(
             continue
         prompts.append(
             {
-                "id": row["id"],
+                "row_id": row["id"],
                 "question": row["question"],
                 "solution": row["solution"],
                 "prompt": tokenizer.decode(ids),
@@ -165,46 +166,12 @@ class TeacherRL(Stage):
         return {"tokens": tokens, "flops": flops}
 
     def run(self, ctx: StageContext) -> StageResult:
-        from factory.data import load_rows
-        from factory.models import load_tokenizer, resolve_model_path
+        from factory.models import resolve_model_path
 
-        recipe, rl = ctx.recipe, ctx.recipe.stages.teacher_rl
-        result = read_result(ctx.out_dir)
-        if result is None:
-            teacher, student = ctx.inputs["teacher"], ctx.inputs["reward_student"]
-            tokenizer = load_tokenizer(teacher.model_source())
-            check_same_vocabulary(tokenizer, load_tokenizer(student.model_source()))
-            rows = load_rows(ctx.inputs["train_data"].data, log=ctx.log)
-            prompts, dropped = teacher_prompts(rows, tokenizer, recipe.formats.teacher_system, rl.max_prompt_length)
-            if dropped:
-                ctx.log(
-                    f"teacher_rl: dropped {dropped} of {len(rows)} prompts longer than "
-                    f"stages.teacher_rl.max_prompt_length={rl.max_prompt_length}"
-                )
-            if len(prompts) < rl.prompts_per_step:
-                raise UserError(
-                    f"stages.teacher_rl.max_prompt_length={rl.max_prompt_length}: {len(prompts)} of {len(rows)} "
-                    f"prompts fit, fewer than prompts_per_step={rl.prompts_per_step}"
-                )
-            write_rows(ctx.out_dir / PROMPTS_FILE, prompts)
-            job = write_job(
-                ctx.out_dir,
-                {
-                    "recipe": recipe.model_dump(mode="json"),
-                    "out_dir": str(ctx.out_dir.resolve()),
-                    "teacher": model_entry(teacher),
-                    "reward_student": model_entry(student),
-                    "student_format": asdict(student_format(recipe.formats, rows)),
-                    "prompts": PROMPTS_FILE,
-                    "counts": {"prompts": len(prompts), "prompts_dropped_too_long": dropped},
-                    "run_name": f"{recipe.name}-teacher_rl-{ctx.fingerprint[:8]}",
-                },
-            )
-            with vllm_server(recipe, str(resolve_model_path(teacher.model_source())), ctx.out_dir, ctx.log):
-                run_worker(recipe.launch, "factory.stages.teacher_rl_worker", job)
-            result = read_result(ctx.out_dir)
-            if result is None:
-                raise RuntimeError(f"the teacher_rl worker ended without writing {ctx.out_dir / 'result.json'}")
+        def around(job: WorkerJob):
+            return vllm_server(ctx.recipe, str(resolve_model_path(job.models["teacher"])), ctx.out_dir, ctx.log)
+
+        result = run_training(ctx.out_dir, ctx.recipe.launch, lambda: self.prepare(ctx), around)
         return StageResult(
             metrics=result,
             files={
@@ -223,3 +190,34 @@ class TeacherRL(Stage):
                 + " (first vs last third)"
             ),
         )
+
+    def prepare(self, ctx: StageContext) -> tuple[WorkerJob, list[dict[str, Any]]]:
+        """The worker's job and prompts: the train questions as exact teacher prompt ids, the long ones dropped."""
+        from factory.data import load_rows
+        from factory.models import load_tokenizer
+
+        recipe, rl = ctx.recipe, ctx.recipe.stages.teacher_rl
+        teacher, student = ctx.inputs["teacher"], ctx.inputs["reward_student"]
+        tokenizer = load_tokenizer(teacher.model_source())
+        check_same_vocabulary(tokenizer, load_tokenizer(student.model_source()))
+        rows = load_rows(ctx.inputs["train_data"].data, log=ctx.log)
+        prompts, dropped = teacher_prompts(rows, tokenizer, recipe.formats.teacher_system, rl.max_prompt_length)
+        if dropped:
+            ctx.log(
+                f"teacher_rl: dropped {dropped} of {len(rows)} prompts longer than "
+                f"stages.teacher_rl.max_prompt_length={rl.max_prompt_length}"
+            )
+        if len(prompts) < rl.prompts_per_step:
+            raise UserError(
+                f"stages.teacher_rl.max_prompt_length={rl.max_prompt_length}: {len(prompts)} of {len(rows)} "
+                f"prompts fit, fewer than prompts_per_step={rl.prompts_per_step}"
+            )
+        job = WorkerJob.of_stage(
+            ctx,
+            self.name,
+            WORKER,
+            models={"teacher": model_of(teacher), "reward_student": model_of(student)},
+            counts={"prompts": len(prompts), "prompts_dropped_too_long": dropped},
+            student_format=student_format(recipe.formats, rows),
+        )
+        return job, prompts

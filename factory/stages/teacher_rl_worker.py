@@ -1,7 +1,7 @@
 """Teacher RL worker: TRL 1.16 GRPOTrainer with the RLT reward, one process or one per rank.
 
-Run by `factory.launch.run_worker` (`python -m factory.stages.teacher_rl_worker JOB` under
-`accelerate launch`). Each rank generates and scores its slice of the generation batch; TRL gathers
+`start(job)` is called by the worker entry (`python -m factory.worker JOB`, factory.worker), in process
+or once per rank under `accelerate launch`; the prompts are the stage's memory-mapped Arrow file. Each rank generates and scores its slice of the generation batch; TRL gathers
 the rewards and normalises each group of `generations_per_prompt` over the gathered values, so a
 group may span ranks. The reward function is a plain callable: the reward student is forward-only
 (no gradient; a full copy on each rank's device in its recipe dtype, or sharded like the policy under
@@ -14,7 +14,6 @@ the initial policy (TRL does not save it), so a killed run resumes with the righ
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
-from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.distributed import DistributedBackend
@@ -33,21 +31,9 @@ from factory.recipe import Recipe
 from factory.rewards.base import Reward
 from factory.rewards.build import build_reward
 from factory.stages.handoff import ROLLOUTS_FILE, VLLM_SERVER_PORT
-from factory.training import (
-    ExactResume,
-    checkpoint_step,
-    common_arguments,
-    finish,
-    head_on_labelled_positions,
-    history_rows,
-    last_checkpoint,
-    model_spec,
-    read_job,
-    read_rows,
-    tf32,
-    tracking_env,
-    write_curve,
-)
+from factory.training import ExactResume, checkpoint_step, common_arguments, head_on_labelled_positions, tf32
+from factory.worker import Session
+from factory.worker_job import WorkerJob, open_rows
 
 REFERENCE_FILE = "reference.pt"
 ROLLOUT_FIGURES = ("penalty_rate", "explanation_tokens", "truncated_rate")  # of the rollouts, whatever the reward
@@ -352,32 +338,24 @@ class RLTGRPOTrainer(ExactResume, GRPOTrainer):
         return True
 
 
-def build_trainer(job: dict[str, Any]) -> tuple[RLTGRPOTrainer, Any, RolloutLog]:
+def build_trainer(job: WorkerJob) -> tuple[RLTGRPOTrainer, Any, RolloutLog]:
     """The trainer of a job (reward attached), the teacher tokenizer and the rollout log."""
     head_on_labelled_positions()
-    recipe = Recipe.model_validate(job["recipe"])
-    out_dir = Path(job["out_dir"])
-    teacher, student = model_spec(job["teacher"]), model_spec(job["reward_student"])
+    recipe, out_dir = job.recipe, job.out_dir
+    teacher, student = job.models["teacher"], job.models["reward_student"]
     tokenizer = load_tokenizer(teacher)
-    rows = read_rows(out_dir / job["prompts"])
-    args = grpo_config(recipe, out_dir, job["run_name"], teacher.trust_remote_code)
+    prompts = open_rows(job.rows_file)
+    args = grpo_config(recipe, out_dir, job.run_name, teacher.trust_remote_code)
     rollouts = RolloutLog(out_dir / ROLLOUTS_FILE, args.process_index == 0)
-    reward = RewardFunction(
-        recipe, tokenizer, student, load_tokenizer(student), StudentFormat(**job["student_format"]), rollouts
-    )
+    reward = RewardFunction(recipe, tokenizer, student, load_tokenizer(student), job.student_format, rollouts)
     trainer = RLTGRPOTrainer(
         model=str(resolve_model_path(teacher)),
         reward_funcs=reward,
         args=args,
-        train_dataset=Dataset.from_list(
-            [
-                {"row_id": r["id"], "question": r["question"], "solution": r["solution"], "prompt": r["prompt"]}
-                for r in rows
-            ]
-        ),
+        train_dataset=prompts.select_columns(["row_id", "question", "solution", "prompt"]),
         processing_class=tokenizer,
         callbacks=[rollouts],
-        prompt_ids={row["prompt"]: row["prompt_ids"] for row in rows},
+        prompt_ids=dict(zip(prompts["prompt"], prompts["prompt_ids"])),
     )
     rollouts.trainer = trainer
     reward.attach(trainer)
@@ -392,39 +370,31 @@ def thirds(values: list[float]) -> tuple[float, float]:
     return sum(values[:size]) / size, sum(values[-size:]) / size
 
 
-def main(job_file: str | Path) -> None:
-    job = read_job(job_file)
-    out_dir = Path(job["out_dir"])
-    with tracking_env(out_dir):
-        trainer, tokenizer, rollouts = build_trainer(job)
-        resume = last_checkpoint(out_dir)
-        rollouts.keep_until(checkpoint_step(resume) if resume else 0)
-        if resume and trainer.restore_reference(resume) and trainer.accelerator.is_main_process:
-            print(f"teacher_rl: reference model restored from {resume.name}", flush=True)
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+def start(job: WorkerJob) -> Session:
+    trainer, tokenizer, rollouts = build_trainer(job)
     reward = trainer.reward_funcs[0].reward
-    rows = history_rows(trainer.state.log_history, curve_columns(reward))
-    result = {
-        **job["counts"],
-        "steps": trainer.state.global_step,
-        "rollouts_per_step": trainer.args.generation_batch_size,
-    }
-    for name in ("reward", *reward.summaries, "penalty_rate"):  # e.g. reward_first_third, r_ss_last_third
-        result[f"{name}_first_third"], result[f"{name}_last_third"] = thirds(
-            [row[name] for row in rows if row[name] is not None]
-        )
-    result["resumed_from_step"] = checkpoint_step(resume) if resume else 0
-    if trainer.accelerator.is_main_process:
-        panels = [
-            ["reward"],
-            list(reward.summaries or reward.components[:-1]),
-            ["penalty_rate"],
-            ["explanation_tokens"],
-        ]
-        title = f"teacher RL: reward per step ({' + '.join(trainer.reward_funcs[0].recipe.reward.terms)})"
-        write_curve(rows, out_dir, "reward_curve", panels, title)
-    finish(trainer, tokenizer, out_dir, result)
 
+    def before_training(checkpoint: Path | None) -> None:
+        """Forget the rollouts of steps after the checkpoint; restore the reference model it holds."""
+        rollouts.keep_until(checkpoint_step(checkpoint) if checkpoint else 0)
+        if checkpoint and trainer.restore_reference(checkpoint) and trainer.accelerator.is_main_process:
+            print(f"teacher_rl: reference model restored from {checkpoint.name}", flush=True)
 
-if __name__ == "__main__":
-    main(sys.argv[1])
+    def metrics(trainer: RLTGRPOTrainer, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {"rollouts_per_step": trainer.args.generation_batch_size}
+        for name in ("reward", *reward.summaries, "penalty_rate"):  # e.g. reward_first_third, r_ss_last_third
+            result[f"{name}_first_third"], result[f"{name}_last_third"] = thirds(
+                [row[name] for row in rows if row[name] is not None]
+            )
+        return result
+
+    return Session(
+        trainer,
+        tokenizer,
+        curve="reward_curve",
+        columns=curve_columns(reward),
+        panels=[["reward"], list(reward.summaries or reward.components[:-1]), ["penalty_rate"], ["explanation_tokens"]],
+        title=f"teacher RL: reward per step ({' + '.join(job.recipe.reward.terms)})",
+        metrics=metrics,
+        before_training=before_training,
+    )

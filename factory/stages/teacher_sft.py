@@ -6,24 +6,25 @@ the solution and the opened explanation tag), followed by the target `thought + 
 + eos` (`formats.teacher_target`: the reference's padding, so no token straddles the closing tag). Labels are -100 over the prompt (question and prefilled solution) and the token ids over the
 target, so the teacher learns to write, close and end its explanation and nothing else. Rows without a
 thought are skipped with a count; so are rows whose prompt alone fills `max_length` (nothing left to
-supervise). Longer targets are cut at `max_length`. The worker (`teacher_sft_worker`) trains with
-TRL's SFTTrainer on these pre-tokenized rows and refuses any batch without a supervised token.
+supervise). Longer targets are cut at `max_length`. The rows (input_ids, labels) go to the worker
+(`teacher_sft_worker`, through factory.worker.run_training) as one memory-mapped Arrow file; it trains
+with TRL's SFTTrainer on them and refuses any batch without a supervised token.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from factory.errors import UserError
 from factory.formats import teacher_prompt_ids, teacher_target
-from factory.launch import run_worker
 from factory.roles import Role
 from factory.stages.base import Stage, StageContext, StageResult, register, thought_problems
 from factory.stages.handoff import IGNORE
-from factory.training import check_sft_settings, model_entry, read_result, write_job, write_rows
+from factory.training import check_sft_settings
+from factory.worker import run_training
+from factory.worker_job import WorkerJob, model_of
 
-DATA_FILE = "sft_rows.jsonl"
+WORKER = "factory.stages.teacher_sft_worker"
 
 
 def sft_example(tokenizer: Any, row: dict[str, str], system: str | None, max_length: int) -> dict[str, Any] | None:
@@ -88,44 +89,7 @@ class TeacherSFT(Stage):
         return {"tokens": tokens, "flops": 6 * params * tokens} if params else {"tokens": tokens}
 
     def run(self, ctx: StageContext) -> StageResult:
-        from factory.data import load_rows
-        from factory.models import load_tokenizer
-
-        recipe, sft = ctx.recipe, ctx.recipe.stages.teacher_sft
-        result = read_result(ctx.out_dir)
-        if result is None:
-            teacher = ctx.inputs["teacher"]
-            rows = load_rows(ctx.inputs["train_data"].data, log=ctx.log)
-            tokenizer = load_tokenizer(teacher.model_source())
-            examples, counts = sft_examples(rows, tokenizer, recipe.formats.teacher_system, sft.max_length)
-            if not examples:
-                raise UserError(
-                    f"data.train: none of the {len(rows)} rows can be used for teacher SFT ({counts['skipped_no_thought']} "
-                    f"have no thought (data.train.thought_column), {counts['skipped_prompt_too_long']} have a prompt "
-                    f"longer than stages.teacher_sft.max_length={sft.max_length}); disable stages.teacher_sft "
-                    "or fix the data"
-                )
-            ctx.log(
-                f"teacher_sft: {counts['examples']} of {counts['rows']} rows, {counts['supervised_tokens']} supervised "
-                f"tokens; skipped {counts['skipped_no_thought']} without a thought, "
-                f"{counts['skipped_prompt_too_long']} with a prompt over max_length; {counts['truncated']} truncated"
-            )
-            write_rows(ctx.out_dir / DATA_FILE, examples)
-            job = write_job(
-                ctx.out_dir,
-                {
-                    "recipe": recipe.model_dump(mode="json"),
-                    "out_dir": str(ctx.out_dir.resolve()),
-                    "teacher": model_entry(teacher),
-                    "data": DATA_FILE,
-                    "counts": counts,
-                    "run_name": f"{recipe.name}-teacher_sft-{ctx.fingerprint[:8]}",
-                },
-            )
-            run_worker(recipe.launch, "factory.stages.teacher_sft_worker", job)
-            result = read_result(ctx.out_dir)
-            if result is None:
-                raise RuntimeError(f"the teacher_sft worker ended without writing {Path(ctx.out_dir) / 'result.json'}")
+        result = run_training(ctx.out_dir, ctx.recipe.launch, lambda: self.prepare(ctx))
         return StageResult(
             metrics=result,
             files={"model": "model", "loss_curve_csv": "loss_curve.csv", "loss_curve_png": "loss_curve.png"},
@@ -134,3 +98,28 @@ class TeacherSFT(Stage):
                 f"{result['last_loss']:.3f}"
             ),
         )
+
+    def prepare(self, ctx: StageContext) -> tuple[WorkerJob, list[dict[str, Any]]]:
+        """The worker's job and rows: the train rows with a thought, tokenised (user errors raised here)."""
+        from factory.data import load_rows
+        from factory.models import load_tokenizer
+
+        recipe, sft = ctx.recipe, ctx.recipe.stages.teacher_sft
+        teacher = ctx.inputs["teacher"]
+        rows = load_rows(ctx.inputs["train_data"].data, log=ctx.log)
+        tokenizer = load_tokenizer(teacher.model_source())
+        examples, counts = sft_examples(rows, tokenizer, recipe.formats.teacher_system, sft.max_length)
+        if not examples:
+            raise UserError(
+                f"data.train: none of the {len(rows)} rows can be used for teacher SFT ({counts['skipped_no_thought']} "
+                f"have no thought (data.train.thought_column), {counts['skipped_prompt_too_long']} have a prompt "
+                f"longer than stages.teacher_sft.max_length={sft.max_length}); disable stages.teacher_sft "
+                "or fix the data"
+            )
+        ctx.log(
+            f"teacher_sft: {counts['examples']} of {counts['rows']} rows, {counts['supervised_tokens']} supervised "
+            f"tokens; skipped {counts['skipped_no_thought']} without a thought, "
+            f"{counts['skipped_prompt_too_long']} with a prompt over max_length; {counts['truncated']} truncated"
+        )
+        job = WorkerJob.of_stage(ctx, self.name, WORKER, models={"teacher": model_of(teacher)}, counts=counts)
+        return job, [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]

@@ -1,41 +1,24 @@
-"""Teacher SFT worker: TRL SFTTrainer on the pre-tokenized teacher rows written by the teacher_sft stage.
+"""Teacher SFT worker: TRL SFTTrainer on the tokenised teacher rows the teacher_sft stage wrote.
 
-Run by `factory.launch.run_worker` in-process or once per rank under `accelerate launch`
-(`python -m factory.stages.teacher_sft_worker JOB`). Resumes from the last complete checkpoint.
+`start(job)` is called by the worker entry (`python -m factory.worker JOB`, factory.worker), which
+resumes, trains and finishes; the rows are the stage's memory-mapped Arrow file (input_ids, labels).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from factory.models import load_tokenizer, resolve_model_path
 from factory.recipe import Recipe
 from factory.stages.handoff import IGNORE
-from factory.training import (
-    LOSS_COLUMNS,
-    checkpoint_step,
-    common_arguments,
-    finish,
-    head_on_labelled_positions,
-    history_rows,
-    last_checkpoint,
-    mean_loss,
-    model_spec,
-    read_job,
-    read_rows,
-    resumable,
-    sft_arguments,
-    tf32,
-    tracking_env,
-    write_curve,
-)
+from factory.training import LOSS_COLUMNS, common_arguments, head_on_labelled_positions, resumable, sft_arguments, tf32
+from factory.worker import Session, loss_metrics
+from factory.worker_job import WorkerJob, open_rows
 
 
 class SupervisedTokenGuard:
@@ -74,47 +57,30 @@ def sft_config(recipe: Recipe, out_dir: Path, run_name: str, trust_remote_code: 
     )
 
 
-def build_trainer(job: dict[str, Any]) -> tuple[SFTTrainer, Any]:
+def build_trainer(job: WorkerJob) -> tuple[SFTTrainer, Any]:
     """The SFTTrainer of a job, and the teacher tokenizer."""
     head_on_labelled_positions()
-    recipe = Recipe.model_validate(job["recipe"])
-    out_dir = Path(job["out_dir"])
-    spec = model_spec(job["teacher"])
+    spec = job.models["teacher"]
     tokenizer = load_tokenizer(spec)
-    rows = read_rows(out_dir / job["data"])
-    dataset = Dataset.from_list([{"input_ids": row["input_ids"], "labels": row["labels"]} for row in rows])
-    args = sft_config(recipe, out_dir, job["run_name"], spec.trust_remote_code)
+    args = sft_config(job.recipe, job.out_dir, job.run_name, spec.trust_remote_code)
     trainer = resumable(SFTTrainer)(
         model=str(resolve_model_path(spec)),
         args=args,
-        train_dataset=dataset,
+        train_dataset=open_rows(job.rows_file),
         processing_class=tokenizer,
         data_collator=SupervisedTokenGuard(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)),
     )
     return trainer, tokenizer
 
 
-def main(job_file: str | Path) -> None:
-    job = read_job(job_file)
-    out_dir = Path(job["out_dir"])
-    with tracking_env(out_dir):
-        trainer, tokenizer = build_trainer(job)
-        resume = last_checkpoint(out_dir)
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    rows = history_rows(trainer.state.log_history, LOSS_COLUMNS)
-    losses = [row["loss"] for row in rows if row["loss"] is not None]
-    result = {
-        **job["counts"],
-        "steps": trainer.state.global_step,
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-        "train_loss": mean_loss(trainer.state.log_history),
-        "resumed_from_step": checkpoint_step(resume) if resume else 0,
-    }
-    if trainer.accelerator.is_main_process:
-        write_curve(rows, out_dir, "loss_curve", [["loss"], ["learning_rate"]], "teacher SFT loss (explanation tokens)")
-    finish(trainer, tokenizer, out_dir, result)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+def start(job: WorkerJob) -> Session:
+    trainer, tokenizer = build_trainer(job)
+    return Session(
+        trainer,
+        tokenizer,
+        curve="loss_curve",
+        columns=LOSS_COLUMNS,
+        panels=[["loss"], ["learning_rate"]],
+        title="teacher SFT loss (explanation tokens)",
+        metrics=loss_metrics,
+    )
