@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU measurements the issues ask for, as one prepared run for a lent device (15 minutes a
-# session, one command of at most 10): reward (issue 3), transformers engine (issue 5) and
-# distillation MFU (issue 6) on Qwen2.5-0.5B-shaped random models in bf16, built from configs (the
-# device has no network). Each bench gets its own time limit so one failure cannot eat the budget;
-# every output goes to stdout and, when the device tool sets $OUT, to $OUT/gpu-bench.log.
+# session, one command of at most 10): reward (issue 3), transformers engine (issue 5), distillation
+# MFU (issue 6) and the memory plan's estimate against measured peaks (issue 16) on Qwen2.5-0.5B-shaped
+# random models in bf16, built from configs (the device has no network). Each bench gets its own time
+# limit so one failure cannot eat the budget; every output goes to stdout and, when the device tool sets
+# $OUT, to $OUT/gpu-bench.log.
 # Not yet run: no device has been lent to this project's sessions so far.
 #
 #     bash bench/gpu.sh            # on the device, from the repository root, torch with CUDA installed
@@ -28,4 +29,8 @@ run() {  # run SECONDS CMD...: one bench under its own limit; its exit status is
   # issue 6: packed vs padded distillation throughput and MFU
   run 150 python bench/distill.py --device cuda --dtype bfloat16 --model qwen0.5b-random \
     --rows 256 --max-length 4096 --batch 8 --repeats 1
+  # issue 16: the memory plan (factory.memory) against torch.cuda.max_memory_allocated of one teacher SFT
+  # step and one distill step (fused head, fused AdamW, fp32 weights, bf16 autocast; with and without
+  # gradient checkpointing); prints estimate, measured and their ratio per case
+  run 150 python bench/memory.py --device cuda --model qwen0.5b --batch 1 --length 4096 --bf16
 } 2>&1 | tee "$log"

@@ -138,13 +138,20 @@ def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     console.print(f"[green]ok[/green] {recipe}: recipe {loaded.name!r}, stages: {', '.join(enabled) or 'none'}")
 
 
-def _plan(recipe: Path, overrides, run_dir: Path, force=(), from_stage=None, only=(), running=False):
+def _plan(recipe: Path, overrides, run_dir: Path, force=(), from_stage=None, only=(), running=False, memory_check=True):
     from factory.pipeline import make_plan
     from factory.stages import load_stages
 
     loaded = _load(recipe, overrides)
     planned = make_plan(
-        loaded, run_dir, load_stages(), force=tuple(force), from_stage=from_stage, only=tuple(only), running=running
+        loaded,
+        run_dir,
+        load_stages(),
+        force=tuple(force),
+        from_stage=from_stage,
+        only=tuple(only),
+        running=running,
+        memory_check=memory_check,
     )
     _check_run_dir(loaded, recipe, run_dir)  # after the preflight, which names each source's key and line
     _warn(planned.warnings)
@@ -184,12 +191,16 @@ def plan(
     force: list[str] | None = ForceOpt,
     from_stage: str | None = FromOpt,
     only: list[str] | None = OnlyOpt,
+    gpu_memory: float | None = typer.Option(
+        None, "--gpu-memory", min=1, help="GiB of one GPU for the memory table when none is visible [default: 80]."
+    ),
 ) -> None:
-    """Show what would run, what is cached and why not, what would be published, rough compute."""
-    from factory.plan_view import render_plan
+    """Show what would run, what is cached and why not, what would be published, rough compute, memory per GPU."""
+    from factory.plan_view import render_memory, render_plan
 
     planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or ())
     render_plan(planned, console)
+    render_memory(planned, console, gpu_memory * 2**30 if gpu_memory else None)
 
 
 @command()
@@ -201,6 +212,9 @@ def run(
     from_stage: str | None = FromOpt,
     only: list[str] | None = OnlyOpt,
     push: bool = typer.Option(False, "--push", help="Publish artifacts to the Hub (HF_ENDPOINT, HF_TOKEN)."),
+    memory_check: bool = typer.Option(
+        True, "--memory-check/--no-memory-check", help="Refuse stages whose memory estimate exceeds the GPUs."
+    ),
 ) -> None:
     """Run the recipe: every stage not already cached, then publish its artifacts."""
     from factory.pipeline import execute, load_manifest
@@ -212,7 +226,7 @@ def run(
         machine_0_options = {"--push": push, "--force": force, "--from": from_stage, "--only": only}
         _follow(loaded, run_dir, ignored=[flag for flag, given in machine_0_options.items() if given])
         return
-    planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or (), running=True)
+    planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or (), running=True, memory_check=memory_check)
     publisher = _publisher(planned, run_dir, push)
     render_plan(planned, console, compact=True)
     report = execute(planned, str(recipe), publisher=publisher, log=console.print)

@@ -250,21 +250,31 @@ def estimate_parameters(source: Source) -> int | None:
     config.json, of a local folder, the factory cache or the Hub cache; else the size in the name
     ("7B", "135M"); None when nothing tells."""
     spec = as_spec(source)
-    kind = source_kind(spec)
-    folder: Path | None = None
-    if kind == "packaged":
-        name = spec.source.removeprefix("packaged:")
-        cached = packaged_cache(name)
-        folder = cached if cached.is_dir() else None
-    elif kind == "local":
-        folder = _local_folder(spec.source)
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        config = try_to_load_from_cache(spec.source, "config.json", revision=spec.revision)
-        folder = Path(config).parent if isinstance(config, str) else None
+    folder = _offline_folder(spec)
     counted = _count_folder(folder) if folder is not None else None
     return counted if counted is not None else _count_from_name(spec.source)
+
+
+def read_config(source: Source) -> dict[str, Any] | None:
+    """The model's config.json as found without a download (local folder, factory cache, Hub cache); None
+    when it is not on this machine. factory.memory reads the architecture from it."""
+    folder = _offline_folder(as_spec(source))
+    config = folder / "config.json" if folder is not None else None
+    return json.loads(config.read_text()) if config is not None and config.is_file() else None
+
+
+def _offline_folder(spec: ModelSpec) -> Path | None:
+    """The folder holding the model's config.json on this machine, or None; never downloads."""
+    kind = source_kind(spec)
+    if kind == "packaged":
+        cached = packaged_cache(spec.source.removeprefix("packaged:"))
+        return cached if cached.is_dir() else None
+    if kind == "local":
+        return _local_folder(spec.source)
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(spec.source, "config.json", revision=spec.revision)
+    return Path(config).parent if isinstance(config, str) else None
 
 
 def _count_folder(folder: Path) -> int | None:

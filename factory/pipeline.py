@@ -166,10 +166,12 @@ def make_plan(
     from_stage: str | None = None,
     only: tuple[str, ...] = (),
     running: bool = False,
+    memory_check: bool = True,
 ) -> Plan:
     """Decide, for every stage in order, whether it is cached, runs, resumes, or cannot run and why.
     The preflight runs first: a recipe with a mistake is refused before anything is read or written
-    (`running`: the plan is for running here, see `preflight`)."""
+    (`running`: the plan is for running here, see `preflight`; then, unless `memory_check` is off, a stage
+    that cannot fit the visible GPUs is refused too)."""
     order = stage_order(registry, recipe)
     for name in [*force, *only, *([from_stage] if from_stage else [])]:
         if name not in order:
@@ -221,7 +223,26 @@ def make_plan(
             if planned.name not in only and planned.will_run:
                 planned.status, planned.reason = Status.SKIPPED, f"not selected by --only ({', '.join(only)})"
     _require_upstream(planned_all, only, from_stage)
+    if running and memory_check:
+        _refuse_oversized(planned_all, recipe)
     return Plan(recipe=recipe, recipe_dir=recipe_dir, stages=planned_all, warnings=warnings)
+
+
+def _refuse_oversized(stages: list[PlannedStage], recipe: Recipe) -> None:
+    """With GPUs visible, a stage that would run but whose memory estimate exceeds them is refused here, before
+    any model loads (factory.memory); a machine without a GPU refuses nothing."""
+    from factory.memory import oversized, visible_gpu_memory
+
+    gpu = visible_gpu_memory()
+    if gpu is None:
+        return
+    found = oversized(recipe, [(p.name, p.stage.memory) for p in stages if p.will_run], gpu)
+    if found:
+        lines = "\n  ".join(found)
+        raise UserError(
+            f"recipe {recipe.name!r} does not fit this machine's GPUs (estimates, upper bounds at the longest "
+            f"sequences; factory plan shows the table; --no-memory-check runs anyway):\n  {lines}"
+        )
 
 
 def _resolve_inputs(

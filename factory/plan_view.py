@@ -79,3 +79,36 @@ def render_run_end(plan: Plan, report: RunReport, console: Console) -> None:
     console.print("[bold]summary[/bold]")
     for name in report.ran:
         console.print(f"  {escape(report.summaries[name])}")
+
+
+def render_memory(plan: Plan, console: Console, gpu_memory: float | None = None) -> None:
+    """Per stage that would run: the GiB one GPU holds at its peak, by component (factory.memory), against the
+    visible GPU, else `gpu_memory` (bytes), else DEFAULT_GPU; and whether `run` would refuse it."""
+    from factory.memory import COLUMNS, DEFAULT_GPU, GIB, RESERVE, gib, visible_gpu_memory
+
+    visible = visible_gpu_memory()
+    gpu = visible or gpu_memory or DEFAULT_GPU
+    if visible:
+        against = f"the visible GPU's {gib(gpu)} GiB; run refuses a stage over {gib(gpu - RESERVE)} GiB"
+    else:
+        given = "--gpu-memory" if gpu_memory else "the default, --gpu-memory to change"
+        against = f"{gib(gpu)} GiB ({given}); no GPU visible, so run refuses nothing here"
+    console.print(
+        f"[bold]memory per GPU[/bold], GiB, upper bounds at the longest sequences, against {against}", soft_wrap=True
+    )
+    headers = ["weights", "grads", "optim", "activ", "logits", "frozen", "vLLM", "total"]
+    console.print(f"   {'stage':<18}" + "".join(f"{name:>8}" for name in headers) + "  peak", soft_wrap=True)
+    for planned in plan.stages:
+        if not planned.will_run or planned.stage is None:
+            continue
+        estimate = planned.stage.memory(plan.recipe)
+        if estimate is None:
+            console.print(
+                f"   {planned.name:<18}  unknown: no config.json of its model on this machine", soft_wrap=True
+            )
+            continue
+        peak = estimate.peak(gpu)
+        values = [*(peak.columns(gpu)[column] for column in COLUMNS), peak.total(gpu)]
+        cells = "".join(f"{value / GIB:>8.1f}" for value in values)
+        verdict = "" if estimate.fits(gpu) else "  [red]does not fit[/red]"
+        console.print(f"   {planned.name:<18}{cells}  {peak.name}{verdict}", soft_wrap=True)

@@ -55,7 +55,7 @@ grep -q "teacher_rl" plan.txt
 say "factory plan aime: ok"
 "$FACTORY" validate quickstart-students
 if "$FACTORY" validate no-such-recipe 2> unknown.txt; then echo "an unknown recipe name was accepted" >&2; exit 1; fi
-grep -q "bundled: aime, quickstart, quickstart-students" unknown.txt
+grep -q "bundled: aime, four-gpu, one-gpu, quickstart, quickstart-students" unknown.txt
 
 "$PY" - "$SITE" <<'EOF'
 import sys

@@ -31,7 +31,7 @@ def test_package_links_to_the_checkout_folders(repo_root):
     """factory/recipes and factory/spaces are the checkout's recipes/ and spaces/, not copies."""
     assert bundled("recipes").resolve() == (repo_root / "recipes").resolve()
     assert SPACE_DIR.resolve() == (repo_root / "spaces" / "compare").resolve()
-    assert recipe_names() == ["aime", "quickstart", "quickstart-students"]
+    assert recipe_names() == ["aime", "four-gpu", "one-gpu", "quickstart", "quickstart-students"]
     assert [preset_file(Launch(preset=name)).parent for name in PRESET_FILES] == [bundled("recipes", "accelerate")] * 3
 
 
@@ -75,7 +75,7 @@ def test_cli_runs_bundled_recipes_by_name_from_anywhere(tmp_path):
     assert valid.returncode == 0 and "recipe 'quickstart-students'" in valid.stdout, valid.stderr
     unknown = factory("run", "quickstrat", cwd=tmp_path)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
-    assert "bundled: aime, quickstart, quickstart-students" in unknown.stderr
+    assert "bundled: aime, four-gpu, one-gpu, quickstart, quickstart-students" in unknown.stderr
     assert not (tmp_path / "runs" / "aime").exists()
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from factory.artifacts import ArtifactMeta
+    from factory.memory import MemoryEstimate
     from factory.recipe import DataSource, EvalSet, ModelSpec, Recipe
 
 
@@ -172,6 +173,11 @@ class Stage:
     def estimate(self, recipe: Recipe) -> dict[str, float]:
         """Rough compute for `plan`: {'tokens': ..., 'flops': ...}; empty when unknown."""
         return {}
+
+    def memory(self, recipe: Recipe) -> MemoryEstimate | None:
+        """What one GPU holds at the stage's peak, for `plan`'s table and `run`'s refusal before loading
+        (factory.memory composes it from what the stage trains and loads); None when unknown."""
+        return None
 
     def run(self, ctx: StageContext) -> StageResult:
         raise NotImplementedError

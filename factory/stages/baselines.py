@@ -64,6 +64,12 @@ class DistilledBaseline(Stage):
 
         return DistillStage().estimate(recipe)
 
+    def memory(self, recipe: Recipe):
+        """As the distill stage trains its own student."""
+        from factory.stages.distill import DistillStage
+
+        return DistillStage().memory(recipe)
+
     def rows_of(self, ctx: StageContext) -> list[dict[str, str]] | str:
         """The trace rows it learns from, or why there are none."""
         raise NotImplementedError

@@ -209,6 +209,12 @@ class DistillStage(Stage):
         params = estimate_parameters(recipe.models.distill_base)
         return {"tokens": tokens, "flops": 6 * params * tokens} if params else {"tokens": tokens}
 
+    def memory(self, recipe: Recipe):
+        """The distillation base trained on rows of up to max_length tokens (factory.memory.sft_memory)."""
+        from factory.memory import sft_memory
+
+        return sft_memory(recipe.models.distill_base, recipe.stages.distill, recipe.launch, "stages.distill")
+
     def run(self, ctx: StageContext) -> StageResult:
         traces = ctx.inputs["traces"]
         metrics = distill_model(

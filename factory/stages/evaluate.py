@@ -338,6 +338,19 @@ class EvaluateStage(Stage):
             return {"tokens": tokens}
         return {"tokens": tokens, "flops": 2 * params * tokens}
 
+    def memory(self, recipe: Recipe):
+        """One model generating at a time (the student, then each baseline): vLLM's share, or transformers'
+        weights and KV cache of a batch at max_new_tokens plus a prompt of up to 2048 tokens (an assumption:
+        the eval sets' questions are read only when the stage runs)."""
+        from factory.memory import MemoryEstimate, engine_phase
+
+        settings = recipe.stages.evaluate
+        rows, length = settings.batch_size * settings.n, 2048 + settings.max_new_tokens
+        found = engine_phase(
+            "generation", settings.engine, recipe.models.distill_base, settings.gpu_memory_utilization, rows, length
+        )
+        return MemoryEstimate((found[0],)) if found else None
+
     def run(self, ctx: StageContext) -> StageResult:
         from rich.markup import escape
 

@@ -120,6 +120,34 @@ class GenerateStage(Stage):
             return {"tokens": float(tokens)}
         return {"tokens": float(tokens), "flops": float(2 * teacher * tokens + 2 * (teacher + student) * tokens)}
 
+    def memory(self, recipe: Recipe):
+        """Two phases on each GPU group: generation (vLLM's share, or transformers' weights and KV cache of a
+        batch of candidates at the longest prompt + max_new_tokens), then scoring (teacher and reward student in
+        their recipe dtypes, the reward's forwards at reward.batch_size x its length)."""
+        from factory import memory as m
+
+        settings, reward, models = recipe.stages.generate, recipe.reward, recipe.models
+        length = recipe.stages.teacher_rl.max_prompt_length + settings.max_new_tokens
+        rows = settings.batch_size * settings.n
+        found = m.engine_phase(
+            "generation", settings.engine, models.teacher, settings.gpu_memory_utilization, rows, length
+        )
+        student = m.architecture(models.student)
+        if found is None or student is None:
+            return None
+        generation, teacher = found
+        weights = {"teacher": (models.teacher, teacher), "student": (models.student, student)}
+        held = {name: m.weight_bytes(spec, arch) * arch.parameters for name, (spec, arch) in weights.items()}
+        scored = reward.batch_size * (reward.max_length or length)
+        forwards = [
+            m.forward_bytes(arch, scored, m.weight_bytes(spec, arch), reward.chunk_size)
+            for spec, arch in weights.values()
+        ]
+        scoring = m.Phase(
+            "scoring", {"weights": held["teacher"], "frozen models": held["student"], "activations": max(forwards)}
+        )
+        return m.MemoryEstimate((generation, scoring))
+
     def run(self, ctx: StageContext) -> StageResult:
         from factory.engines.base import gpu_groups, resolve_kind
         from factory.stages.generate_worker import WorkDir, checked_tokenizers, load_questions, run_job

@@ -165,6 +165,45 @@ class TeacherRL(Stage):
         flops = 2 * teacher * completions + passes * teacher * tokens + 2 * student * tokens
         return {"tokens": tokens, "flops": flops}
 
+    def memory(self, recipe):
+        """The policy trained on micro-batches of per_device_batch_size rollouts at the longest prompt and
+        completion, beside the KL reference and the reward student; the reward's no-grad forwards (both models
+        at reward.batch_size x its length) and, without vLLM, transformers' rollouts are phases of their own."""
+        from factory import memory as m
+
+        rl, launch, reward, models = recipe.stages.teacher_rl, recipe.launch, recipe.reward, recipe.models
+        teacher, student = m.architecture(models.teacher), m.architecture(models.student)
+        if teacher is None or student is None:
+            return None
+        length = rl.max_prompt_length + rl.max_completion_length
+        train = m.training_parts(
+            teacher,
+            launch,
+            bf16=rl.bf16,
+            checkpointing=rl.gradient_checkpointing,
+            tokens=rl.per_device_batch_size * length,
+            labelled=rl.per_device_batch_size * rl.max_completion_length,
+        )
+        student_bytes = m.weight_bytes(models.student, student)
+        frozen = m.frozen_bytes(student, student_bytes, launch)
+        frozen += m.frozen_bytes(teacher, 4, launch) if rl.beta > 0 else 0  # TRL loads the reference in fp32
+        resident = {key: train[key] for key in ("weights", "gradients", "optimizer")} | {"frozen models": frozen}
+        share = launch.vllm_gpu_memory_utilization if launch.vllm_mode == "colocate" else 0.0
+        scored = reward.batch_size * (reward.max_length or length)
+        per_value = 2 if rl.bf16 else 4
+        scoring = max(
+            m.forward_bytes(student, scored, student_bytes, reward.chunk_size),
+            m.forward_bytes(teacher, scored, per_value, reward.chunk_size),
+        )
+        phases = [
+            m.Phase("training", train | {"frozen models": frozen}, share),
+            m.Phase("reward", resident | {"activations": scoring}, share),
+        ]
+        if launch.vllm_mode == "off":  # every rollout of this process generated at once, by the fp32 policy
+            rows = -(-rl.rollouts_per_step // launch.world_size)
+            phases.append(m.Phase("rollouts", resident | {"activations": m.kv_cache_bytes(teacher, rows * length, 4)}))
+        return m.MemoryEstimate(tuple(phases), section="stages.teacher_rl")
+
     def run(self, ctx: StageContext) -> StageResult:
         from factory.models import resolve_model_path
 

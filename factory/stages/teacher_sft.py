@@ -88,6 +88,13 @@ class TeacherSFT(Stage):
         params = estimate_parameters(recipe.models.teacher)
         return {"tokens": tokens, "flops": 6 * params * tokens} if params else {"tokens": tokens}
 
+    def memory(self, recipe):
+        """The teacher trained on rows of up to max_length tokens (factory.memory.sft_memory)."""
+        from factory.memory import sft_memory
+
+        settings = recipe.stages.teacher_sft
+        return sft_memory(recipe.models.teacher, settings, recipe.launch, "stages.teacher_sft")
+
     def run(self, ctx: StageContext) -> StageResult:
         result = run_training(ctx.out_dir, ctx.recipe.launch, lambda: self.prepare(ctx))
         return StageResult(
