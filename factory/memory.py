@@ -45,6 +45,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -317,10 +318,7 @@ def with_setting(recipe: Recipe, changes: dict[str, Any]) -> Recipe:
     copy = recipe.model_copy(deep=True)
     for key, value in changes.items():
         *path, last = key.split(".")
-        target = copy
-        for part in path:
-            target = getattr(target, part)
-        setattr(target, last, value)
+        setattr(reduce(getattr, path, copy), last, value)
     return copy
 
 
@@ -379,10 +377,7 @@ def _knobs(recipe: Recipe, estimate: MemoryEstimate, gpu: float) -> list[tuple[s
 
 
 def _section(recipe: Recipe, dotted: str | None) -> Any:
-    target: Any = recipe
-    for part in dotted.split(".") if dotted else []:
-        target = getattr(target, part, None)
-    return target if dotted else None
+    return reduce(getattr, dotted.split("."), recipe) if dotted else None
 
 
 def _halvings(value: int, floor: int) -> list[int]:

@@ -86,6 +86,9 @@ def render_memory(plan: Plan, console: Console, gpu_memory: float | None = None)
     visible GPU, else `gpu_memory` (bytes), else DEFAULT_GPU; and whether `run` would refuse it."""
     from factory.memory import COLUMNS, DEFAULT_GPU, GIB, RESERVE, gib, visible_gpu_memory
 
+    running = [planned for planned in plan.stages if planned.will_run and planned.stage is not None]
+    if not running:
+        return
     visible = visible_gpu_memory()
     gpu = visible or gpu_memory or DEFAULT_GPU
     if visible:
@@ -98,13 +101,12 @@ def render_memory(plan: Plan, console: Console, gpu_memory: float | None = None)
     )
     headers = ["weights", "grads", "optim", "activ", "logits", "frozen", "vLLM", "total"]
     console.print(f"   {'stage':<18}" + "".join(f"{name:>8}" for name in headers) + "  peak", soft_wrap=True)
-    for planned in plan.stages:
-        if not planned.will_run or planned.stage is None:
-            continue
+    for planned in running:
         estimate = planned.stage.memory(plan.recipe)
         if estimate is None:
             console.print(
-                f"   {planned.name:<18}  unknown: no config.json of its model on this machine", soft_wrap=True
+                f"   {planned.name:<18}  unknown: the stage gives no estimate, or its model's config.json is not here",
+                soft_wrap=True,
             )
             continue
         peak = estimate.peak(gpu)

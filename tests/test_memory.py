@@ -173,3 +173,15 @@ def test_gpu_recipes_fit_80_gb_as_their_comment_says(name, monkeypatch, tmp_path
     ]
     printed = result.output[result.output.index("memory per GPU") :].splitlines()[1:]
     assert [line.rstrip() for line in comment] == [line.rstrip() for line in printed if line.strip()]
+
+
+def test_nvidia_smi_gives_the_smallest_visible_gpu(tmp_path, monkeypatch):
+    """Without torch, the GPUs nvidia-smi lists, narrowed to CUDA_VISIBLE_DEVICES; the smallest one counts."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '0, 81559\\n1, 40960\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert memory._nvidia_smi_memory() == 40960 * 2**20
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert memory._nvidia_smi_memory() == 81559 * 2**20
