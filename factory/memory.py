@@ -62,23 +62,17 @@ COLUMNS = ("weights", "gradients", "optimizer", "activations", "logits", "frozen
 
 # config.json numbers of the Hub models factory's recipes name, for plans made before any download (from
 # each repository's config.json; Bespoke-Stratos-7B is a fine-tuned Qwen2.5-7B-Instruct, same shape).
-_QWEN25_7B = {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4}
-_QWEN25_7B |= {"intermediate_size": 18944, "vocab_size": 152064, "tie_word_embeddings": False}
+_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+_CONFIG_KEYS += ("intermediate_size", "vocab_size", "tie_word_embeddings")
+_QWEN25 = {
+    "0.5B": (896, 24, 14, 2, 4864, 151936, True),
+    "1.5B": (1536, 28, 12, 2, 8960, 151936, True),
+    "3B": (2048, 36, 16, 2, 11008, 151936, True),
+    "7B": (3584, 28, 28, 4, 18944, 152064, False),
+}
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    "Qwen/Qwen2.5-0.5B-Instruct": {
-        **{"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2},
-        **{"intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True},
-    },
-    "Qwen/Qwen2.5-1.5B-Instruct": {
-        **{"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2},
-        **{"intermediate_size": 8960, "vocab_size": 151936, "tie_word_embeddings": True},
-    },
-    "Qwen/Qwen2.5-3B-Instruct": {
-        **{"hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2},
-        **{"intermediate_size": 11008, "vocab_size": 151936, "tie_word_embeddings": True},
-    },
-    "Qwen/Qwen2.5-7B-Instruct": _QWEN25_7B,
-    "bespokelabs/Bespoke-Stratos-7B": _QWEN25_7B,
+    **{f"Qwen/Qwen2.5-{size}-Instruct": dict(zip(_CONFIG_KEYS, shape)) for size, shape in _QWEN25.items()},
+    "bespokelabs/Bespoke-Stratos-7B": dict(zip(_CONFIG_KEYS, _QWEN25["7B"])),
 }
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -392,35 +386,42 @@ def _halvings(value: int, floor: int) -> list[int]:
 
 
 def visible_gpu_memory() -> int | None:
-    """Bytes of the smallest visible GPU, or None on a machine without one. torch is asked only where an
-    NVIDIA or ROCm driver is loaded (so a CPU machine never pays its import); nvidia-smi otherwise."""
+    """Bytes of the smallest visible GPU, or None on a machine without one: nvidia-smi's list where it is
+    installed (so `plan` keeps its promise of no torch import), else torch.cuda where an NVIDIA or ROCm driver
+    is loaded; a machine with neither never pays torch's import."""
+    if shutil.which("nvidia-smi") is not None:
+        return _nvidia_smi_memory()
     if not (Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists()):
         return None
     try:
         import torch
     except ImportError:
-        return _nvidia_smi_memory()
+        return None
     if not torch.cuda.is_available():
         return None
     return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
 
 
 def _nvidia_smi_memory() -> int | None:
-    """The smallest total memory nvidia-smi lists among the GPUs CUDA_VISIBLE_DEVICES leaves visible."""
-    if shutil.which("nvidia-smi") is None:
-        return None
+    """The smallest total memory nvidia-smi lists among the GPUs CUDA_VISIBLE_DEVICES leaves visible (given
+    as indices; UUIDs or MIG names count every GPU)."""
     command = ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"]
     try:
         listed = subprocess.run(command, capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     sizes = {}
     for line in listed.splitlines():
         index, _, mebibytes = line.partition(",")
         if mebibytes.strip().isdigit():
             sizes[index.strip()] = int(mebibytes) * 2**20
-    chosen = [sizes[i] for i in visible.split(",") if i in sizes] if visible else list(sizes.values())
+    chosen = list(sizes.values())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        wanted = [name.strip() for name in visible.split(",") if name.strip()]
+        if not wanted or wanted[0].startswith("-"):  # CUDA hides every GPU
+            return None
+        chosen = [sizes[name] for name in wanted if name in sizes] or chosen
     return min(chosen) if chosen else None
 
 

@@ -185,3 +185,6 @@ def test_nvidia_smi_gives_the_smallest_visible_gpu(tmp_path, monkeypatch):
     assert memory._nvidia_smi_memory() == 40960 * 2**20
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert memory._nvidia_smi_memory() == 81559 * 2**20
+    assert memory.visible_gpu_memory() == 81559 * 2**20  # nvidia-smi first: no torch import
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert memory.visible_gpu_memory() is None
