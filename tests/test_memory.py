@@ -188,3 +188,18 @@ def test_nvidia_smi_gives_the_smallest_visible_gpu(tmp_path, monkeypatch):
     assert memory.visible_gpu_memory() == 81559 * 2**20  # nvidia-smi first: no torch import
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert memory.visible_gpu_memory() is None
+
+
+def test_teacher_rl_counts_the_reference_the_reward_student_and_vllm():
+    """beta 0 drops the fp32 KL reference (4 bytes a parameter on one process); colocated vLLM takes its share of
+    whichever GPU it is compared with; server mode leaves the training GPUs without it."""
+    stage, gpu = load_stages()["teacher_rl"], 80 * memory.GIB
+    single = {"launch.preset": "single", "launch.num_processes": 1}
+    recipe = memory.with_setting(load_recipe("recipes/aime.yaml"), single)
+    teacher = memory.architecture(recipe.models.teacher)
+    with_reference = stage.memory(recipe).peak(gpu).columns(gpu)
+    without = stage.memory(memory.with_setting(recipe, {"stages.teacher_rl.beta": 0.0})).peak(gpu).columns(gpu)
+    assert with_reference["frozen models"] - without["frozen models"] == 4 * teacher.parameters
+    assert with_reference["vLLM"] == 0.3 * gpu
+    server = memory.with_setting(recipe, {"launch.vllm_mode": "server", "launch.vllm_gpus": 1})
+    assert stage.memory(server).peak(gpu).columns(gpu)["vLLM"] == 0
