@@ -308,7 +308,7 @@ def compare(
     from factory.compare import launch, space_module
     from factory.paths import refuse_input_as_output
 
-    data = space_module("compare_data")
+    data = space_module("compare_sources")
     locations = [Path(data.split_config(data.split_spec(spec)[1])[0]) for spec in sources]
     refuse_input_as_output(votes, "--votes", [("the source", path) for path in locations if path.exists()])
     launch(sources, port, host, votes, votes_repo)

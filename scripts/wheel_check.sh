@@ -77,7 +77,8 @@ assert load_config_from_file(str(preset)).distributed_type == "MULTI_GPU"  # acc
 print("launch:", " ".join(command))
 with tempfile.TemporaryDirectory() as folder:  # what the Hub Space deploy uploads
     files = sorted(p.name for p in write_space(folder, ["a=org/a@v1", "b=org/b@v1"]).iterdir())
-assert files == ["README.md", "app.py", "compare_data.py", "compare_votes.py", "requirements.txt", "sources.json"], files
+space = ["app.py", "compare_data.py", "compare_render.py", "compare_sources.py", "compare_votes.py"]
+assert files == sorted([*space, "README.md", "requirements.txt", "sources.json"]), files
 EOF
 say "two-process launch command and the Space's files: ok"
 

@@ -26,6 +26,8 @@ from factory.errors import UserError
 from factory.formats import student_messages
 
 cd = fc.space_module("compare_data")
+cr = fc.space_module("compare_render")
+cs = fc.space_module("compare_sources")
 cv = fc.space_module("compare_votes")
 N = 60
 SPECIAL = {17: 3.0, 42: -2.5}  # rlt reward - base reward at these questions
@@ -189,16 +191,16 @@ def test_question_panels_and_markdown(comparison):
     assert base["components"]["kl_mean"] == pytest.approx(0.3) and base["tokens"] == 38 and rlt["tokens"] == 68
     assert base["student_correct"] is None and bool(rlt["student_correct"]) is True
     assert not base["closed"]  # 18 % 9 == 0
-    text = cd.metrics_markdown(rlt, "right")
+    text = cr.metrics_markdown(rlt, "right")
     assert text.startswith("### rlt · right") and f"**{rlt['reward']:.4f}**" in text and "✓ student right" in text
-    assert "student result not recorded" in cd.metrics_markdown(base) and "**not closed**" in cd.metrics_markdown(base)
+    assert "student result not recorded" in cr.metrics_markdown(base) and "**not closed**" in cr.metrics_markdown(base)
     assert rlt["flags"] == ["answer leaked"] and "**answer leaked**" in text and base["flags"] == []
     assert comparison.panel(1, comparison.position("q019"))["flags"] == []
-    assert cd.question_markdown(shown).endswith("#### Reference solution\n\n$\\boxed{18}$")  # bare \boxed made math
+    assert cr.question_markdown(shown).endswith("#### Reference solution\n\n$\\boxed{18}$")  # bare \boxed made math
     assert (
-        cd.math_markdown("so \\boxed{\\frac{1}{2}} and \\boxed{3}.") == "so $\\boxed{\\frac{1}{2}}$ and $\\boxed{3}$."
+        cr.math_markdown("so \\boxed{\\frac{1}{2}} and \\boxed{3}.") == "so $\\boxed{\\frac{1}{2}}$ and $\\boxed{3}$."
     )
-    assert cd.math_markdown("$x$ and \\boxed{3}") == "$x$ and \\boxed{3}"  # delimited text is the author's
+    assert cr.math_markdown("$x$ and \\boxed{3}") == "$x$ and \\boxed{3}"  # delimited text is the author's
 
 
 def test_summary_and_figures(comparison):
@@ -253,34 +255,45 @@ def test_launched_app_answers_gradio_client(served):
     demo, votes = served
     app = fc.space_module("app")
     client = Client(demo.local_url, verbose=False)
-    # outputs after the query box: position, question, metrics x2, explanations x2, vote status
-    query, position, question, m_base, m_rlt, e_base, e_rlt, status = client.predict("q017", 0, 1, api_name="/go_to")
+    plain, marked = [], [app.DIFF]  # what the page shows: explanations as written, or their differences marked
+    # outputs after the query box: position, question, metrics x2, explanations x2, vote status, link
+    shown = client.predict("q017", 0, 1, plain, api_name="/go_to")
+    query, position, question, m_base, m_rlt, e_base, e_rlt, status, link = shown
     assert query == "" and "q017" in question and "**1** / 60" in position  # q017 leads the disagreement order
     assert e_base == explanation("base", 17).strip() and e_rlt == explanation("rlt", 17).strip()  # Markdown strips
     assert f"**{base_reward(17):.4f}**" in m_base and f"**{base_reward(17) + 3.0:.4f}**" in m_rlt
-    assert status == "no vote yet for this question and pair"
-    back = client.predict(0, 1, api_name="/previous")  # already first: stays
-    assert "q017" in back[1] and "**1** / 60" in back[0]
-    nxt = client.predict(0, 1, api_name="/next")
+    assert status == "no vote yet for this question and pair" and link.endswith("?q=q017")
+    diffed = client.predict("q023", 0, 1, marked, api_name="/go_to")
+    assert diffed[5].startswith("<mark>base</mark> explains 23") and "<mark>rlt</mark> explains 23" in diffed[6]
+    assert "<mark>A zebra crossing helps here.</mark>" in diffed[6] and "$x^2 = 529$" in diffed[6]
+    back = client.predict(0, 1, plain, api_name="/previous")  # one back from q023; the link follows
+    step = lambda position: int(position.split("**")[1])  # noqa: E731
+    assert step(back[0]) == step(diffed[1]) - 1 and back[-1].endswith("?q=" + back[1].split("`")[1])
+    first = client.predict("q017", 0, 1, plain, api_name="/go_to")
+    back = client.predict(0, 1, plain, api_name="/previous")  # already first: stays
+    assert "q017" in back[1] and "**1** / 60" in back[0] and first[2] == back[1]
+    nxt = client.predict(0, 1, plain, api_name="/next")
     assert "q042" in nxt[1] and "**2** / 60" in nxt[0]
     vote_status, summary = client.predict(0, 1, api_name="/vote_left")
     assert "left is better" in vote_status and summary.startswith("1 votes")
     saved = [json.loads(line) for line in votes.read_text().splitlines()]
     assert [(v["id"], v["vote"]) for v in saved] == [("q042", "left")]
-    nothing = client.predict("no such words", "dataset", 0, 1, api_name="/search")
+    nothing = client.predict("no such words", "dataset", 0, 1, plain, api_name="/search")
     assert nothing[0] == "no question matches “no such words”" and nothing[-1] == "page 1 / 1 · 0 questions"
     client.predict(0, 1, api_name="/vote_right")  # nothing shown: no vote recorded
     assert len(votes.read_text().splitlines()) == 1
-    found = client.predict("zebra", "dataset", 0, 1, api_name="/search")
+    found = client.predict("zebra", "dataset", 0, 1, plain, api_name="/search")
     assert "q023" in found[1] and "**1** / 1" in found[0]
     table = found[-3]
     assert [row[1] for row in table["data"]] == ["q023"] and found[-1] == "page 1 / 1 · 1 questions"
     page = client.predict(0, 1, 1, api_name="/page")  # the search still applies to the overview
     assert len(page[0]["data"]) == 1
-    everything = client.predict("", "disagreement", 0, 1, api_name="/search")
+    everything = client.predict("", "disagreement", 0, 1, plain, api_name="/search")
     assert len(everything[-3]["data"]) == app.PAGE_SIZE == 25 and everything[-1] == "page 1 / 3 · 60 questions"
     last = client.predict(0, 1, 2, api_name="/page_next")
     assert [row[0] for row in last[0]["data"]] == list(range(51, 61)) and last[1] == 3
+    swapped = client.predict("q005", 1, 0, plain, api_name="/go_to")
+    assert swapped[-1].endswith("?q=q005&left=1&right=0")  # the link keeps another pair
 
 
 @contextlib.contextmanager
@@ -320,6 +333,8 @@ def test_space_settings_and_written_space(traces, tmp_path, monkeypatch):
         "README.md",
         "app.py",
         "compare_data.py",
+        "compare_render.py",
+        "compare_sources.py",
         "compare_votes.py",
         "requirements.txt",
         "sources.json",
@@ -327,6 +342,7 @@ def test_space_settings_and_written_space(traces, tmp_path, monkeypatch):
     front = yaml.safe_load((dest / "README.md").read_text().split("---\n")[1])
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["sdk_version"] == gradio.__version__
     assert front["datasets"] == ["org/rlt-traces", "org/base-traces"] and front["title"] == "RLT vs base"
+    assert front["models"] == []  # deploy_space fills it from the published versions' factory.json
     assert json.loads((dest / "sources.json").read_text())["sources"] == specs
     with pytest.raises(UserError, match="two or more"):
         fc.write_space(tmp_path / "one", specs[:1])
@@ -374,54 +390,3 @@ def test_loads_source_from_hub_by_revision_and_publishes(hub_env, traces, tmp_pa
         shown = client.predict("q017", 0, 1, api_name="/go_to")
         assert "q017" in shown[2] and shown[5] == shown[6] == explanation("rlt", 17).strip()
         assert f"**{base_reward(17) + 3.0:.4f}**" in shown[3] and "**9.0000**" in shown[4]  # v1 left, v2 right
-
-
-# ------------------------------------------------------------------------------- dataset configs
-
-
-def test_source_selects_a_config_of_an_artifact_folder(tmp_path):
-    """`FOLDER#before_rl` reads data/before_rl/*.parquet; the default label says which config it is."""
-    artifact = tmp_path / "generate-0123456789ab"
-    (artifact / "data" / "before_rl").mkdir(parents=True)
-    pd.DataFrame(trace_rows("rlt", list(range(N)))).to_parquet(artifact / "data" / "train-00000-of-00001.parquet")
-    pd.DataFrame(trace_rows("base", list(range(N)))).to_parquet(
-        artifact / "data" / "before_rl" / "train-00000-of-00001.parquet"
-    )
-    comparison = cd.load_comparison([str(artifact), f"{artifact}#before_rl"])
-    assert comparison.labels == ["generate-0123456789ab", "generate-0123456789ab#before_rl"]
-    assert [s.ref for s in comparison.sources] == [str(artifact), f"{artifact}#before_rl"]
-    assert len(comparison) == N and comparison.difference(1, 0)[comparison.position("q017")] == pytest.approx(3.0)
-    assert set(comparison.frames[1]["teacher"]) == {"org/base-teacher@v1"}
-
-    with pytest.raises(cd.SourceError, match="no config 'candidates' .*configs: default, before_rl"):
-        cd.load_source(f"{artifact}#candidates")
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps(row) + "\n" for row in trace_rows("rlt", [1, 2])))
-    with pytest.raises(cd.SourceError, match="applies to an artifact folder or a Hub dataset, not a file"):
-        cd.load_source(f"{rows}#before_rl")
-    hashed = tmp_path / "run#2.jsonl"  # an existing path is taken whole, '#' and all
-    hashed.write_text(rows.read_text())
-    assert cd.load_source(str(hashed)).label == "run#2"
-    assert cd.split_config("org/x-traces@v2#before_rl") == ("org/x-traces@v2", "before_rl")
-    assert cd.split_config("org/x-traces@v2") == ("org/x-traces@v2", None)
-
-
-def test_source_selects_a_config_of_a_hub_dataset(hub_env, tmp_path):
-    """`owner/name@rev#before_rl` passes name=before_rl to load_dataset, at that revision."""
-    import datasets
-    from huggingface_hub import HfApi
-
-    repo = "factory-org/cfg-traces"
-    datasets.Dataset.from_list(trace_rows("rlt", list(range(N)))).push_to_hub(repo)
-    datasets.Dataset.from_list(trace_rows("base", list(range(N)))).push_to_hub(repo, config_name="before_rl")
-    HfApi().create_tag(repo, tag="v1", repo_type="dataset")
-    comparison = cd.load_comparison([f"{repo}@v1", f"{repo}@v1#before_rl"])
-    assert comparison.labels == ["cfg-traces@v1", "cfg-traces@v1#before_rl"]
-    assert [s.ref for s in comparison.sources] == [f"{repo}@v1", f"{repo}@v1#before_rl"]
-    assert comparison.difference(1, 0)[comparison.position("q017")] == pytest.approx(3.0)
-    assert comparison.rewards[1, comparison.position("q005")] == pytest.approx(base_reward(5))
-    with pytest.raises(cd.SourceError, match="@v1#nope: could not load"):
-        cd.load_source(f"{repo}@v1#nope")
-
-    dest = fc.write_space(tmp_path / "space", [f"{repo}@v1", f"{repo}@v1#before_rl"])
-    assert yaml.safe_load((dest / "README.md").read_text().split("---\n")[1])["datasets"] == [repo]

@@ -52,7 +52,7 @@ def test_traces_before_and_after_rl_deploy_the_compare_space(store, hub_env, tmp
     files = set(space.commits[space.branches["main"]].files)
     assert {"app.py", "compare_data.py", "README.md", "sources.json", "requirements.txt"} <= files
     shown = compare.load(space_sources())  # what the Space loads: both configs of v1, aligned by id
-    assert shown.labels == ["tiny-traces@v1", "tiny-traces@v1#before_rl"]
+    assert shown.labels == ["after RL", "before RL"]  # named by the version's factory.json, not its location
     assert shown.difference(1, 0).tolist() == pytest.approx([0.5, 1.5, 1.0])  # after − before, per question
     assert (
         datasets.load_dataset(TRACES_REPO, "before_rl", revision="v1", split="train")["explanation"]
@@ -113,5 +113,5 @@ def test_local_store_card_compares_its_own_folders(tmp_path, tiny_model_dir):
     text = (Path(ref.url) / "README.md").read_text()
     assert f"`factory compare {ref.url} {ref.url}#before_rl`" in text and "/spaces/" not in text
     shown = compare.load([ref.url, f"{ref.url}#before_rl"])
-    assert shown.labels == ["tiny-traces@v1", "tiny-traces@v1#before_rl"]  # the version, not its snapshot id
+    assert shown.labels == ["after RL", "before RL"]  # the version's factory.json, not its snapshot id
     assert shown.difference(1, 0).tolist() == pytest.approx([1.0, 1.0])

@@ -1,8 +1,10 @@
 """Gradio Space: compare teachers' explanations side by side.
 
-A thin layout over compare_data.py and compare_votes.py. Runs as a Hugging Face Space (`python app.py`,
-sources from the `SOURCES` variable or `sources.json` beside this file) and from `factory compare SOURCE ...`.
-The browser only ever receives one question or one overview page: the data stays on the server.
+A thin layout over compare_data.py (alignment), compare_render.py (Markdown) and compare_votes.py. Runs as
+a Hugging Face Space (`python app.py`, sources from the `SOURCES` variable or `sources.json` beside this file)
+and from `factory compare SOURCE ...`. The browser only ever receives one question or one overview page: the
+data stays on the server. `?q=<id>` (with `&left=&right=` for another pair) opens one question: the link a
+reader cites.
 """
 
 from __future__ import annotations
@@ -12,17 +14,23 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import gradio as gr
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_data as cd  # noqa: E402
+import compare_render as cr  # noqa: E402
 import compare_votes as cv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 25
-CSS = ".explanation {border-top: 1px solid var(--border-color-primary); padding-top: 8px}"
+DIFF, TAGS = "mark where left and right differ", "show the format's tags"
+CSS = (
+    ".explanation {border-top: 1px solid var(--border-color-primary); padding-top: 8px}\n"
+    ".explanation mark {background: #fde68a; color: inherit; padding: 0 1px; border-radius: 2px}"
+)
 
 
 def configured() -> dict[str, Any]:
@@ -49,24 +57,31 @@ def build_app(
     def order(view: dict, left: int, right: int) -> np.ndarray:
         return comparison.order(view["query"], view["sort"], int(left), int(right))
 
-    def render(view: dict, left: int, right: int, delta: int = 0) -> list[Any]:
+    def render(view: dict, left: int, right: int, show: list[str], delta: int = 0) -> list[Any]:
         """Show the question `view["index"]` moved by `delta` within the current order."""
         left, right = int(left), int(right)
         walk = order(view, left, right)
         if not len(walk):
             blank = [""] * (2 * len(labels))
-            return [{**view, "index": -1}, f"no question matches “{view['query']}”", "", *blank, ""]
+            return [{**view, "index": -1}, f"no question matches “{view['query']}”", "", *blank, "", ""]
         at = np.flatnonzero(walk == view["index"])
         step = int(at[0]) + delta if len(at) else 0
         step = min(max(step, 0), len(walk) - 1)
         view = {**view, "index": int(walk[step])}
         shown = comparison.question(view["index"])
         roles = {left: "left", right: "right"} if left != right else {}
-        metrics = [cd.metrics_markdown(p, roles.get(i, "")) for i, p in enumerate(shown["panels"])]
-        explanations = [cd.math_markdown(p["explanation"]) for p in shown["panels"]]
+        metrics = [cr.metrics_markdown(p, roles.get(i, "")) for i, p in enumerate(shown["panels"])]
+        texts = [p["explanation"] for p in shown["panels"]]
+        against = {left: texts[right], right: texts[left]} if roles and DIFF in show else {}
+        explanations = [cr.explanation_markdown(t, against.get(i), TAGS in show) for i, t in enumerate(texts)]
         previous = votes.vote_for(shown["id"], comparison.sources[left].ref, comparison.sources[right].ref)
         position = f"**{step + 1}** / {len(walk)}" + (f" matching “{view['query']}”" if view["query"] else "")
-        return [view, position, cd.question_markdown(shown), *metrics, *explanations, _vote_line(previous)]
+        link = (
+            view["link"]
+            + f"?q={quote(shown['id'])}"
+            + (f"&left={left}&right={right}" if (left, right) != (0, 1) else "")
+        )
+        return [view, position, cr.question_markdown(shown), *metrics, *explanations, _vote_line(previous), link]
 
     def overview(view: dict, left: int, right: int, page: float | None, delta: int = 0) -> list[Any]:
         page = int(page or 1) + delta
@@ -75,22 +90,30 @@ def build_app(
         )
         return [table, page, f"page {page} / {pages} · {total} questions"]
 
-    def jump(qid: str, view: dict, left: int, right: int) -> list[Any]:
+    def jump(qid: str, view: dict, left: int, right: int, show: list[str]) -> list[Any]:
         index = comparison.position(qid)
         if index is None:
             gr.Warning(f"no question with id {qid!r} in all sources")
-            return [view["query"], *render(view, left, right)]
+            return [view["query"], *render(view, left, right, show)]
         view = {**view, "index": index}
         if index not in order(view, left, right):
             view["query"] = ""  # the id is outside the search: show it in the full order
-        return [view["query"], *render(view, left, right)]
+        return [view["query"], *render(view, left, right, show)]
 
-    def search(query: str, sort: str, view: dict, left: int, right: int) -> list[Any]:
+    def opened(view: dict, show: list[str], request: gr.Request) -> list[Any]:
+        """Page load: the question and pair a link names (`?q=<id>&left=<i>&right=<j>`), else the first."""
+        params = dict(request.query_params) if request else {}
+        view = {**view, "link": _page_link(request)}
+        left, right = (_index(params.get(key), default, len(labels)) for key, default in (("left", 0), ("right", 1)))
+        shown = jump(params["q"], view, left, right, show)[1:] if params.get("q") else render(view, left, right, show)
+        return [left, right, *shown, *overview(shown[0], left, right, 1)]
+
+    def search(query: str, sort: str, view: dict, left: int, right: int, show: list[str]) -> list[Any]:
         view = {**view, "query": query or "", "sort": sort}
-        return [*render(view, left, right), *overview(view, left, right, 1)]
+        return [*render(view, left, right, show), *overview(view, left, right, 1)]
 
-    def pick_row(view: dict, left: int, right: int, event: gr.SelectData) -> list[Any]:
-        return [gr.Tabs(selected="question"), *jump(str(event.row_value[1]), view, left, right)]
+    def pick_row(view: dict, left: int, right: int, show: list[str], event: gr.SelectData) -> list[Any]:
+        return [gr.Tabs(selected="question"), *jump(str(event.row_value[1]), view, left, right, show)]
 
     def vote(kind: str, view: dict, left: int, right: int) -> list[Any]:
         left, right = int(left), int(right)
@@ -108,15 +131,15 @@ def build_app(
         return f"published {result['pairs']} preference pairs and {result['votes']} votes to `{votes_repo}`"
 
     with gr.Blocks(title=title or "Compare teachers' explanations", analytics_enabled=False) as demo:
-        view = gr.State({"query": "", "sort": "disagreement", "index": -1})  # -1: the first of the order
+        view = gr.State({"query": "", "sort": "disagreement", "index": -1, "link": ""})  # -1: first of the order
         gr.Markdown(f"# {title or 'Compare teachers’ explanations'}\n\n{_sources_markdown(comparison)}")
         with gr.Row():
             query_box = gr.Textbox(label="search id, question, explanations", scale=3, elem_id="search")
             sort_box = gr.Dropdown(
                 [(text, key) for key, text in cd.SORTS.items()], value="disagreement", label="order", scale=2
             )
-            left_box = gr.Dropdown(pair, value=0, label="left", scale=1)
-            right_box = gr.Dropdown(pair, value=1, label="right", scale=1)
+            left_box = gr.Dropdown(pair, value=0, label="left", scale=1, elem_id="left")
+            right_box = gr.Dropdown(pair, value=1, label="right", scale=1, elem_id="right")
         with gr.Tabs() as tabs:
             with gr.Tab("Question", id="question"):
                 with gr.Row(equal_height=True):
@@ -125,8 +148,13 @@ def build_app(
                     position = gr.Markdown(elem_id="position")
                     id_box = gr.Textbox(label="go to id", scale=2, elem_id="jump-id")
                     go_btn = gr.Button("go", scale=1, elem_id="jump")
+                with gr.Row(equal_height=True):
+                    show_box = gr.CheckboxGroup([DIFF, TAGS], value=[DIFF], show_label=False, scale=2, elem_id="show")
+                    link_box = gr.Textbox(
+                        label="link to this question", buttons=["copy"], interactive=False, scale=3, elem_id="permalink"
+                    )
                 question = gr.Markdown(
-                    latex_delimiters=cd.LATEX_DELIMITERS,
+                    latex_delimiters=cr.LATEX_DELIMITERS,
                     elem_id="question",
                     container=True,
                     padding=True,
@@ -139,7 +167,7 @@ def build_app(
                             metrics.append(gr.Markdown(elem_id=f"metrics-{index}"))
                             explanations.append(
                                 gr.Markdown(
-                                    latex_delimiters=cd.LATEX_DELIMITERS,
+                                    latex_delimiters=cr.LATEX_DELIMITERS,
                                     elem_id=f"explanation-{index}",
                                     elem_classes="explanation",
                                     max_height=700,
@@ -153,32 +181,36 @@ def build_app(
                         "right": gr.Button("right is better ▶", elem_id="vote-right"),
                     }
                 vote_status = gr.Markdown(elem_id="vote-status")
+                gr.Markdown(cr.component_notes(comparison.components), elem_id="components")
             with gr.Tab("Overview", id="overview"):
                 with gr.Row(equal_height=True):
                     page_prev = gr.Button("◀ page", scale=1)
                     page_box = gr.Number(value=1, precision=0, minimum=1, label="page", scale=1)
                     page_next = gr.Button("page ▶", scale=1)
-                    page_info = gr.Markdown()
+                    page_info = gr.Markdown(elem_id="page-info")
                 table = gr.Dataframe(interactive=False, elem_id="overview", wrap=True)
             with gr.Tab("Distributions", id="distributions"):
                 gr.Plot(comparison.figure("reward"), label="reward per source")
                 gr.Plot(comparison.figure("length"), label="explanation length per source")
                 gr.Dataframe(comparison.summary(), interactive=False, label="per source")
             with gr.Tab("Votes", id="votes"):
-                votes_info = gr.Markdown(_votes_summary(votes))
-                publish_btn = gr.Button(f"publish votes to {votes_repo}", visible=bool(votes_repo))
-                publish_info = gr.Markdown()
+                votes_info = gr.Markdown(_votes_summary(votes), elem_id="votes-info")
+                publish_btn = gr.Button(
+                    f"publish votes to {votes_repo}", visible=bool(votes_repo), elem_id="publish-votes"
+                )
+                publish_info = gr.Markdown(elem_id="publish-info")
 
-        pair_in = [left_box, right_box]
-        shown = [view, position, question, *metrics, *explanations, vote_status]
+        pair_in, state_in = [left_box, right_box], [view, left_box, right_box, show_box]
+        shown = [view, position, question, *metrics, *explanations, vote_status, link_box]
         page_out = [table, page_box, page_info]
-        demo.load(lambda v, a, b: [*render(v, a, b), *overview(v, a, b, 1)], [view, *pair_in], shown + page_out)
-        prev_btn.click(lambda v, a, b: render(v, a, b, -1), [view, *pair_in], shown, api_name="previous")
-        next_btn.click(lambda v, a, b: render(v, a, b, +1), [view, *pair_in], shown, api_name="next")
+        demo.load(opened, [view, show_box], [*pair_in, *shown, *page_out])
+        prev_btn.click(lambda v, a, b, s: render(v, a, b, s, -1), state_in, shown, api_name="previous")
+        next_btn.click(lambda v, a, b, s: render(v, a, b, s, +1), state_in, shown, api_name="next")
+        show_box.input(render, state_in, shown, api_name="show")
         for trigger in (go_btn.click, id_box.submit):
-            trigger(jump, [id_box, view, *pair_in], [query_box, *shown], api_name="go_to")
-        for trigger in (query_box.submit, sort_box.change, left_box.change, right_box.change):
-            trigger(search, [query_box, sort_box, view, *pair_in], shown + page_out, api_name="search")
+            trigger(jump, [id_box, *state_in], [query_box, *shown], api_name="go_to")
+        for trigger in (query_box.submit, sort_box.input, left_box.input, right_box.input):
+            trigger(search, [query_box, sort_box, *state_in], shown + page_out, api_name="search")
         page_prev.click(
             lambda v, a, b, p: overview(v, a, b, p, -1), [view, *pair_in, page_box], page_out, api_name="page_previous"
         )
@@ -186,7 +218,7 @@ def build_app(
             lambda v, a, b, p: overview(v, a, b, p, +1), [view, *pair_in, page_box], page_out, api_name="page_next"
         )
         page_box.submit(overview, [view, *pair_in, page_box], page_out, api_name="page")
-        table.select(pick_row, [view, *pair_in], [tabs, query_box, *shown])
+        table.select(pick_row, state_in, [tabs, query_box, *shown])
         for kind, button in vote_buttons.items():
             button.click(
                 lambda v, a, b, kind=kind: vote(kind, v, a, b),
@@ -196,6 +228,20 @@ def build_app(
             )
         publish_btn.click(publish, None, publish_info, api_name="publish_votes")
     return demo
+
+
+def _page_link(request: gr.Request | None) -> str:
+    """The address a reader shares: the Space's Hub page on a Space (it passes `?q=` on to the app), else
+    the page the browser shows, without its query."""
+    if os.environ.get("SPACE_ID"):
+        return f"https://huggingface.co/spaces/{os.environ['SPACE_ID']}"
+    page = (request.headers.get("referer") if request else None) or ""
+    return page.split("?")[0].split("#")[0]
+
+
+def _index(value: str | None, default: int, count: int) -> int:
+    """A source index from the link; a missing or out-of-range one is the default."""
+    return int(value) if value and value.isdigit() and int(value) < count else default
 
 
 def _vote_line(vote: str | None, saved: bool = False) -> str:
@@ -219,7 +265,7 @@ def _sources_markdown(comparison: cd.Comparison) -> str:
     for source in comparison.sources:
         extra = comparison.missing[source.label]
         lines.append(
-            f"- **{source.label}**: `{source.ref}`"
+            f"- **{source.label}**: {source.detail}"
             + (f" ({extra} row{'s' if extra != 1 else ''} not in every source)" if extra else "")
         )
     if comparison.mismatched:
