@@ -39,7 +39,16 @@ from factory.graph import base_roles, base_spec, enabled, outputs, stage_order, 
 from factory.models import resolve_revision as resolve_model_revision
 from factory.recipe import ModelSpec, Recipe, recipe_to_dict
 from factory.roles import Role
-from factory.stages.base import Problem, ResolvedInput, Stage, StageContext, problems_of, section_config
+from factory.stages.base import (
+    Problem,
+    ResolvedInput,
+    Stage,
+    StageContext,
+    own_section,
+    problems_of,
+    section_config,
+    stage_view,
+)
 
 MANIFEST = "manifest.json"
 
@@ -420,7 +429,8 @@ def _run_stage(plan: Plan, planned: PlannedStage, entries: dict[str, Any], log: 
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"[{planned.status}] {planned.name}: {planned.reason}")
     ctx = StageContext(
-        recipe=plan.recipe,
+        recipe=stage_view(planned.stage, plan.recipe),
+        section=own_section(planned.stage, plan.recipe),
         run_dir=plan.recipe_dir,
         out_dir=out_dir,
         fingerprint=planned.fingerprint,

@@ -318,7 +318,7 @@ def test_distilled_baselines_are_stages_with_their_own_fingerprints(repo_root, t
     assert names.index("distill_before_rl") < names.index("evaluate")
     reference, before_rl, evaluate = (plan.stage(n) for n in ("distill_reference", "distill_before_rl", "evaluate"))
     assert reference.status == before_rl.status == Status.RUN and reference.fingerprint != before_rl.fingerprint
-    assert set(reference.config) == {"stages", "formats"} and "distill" in reference.config["stages"]
+    assert set(reference.config) == {"stages", "formats", "data"} and "distill" in reference.config["stages"]
     assert reference.inputs[Role.TRAIN_DATA].data is not None  # the reference thoughts
     assert before_rl.inputs[Role.TRACES].fingerprint == plan.stage("generate").fingerprint
     assert evaluate.inputs[Role.STUDENT_REFERENCE].fingerprint == reference.fingerprint

@@ -67,10 +67,12 @@ class ResolvedInput:
 
 @dataclass
 class StageContext:
-    """What a running stage gets: the recipe, its output folder and its resolved inputs.
+    """What a running stage gets: the recipe as it may read it, its output folder and its resolved inputs.
 
-    `out_dir` may already hold partial work of an interrupted run with the same fingerprint: a
-    stage resumes from it (checkpoints, finished shards) instead of starting over.
+    `recipe` is a factory.recipe_view.RecipeView of the stage's declared `sections` (reading any other
+    key raises: it would be missing from the fingerprint); `section` is its own typed `stages.<name>`
+    section, None for a stage without one. `out_dir` may already hold partial work of an interrupted run
+    with the same fingerprint: a stage resumes from it (checkpoints, finished shards).
     """
 
     recipe: Recipe
@@ -79,6 +81,7 @@ class StageContext:
     fingerprint: str
     inputs: dict[Role, ResolvedInput]
     log: Callable[[str], None] = print
+    section: BaseModel | None = None
 
 
 @dataclass
@@ -183,6 +186,18 @@ class Stage:
         raise NotImplementedError
 
 
+def stage_view(stage: Stage, recipe: Recipe) -> Recipe:
+    """The recipe as `stage` may read it: its declared sections (factory.recipe_view)."""
+    from factory.recipe_view import RecipeView
+
+    return RecipeView(recipe, stage.sections_for(recipe), stage.name)  # type: ignore[return-value]
+
+
+def own_section(stage: Stage, recipe: Recipe) -> BaseModel | None:
+    """The stage's own typed section `stages.<name>`, None when the recipe has none for it."""
+    return getattr(recipe.stages, stage.name, None)
+
+
 def section_config(recipe: Recipe, sections: tuple[str, ...]) -> dict[str, Any]:
     """The recipe at the dotted `sections`, nested as in the recipe, without the fields the schema marks
     result-neutral (recipe.RESULT_NEUTRAL): the part of a stage's fingerprint that is its own. Nested by
@@ -221,8 +236,10 @@ def _neutral_fields(model: BaseModel) -> dict[str, Any]:
     return {name: sub for name, sub in tree.items() if sub}
 
 
-# The student format's keys (factory.formats.StudentFormat): a stage that builds student sequences hashes them.
-STUDENT_FORMAT = ("formats.student_system", "formats.student_padding", "formats.student_separator")
+# The student format's keys (factory.formats.StudentFormat): a stage that builds student sequences hashes them,
+# and the train data, whose `system` column is the student's system prompt when formats.student_system is unset
+# (factory.data.student.student_format_of).
+STUDENT_FORMAT = ("formats.student_system", "formats.student_padding", "formats.student_separator", "data.train")
 
 REGISTRY: dict[str, Stage] = {}
 

@@ -61,6 +61,7 @@ from factory.stages.base import (
     StageResult,
     eval_set_problems,
     register,
+    stage_view,
     vllm_problems,
 )
 from factory.stages.generate_merge import MAIN_WORK, merge, merge_before_rl
@@ -82,7 +83,8 @@ class GenerateStage(Stage):
     name = "generate"
     consumes = (Role.TEACHER, Role.INITIAL_TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA)
     produces = Role.TRACES
-    sections = ("stages.generate", "formats", "reward", "data.eval")  # data.eval: decontamination
+    # data.train: the questions (also its train_data input) and the student system prompt; data.eval: decontamination
+    sections = ("stages.generate", "formats", "reward", "data.train", "data.eval")
     version = 2  # 2: the reference layouts (padded tags, spans up to the closing tags), empty spans penalised
 
     def check(self, recipe: Recipe) -> list[Problem]:
@@ -278,17 +280,16 @@ def run_shard(plan: Plan, index: int, count: int, log: Callable[[str], None] = p
                 "run the upstream stages first (factory run RECIPE --only STAGE)"
             )
     planned.artifact_dir.mkdir(parents=True, exist_ok=True)
-    kind = resolve_kind(plan.recipe.stages.generate.engine, "stages.generate.engine")
-    questions = load_questions(plan.recipe, log=log)
+    recipe = stage_view(planned.stage, plan.recipe)
+    kind = resolve_kind(recipe.stages.generate.engine, "stages.generate.engine")
+    questions = load_questions(recipe, log=log)
     claims = shard_claims(planned.artifact_dir)
     with claims.hold(shard_claim(index, count), f"generate-shard {index}/{count}", log) as own:
         others = other_claims(claims, own, log)
         skip = claimed_ids(questions, others)
         left = [row["id"] for row in questions.owned(index, count) if row["id"] in skip]
-        for teacher, work in teacher_passes(planned.inputs, plan.recipe, log):
-            fields = _job_fields(
-                teacher, planned.inputs["reward_student"], planned.artifact_dir, kind, plan.recipe, work
-            )
+        for teacher, work in teacher_passes(planned.inputs, recipe, log):
+            fields = _job_fields(teacher, planned.inputs["reward_student"], planned.artifact_dir, kind, recipe, work)
             run_job(_job(fields, shards=[index], num_shards=count, skip=sorted(skip)), log=log, questions=questions)
     if left:
         return (
