@@ -33,13 +33,13 @@ from factory.recipe_sections import (
     Launch,
     Models,
     ModelSpec,
-    OptimizedStage,
     Reward,
     Section,
     Stage,
     Stages,
     TeacherRL,
     TeacherSFT,
+    TrainerSettings,
     TrainStage,
 )
 from factory.recipe_yaml import CombinationError, Located, apply_overrides, format_errors, load_tree
@@ -60,7 +60,7 @@ __all__ = [
     "Launch",
     "ModelSpec",
     "Models",
-    "OptimizedStage",
+    "TrainerSettings",
     "Recipe",
     "Reward",
     "Section",

@@ -209,35 +209,39 @@ class Stage(Section):
     enabled: bool = True
 
 
-class OptimizedStage(Stage):
-    """AdamW and gradient clipping of a training stage; the defaults are transformers' (the reference's
-    everywhere but its teacher warm-up, whose values recipes/aime.yaml sets)."""
+class TrainerSettings(Stage):
+    """What every training stage hands its TRL trainer alike (factory.training.common_arguments): AdamW,
+    gradient clipping, schedule, batch per device, precision, checkpoints, seed, trackers. The optimizer's
+    defaults are transformers' (the reference's everywhere but its teacher warm-up, whose values
+    recipes/aime.yaml sets); a stage overrides only the defaults that differ for it."""
 
+    learning_rate: float = Field(gt=0)
+    lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
     adam_beta1: float = Field(default=0.9, ge=0, lt=1)
     adam_beta2: float = Field(default=0.999, ge=0, lt=1)
     adam_epsilon: float = Field(default=1e-8, gt=0)
     max_grad_norm: float = Field(default=1.0, gt=0, description="gradient-norm clip")
-
-
-class TrainStage(OptimizedStage):
-    learning_rate: float = Field(gt=0)
-    lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    global_batch_size: int = Field(default=16, ge=1)
     per_device_batch_size: int = Field(default=1, ge=1)
-    max_length: int = Field(default=16384, ge=16)
     gradient_checkpointing: bool = False
     bf16: bool = True
-    save_strategy: Literal["steps", "epoch"] = Field(
-        default="steps", description="checkpoint every save_steps optimizer steps, or at the end of every epoch"
-    )
     save_steps: int = Field(default=100, ge=1)
     seed: int = 42
     report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(
         default_factory=lambda: ["none"], json_schema_extra=RESULT_NEUTRAL
+    )
+
+
+class TrainStage(TrainerSettings):
+    """An SFT stage: epochs over a fixed set of sequences."""
+
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    global_batch_size: int = Field(default=16, ge=1)
+    max_length: int = Field(default=16384, ge=16)
+    save_strategy: Literal["steps", "epoch"] = Field(
+        default="steps", description="checkpoint every save_steps optimizer steps, or at the end of every epoch"
     )
 
 
@@ -246,19 +250,20 @@ class TeacherSFT(TrainStage):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
 
 
-class TeacherRL(OptimizedStage):
+class TeacherRL(TrainerSettings):
     """GRPO with the RLT reward; every paper setting explicit (TRL's defaults differ)."""
 
+    learning_rate: float = Field(default=1e-6, gt=0)
+    lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "constant"
+    per_device_batch_size: int = Field(default=8, ge=1, description="rollouts per device per micro-batch")
+    gradient_checkpointing: bool = True
+    save_steps: int = Field(default=25, ge=1)
     steps: int = Field(default=125, ge=1)
     prompts_per_step: int = Field(default=16, ge=1)
     generations_per_prompt: int = Field(default=64, ge=2)
-    per_device_batch_size: int = Field(default=8, ge=1, description="rollouts per device per micro-batch")
     iterations_per_generation: int = Field(default=1, ge=1, description="1 = strictly on-policy")
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    learning_rate: float = Field(default=1e-6, gt=0)
-    lr_scheduler: Literal["cosine", "constant", "linear", "constant_with_warmup"] = "constant"
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     beta: float = Field(default=0.04, ge=0, description="KL-to-reference coefficient (k3)")
     ref_sync_steps: int = Field(default=32, ge=1)
     ref_sync_mix: float = Field(default=0.9, ge=0, le=1, description="weight of the policy in the reference update")
@@ -277,14 +282,7 @@ class TeacherRL(OptimizedStage):
     )
     max_prompt_length: int = Field(default=4096, ge=8)
     max_completion_length: int = Field(default=16384, ge=1)
-    gradient_checkpointing: bool = True
-    bf16: bool = True
-    save_steps: int = Field(default=25, ge=1)
     logging_steps: int = Field(default=1, ge=1)
-    seed: int = 42
-    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(
-        default_factory=lambda: ["none"], json_schema_extra=RESULT_NEUTRAL
-    )
 
     @property
     def rollouts_per_step(self) -> int:
