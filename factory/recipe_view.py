@@ -53,3 +53,8 @@ class RecipeView:
 
     def __repr__(self) -> str:
         return f"RecipeView({self._owner}: {', '.join(self._allowed)})"
+
+
+def whole(recipe: Any) -> Any:
+    """The recipe behind a view, for a job that carries it to a worker process; a Recipe comes back as it is."""
+    return object.__getattribute__(recipe, "_model") if isinstance(recipe, RecipeView) else recipe

@@ -19,11 +19,12 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from factory.artifacts import write_json_atomic
 from factory.formats import StudentFormat
 from factory.recipe import ModelSpec, Recipe
+from factory.recipe_view import whole
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -50,6 +51,12 @@ class WorkerJob(BaseModel):
     title: str = ""  # the curve's title, where the stage names it (distill and its baselines)
     student_format: StudentFormat | None = None  # teacher_rl: the reward student's chat format
     attn_implementation: str | None = None  # e.g. flash_attention_2 (varlen kernels for packed rows on GPU)
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _unwrap(cls, recipe: Any) -> Any:
+        """A stage's view of the recipe (factory.recipe_view) travels whole: workers are not restricted."""
+        return whole(recipe)
 
     @property
     def rows_file(self) -> Path:

@@ -7,7 +7,7 @@ import pytest
 from test_pipeline import RECIPE, Recorder, run, toy_registry
 
 from factory.recipe import load_recipe
-from factory.recipe_view import RecipeView, UndeclaredRead
+from factory.recipe_view import RecipeView, UndeclaredRead, whole
 from factory.roles import Role
 from factory.stages.base import Stage, StageResult
 
@@ -39,6 +39,7 @@ def test_declared_sections_are_the_real_typed_objects_and_the_rest_is_refused_by
         _ = view.reward
     with pytest.raises(AttributeError, match="no_such_key"):
         _ = view.no_such_key
+    assert whole(view) is recipe and whole(recipe) is recipe  # what a worker's job carries
 
 
 class ReadsUndeclared(Stage):
