@@ -157,14 +157,14 @@ def test_overview_pages_never_exceed_page_size(comparison):
     table, page, pages, total = comparison.overview("", "disagreement", 0, 1, page=1, page_size=25)
     assert (len(table), page, pages, total) == (25, 1, 3, N)
     assert list(table["id"][:2]) == ["q017", "q042"]
-    assert table["Δ right − left"][0] == pytest.approx(3.0) and table["Δ right − left"][1] == pytest.approx(-2.5)
+    assert table["Δ rlt − base"][0] == pytest.approx(3.0) and table["Δ rlt − base"][1] == pytest.approx(-2.5)
     assert list(table.columns) == [
         "#",
         "id",
         "question",
         "reward · base",
         "reward · rlt",
-        "Δ right − left",
+        "Δ rlt − base",
         "tokens · base",
         "tokens · rlt",
     ]
@@ -294,6 +294,7 @@ def test_launched_app_answers_gradio_client(served):
     assert [row[0] for row in last[0]["data"]] == list(range(51, 61)) and last[1] == 3
     swapped = client.predict("q005", 1, 0, plain, api_name="/go_to")
     assert swapped[-1].endswith("?q=q005&left=1&right=0")  # the link keeps another pair
+    assert swapped[3].startswith("### rlt · left") and swapped[5] == explanation("rlt", 5).strip()  # left on the left
 
 
 @contextlib.contextmanager

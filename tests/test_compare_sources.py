@@ -39,6 +39,7 @@ def test_source_selects_a_config_of_an_artifact_folder(tmp_path):
     mark_complete(artifact, ArtifactMeta("dataset", "generate", "traces", "d" * 64, "x", {}, inputs, metrics))
     comparison = cd.load_comparison([str(artifact), f"{artifact}#before_rl"])
     assert comparison.labels == ["after RL", "before RL"]
+    assert comparison.pair == (1, 0)  # the page opens with before RL left, after RL right: Δ is what RL changed
     assert comparison.sources[0].detail == f"`{artifact}`, written by the teacher `org/x-teacher@v2`"
     assert comparison.sources[1].provenance.teacher == "Qwen/Qwen2.5-7B-Instruct@aaaaaaaaaaaa"
     assert comparison.sources[1].provenance.models == ["Qwen/Qwen2.5-7B-Instruct"]

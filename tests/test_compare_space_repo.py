@@ -105,7 +105,7 @@ def test_space_runs_from_its_own_repo(store, hub_env, tmp_path, tiny_model_dir):
     with serving([sys.executable, "-S", "app.py"], port, cwd=folder, env=app_env):
         browse(f"http://127.0.0.1:{port}/")
     votes = (folder / "votes.jsonl").read_text().splitlines()
-    assert len(votes) == 1 and '"vote": "left"' in votes[0]
+    assert len(votes) == 1 and '"vote": "right"' in votes[0]
     pairs = datasets.load_dataset(VOTES_REPO, split="train")  # the Space pushed its votes to the Hub
     assert pairs["id"] == ["q005"] and pairs["chosen"] == [explanation("rlt", 5)]
     assert pairs["chosen_source"] == [f"{TRACES_REPO}@v1"] and pairs["rejected_source"] == [
@@ -124,22 +124,22 @@ def browse(url: str) -> None:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url, wait_until="domcontentloaded")
-            page.locator("#explanation-0").get_by_text("rlt explains 17").wait_for(timeout=60_000)  # |Δ| largest
+            page.locator("#explanation-1").get_by_text("rlt explains 17").wait_for(timeout=60_000)  # |Δ| largest
             header = page.locator("h1 + p, h1 ~ ul").first.locator("..").inner_text()
             assert f"after RL: {TRACES_REPO}@v1, written by the teacher factory-tester/tiny-teacher@v1" in header
             assert (
                 f"before RL: {TRACES_REPO}@v1#before_rl, written by the teacher Qwen/Qwen2.5-7B-Instruct@aaaa" in header
             )
             left, right = (page.locator(f"#metrics-{i}").inner_text() for i in (0, 1))
-            assert left.startswith("after RL · left") and right.startswith("before RL · right")
-            assert "r_ss_mean" in left and "kl_max" in right and f"{base_reward(17) + 3.0:.4f}" in left
+            assert left.startswith("before RL · left") and right.startswith("after RL · right")  # Δ: RL's change
+            assert "r_ss_mean" in right and "kl_max" in left and f"{base_reward(17) + 3.0:.4f}" in right
             notes = page.locator("#components").inner_text()
             assert "kl_mean: mean KL over the explanation" in notes and "penalty: the missing-tag penalty" in notes
-            assert page.locator("#explanation-0 mark").first.inner_text() == "rlt"  # where the teachers differ
-            assert page.locator("#explanation-1 mark").first.inner_text() == "base"
+            assert page.locator("#explanation-0 mark").first.inner_text() == "base"  # where the teachers differ
+            assert page.locator("#explanation-1 mark").first.inner_text() == "rlt"
             assert (
-                page.locator("#explanation-0 .katex").count() >= 2
-                and "$$" not in page.locator("#explanation-0").inner_text()
+                page.locator("#explanation-1 .katex").count() >= 2
+                and "$$" not in page.locator("#explanation-1").inner_text()
             )
             assert page.locator("#permalink textarea, #permalink input").first.input_value() == f"{url}?q=q017"
             page.screenshot(path=str(ARTIFACTS / "space_question.png"))
@@ -150,7 +150,7 @@ def browse(url: str) -> None:
             shown_ids = re.findall(r"\bq\d{3}\b", overview.inner_text())
             assert shown_ids[:2] == ["q017", "q042"]  # by |Δ reward|, largest first
             assert page.locator("#page-info").inner_text() == f"page 1 / 2 · {len(IDS)} questions"  # 25 a page
-            assert "reward · before RL" in overview.inner_text() and "Δ right − left" in overview.inner_text()
+            assert "reward · before RL" in overview.inner_text() and "Δ after RL − before RL" in overview.inner_text()
             page.screenshot(path=str(ARTIFACTS / "space_overview.png"))
             overview.get_by_text("q042", exact=True).click()  # a row opens its question
             page.locator("#question").get_by_text("Question 42: what is the square root of 1764?").wait_for(
@@ -159,13 +159,13 @@ def browse(url: str) -> None:
             box = page.locator("#jump-id textarea, #jump-id input").first
             box.fill("q003")
             box.press("Enter")  # go to a question by id
-            page.locator("#explanation-1").get_by_text("base explains 3").wait_for(timeout=30_000)
+            page.locator("#explanation-0").get_by_text("base explains 3").wait_for(timeout=30_000)
 
             page.goto(f"{url}?q=q005", wait_until="domcontentloaded")  # a permalink opens its question
             page.locator("#question").get_by_text("Question 5: what is the square root of 25?").wait_for(timeout=60_000)
             assert page.locator("#permalink textarea, #permalink input").first.input_value() == f"{url}?q=q005"
-            page.locator("#vote-left").click()
-            page.locator("#vote-status").get_by_text("saved: left is better").wait_for(timeout=30_000)
+            page.locator("#vote-right").click()  # after RL explains it better
+            page.locator("#vote-status").get_by_text("saved: right is better").wait_for(timeout=30_000)
             page.get_by_role("tab", name="Votes").click()
             page.locator("#publish-votes").click()
             page.locator("#publish-info").get_by_text(

@@ -70,16 +70,17 @@ def build_app(
         view = {**view, "index": int(walk[step])}
         shown = comparison.question(view["index"])
         roles = {left: "left", right: "right"} if left != right else {}
-        metrics = [cr.metrics_markdown(p, roles.get(i, "")) for i, p in enumerate(shown["panels"])]
+        columns = [*roles, *(i for i in range(len(labels)) if i not in roles)]  # the left source on the left
+        metrics = [cr.metrics_markdown(shown["panels"][i], roles.get(i, "")) for i in columns]
         texts = [p["explanation"] for p in shown["panels"]]
         against = {left: texts[right], right: texts[left]} if roles and DIFF in show else {}
-        explanations = [cr.explanation_markdown(t, against.get(i), TAGS in show) for i, t in enumerate(texts)]
+        explanations = [cr.explanation_markdown(texts[i], against.get(i), TAGS in show) for i in columns]
         previous = votes.vote_for(shown["id"], comparison.sources[left].ref, comparison.sources[right].ref)
         position = f"**{step + 1}** / {len(walk)}" + (f" matching “{view['query']}”" if view["query"] else "")
         link = (
             view["link"]
             + f"?q={quote(shown['id'])}"
-            + (f"&left={left}&right={right}" if (left, right) != (0, 1) else "")
+            + (f"&left={left}&right={right}" if (left, right) != comparison.pair else "")
         )
         return [view, position, cr.question_markdown(shown), *metrics, *explanations, _vote_line(previous), link]
 
@@ -104,7 +105,9 @@ def build_app(
         """Page load: the question and pair a link names (`?q=<id>&left=<i>&right=<j>`), else the first."""
         params = dict(request.query_params) if request else {}
         view = {**view, "link": _page_link(request)}
-        left, right = (_index(params.get(key), default, len(labels)) for key, default in (("left", 0), ("right", 1)))
+        left, right = (
+            _index(params.get(key), default, len(labels)) for key, default in zip(("left", "right"), comparison.pair)
+        )
         shown = jump(params["q"], view, left, right, show)[1:] if params.get("q") else render(view, left, right, show)
         return [left, right, *shown, *overview(shown[0], left, right, 1)]
 
@@ -138,8 +141,8 @@ def build_app(
             sort_box = gr.Dropdown(
                 [(text, key) for key, text in cd.SORTS.items()], value="disagreement", label="order", scale=2
             )
-            left_box = gr.Dropdown(pair, value=0, label="left", scale=1, elem_id="left")
-            right_box = gr.Dropdown(pair, value=1, label="right", scale=1, elem_id="right")
+            left_box = gr.Dropdown(pair, value=comparison.pair[0], label="left", scale=1, elem_id="left")
+            right_box = gr.Dropdown(pair, value=comparison.pair[1], label="right", scale=1, elem_id="right")
         with gr.Tabs() as tabs:
             with gr.Tab("Question", id="question"):
                 with gr.Row(equal_height=True):

@@ -66,6 +66,15 @@ class Comparison:
         return "tokens" if all("explanation_tokens" in f for f in self.frames) else "characters"
 
     @property
+    def pair(self) -> tuple[int, int]:
+        """The left and right sources a page opens with: before RL left and after RL right where the
+        sources hold both (so the reward difference is what RL changed), else the first two."""
+        phases = [source.provenance.phase for source in self.sources]
+        if "before RL" in phases and "after RL" in phases:
+            return phases.index("before RL"), phases.index("after RL")
+        return 0, 1
+
+    @property
     def components(self) -> list[str]:
         """Every source's reward components (but `reward`), each once, in the order the sources list them."""
         return list(dict.fromkeys(name for source in self.sources for name in source.components))
@@ -158,7 +167,7 @@ class Comparison:
         }
         for index, label in enumerate(self.labels):
             columns[f"reward · {label}"] = np.round(self.rewards[index, chosen], 4)
-        columns["Δ right − left"] = np.round(diff, 4)
+        columns[f"Δ {self.labels[right]} − {self.labels[left]}"] = np.round(diff, 4)
         for index, label in enumerate(self.labels):
             columns[f"{self.length_unit} · {label}"] = self.lengths[index, chosen].astype(int)
         return pd.DataFrame(columns), page, pages, len(order)
