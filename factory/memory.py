@@ -39,20 +39,17 @@ Not counted: the CUDA context and allocator slack (RESERVE is kept free for them
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from factory.models import as_spec, read_config
 
 if TYPE_CHECKING:
-    from factory.recipe import Launch, ModelSpec, Recipe
+    from factory.recipe import Launch, ModelSpec
 
 GIB = 2**30
 DEFAULT_GPU = 80 * GIB  # an A100/H100 80 GB: what `plan` compares against when no GPU is visible
@@ -168,7 +165,19 @@ class MemoryEstimate:
         return self.peak(gpu).total(gpu)
 
     def fits(self, gpu: float) -> bool:
+        """Fits at the longest sequences the settings allow (the estimate is an upper bound)."""
         return self.total(gpu) <= gpu - RESERVE
+
+    def floor(self, gpu: float) -> float:
+        """What one GPU holds whatever the sequences' lengths: model states, frozen models, vLLM's share."""
+        return max(
+            phase.total(gpu) - phase.parts.get("activations", 0.0) - phase.parts.get("logits", 0.0)
+            for phase in self.phases
+        )
+
+    def cannot_fit(self, gpu: float) -> bool:
+        """Even the shortest sequences would not fit: a run would fail for sure, so it is refused."""
+        return self.floor(gpu) > gpu - RESERVE
 
 
 def sharded(preset: str) -> bool:
@@ -304,84 +313,6 @@ def gib(value: float) -> str:
     return f"{value / GIB:.1f}"
 
 
-# ---------------------------------------------------------------------------------------- knobs
-
-
-def with_setting(recipe: Recipe, changes: dict[str, Any]) -> Recipe:
-    """A copy of `recipe` with dotted keys set (validated, as `--set` would be)."""
-    copy = recipe.model_copy(deep=True)
-    for key, value in changes.items():
-        *path, last = key.split(".")
-        setattr(reduce(getattr, path, copy), last, value)
-    return copy
-
-
-def suggestions(
-    recipe: Recipe, estimate: MemoryEstimate, estimate_of: Callable[[Recipe], MemoryEstimate | None], gpu: float
-) -> list[str]:
-    """The recipe settings that would bring the stage under `gpu`, each with the figure it would give: for
-    each knob the mildest change that fits, or the strongest tried when none does."""
-    found = []
-    for label, variants in _knobs(recipe, estimate, gpu):
-        tried = None
-        for changes in variants:
-            try:
-                result = estimate_of(with_setting(recipe, changes))
-            except ValueError:  # a value the schema refuses for this recipe
-                continue
-            if result is None:
-                continue
-            tried = (changes, result.total(gpu))
-            if result.fits(gpu):
-                break
-        if tried is not None:
-            changes, total = tried
-            setting = ", ".join(f"{key}={value}" for key, value in changes.items())
-            verdict = "fits" if total <= gpu - RESERVE else "still too large"
-            found.append(f"{label}: {setting} -> {gib(total)} GiB ({verdict})")
-    return found
-
-
-def _knobs(recipe: Recipe, estimate: MemoryEstimate, gpu: float) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The settings to try, each a list of ever stronger changes: training knobs where the stage trains."""
-    launch, knobs, prefix = recipe.launch, [], estimate.section
-    section = _section(recipe, prefix)
-    if section is not None:
-        if not section.gradient_checkpointing:
-            knobs.append(("gradient checkpointing", [{f"{prefix}.gradient_checkpointing": True}]))
-        first = launch.num_processes + (launch.preset == "zero3")
-        processes = [n for n in (2, 4, 8) if n >= first]
-        if processes:
-            variants = [{"launch.preset": "zero3", "launch.num_processes": n} for n in processes]
-            knobs.append(("ZeRO-3 over more GPUs", variants))
-        if section.per_device_batch_size > 1:
-            sizes = _halvings(section.per_device_batch_size, 1)
-            knobs.append(("a smaller micro-batch", [{f"{prefix}.per_device_batch_size": n} for n in sizes]))
-        keys = [key for key in ("max_length", "max_prompt_length", "max_completion_length") if hasattr(section, key)]
-        steps = [[(key, n) for n in _halvings(getattr(section, key), 256)] for key in keys]
-        variants = [{f"{prefix}.{key}": n for key, n in step} for step in zip(*steps)]  # halved together
-        knobs.append(("shorter sequences", variants))
-    peak = estimate.peak(gpu)
-    if peak.vllm_share:
-        rest = peak.total(gpu) - peak.vllm_share * gpu
-        share = math.floor(20 * (gpu - RESERVE - rest) / gpu) / 20
-        if 0 < share < peak.vllm_share:
-            knobs.append(("a smaller vLLM share", [{"launch.vllm_gpu_memory_utilization": share}]))
-    return knobs
-
-
-def _section(recipe: Recipe, dotted: str | None) -> Any:
-    return reduce(getattr, dotted.split("."), recipe) if dotted else None
-
-
-def _halvings(value: int, floor: int) -> list[int]:
-    out = []
-    while value > floor:
-        value = max(floor, value // 2)
-        out.append(value)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ GPUs
 
 
@@ -423,24 +354,3 @@ def _nvidia_smi_memory() -> int | None:
             return None
         chosen = [sizes[name] for name in wanted if name in sizes] or chosen
     return min(chosen) if chosen else None
-
-
-def oversized(
-    recipe: Recipe, stages: list[tuple[str, Callable[[Recipe], MemoryEstimate | None]]], gpu: float
-) -> list[str]:
-    """One message per stage whose estimate does not fit `gpu` (less RESERVE), naming its peak phase and the
-    recipe settings that would make it fit, each with the figure it would give."""
-    messages = []
-    for name, estimate_of in stages:
-        estimate = estimate_of(recipe)
-        if estimate is None or estimate.fits(gpu):
-            continue
-        peak = estimate.peak(gpu)
-        parts = ", ".join(f"{key} {gib(value)}" for key, value in peak.columns(gpu).items() if value)
-        knobs = suggestions(recipe, estimate, estimate_of, gpu)
-        fixes = "".join(f"\n      {line}" for line in knobs) or " none found among the memory settings"
-        messages.append(
-            f"{name}: needs ~{gib(estimate.total(gpu))} GiB per GPU at its {peak.name} peak ({parts}), more than the "
-            f"{gib(gpu)} GiB GPU less {gib(RESERVE)} GiB for the CUDA context; settings that change it:{fixes}"
-        )
-    return messages

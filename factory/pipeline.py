@@ -233,25 +233,28 @@ def make_plan(
                 planned.status, planned.reason = Status.SKIPPED, f"not selected by --only ({', '.join(only)})"
     _require_upstream(planned_all, only, from_stage)
     if running and memory_check:
-        _refuse_oversized(planned_all, recipe)
+        warnings += _check_memory(planned_all, recipe)
     return Plan(recipe=recipe, recipe_dir=recipe_dir, stages=planned_all, warnings=warnings)
 
 
-def _refuse_oversized(stages: list[PlannedStage], recipe: Recipe) -> None:
-    """With GPUs visible, a stage that would run but whose memory estimate exceeds them is refused here, before
-    any model loads (factory.memory); a machine without a GPU refuses nothing."""
-    from factory.memory import oversized, visible_gpu_memory
+def _check_memory(stages: list[PlannedStage], recipe: Recipe) -> list[str]:
+    """With GPUs visible, a stage that would run but cannot fit them at any sequence length is refused here,
+    before any model loads; one that fits only below its longest sequences is a warning (factory.memory).
+    A machine without a GPU refuses nothing."""
+    from factory.memory import visible_gpu_memory
+    from factory.memory_fit import oversized
 
     gpu = visible_gpu_memory()
     if gpu is None:
-        return
-    found = oversized(recipe, [(p.name, p.stage.memory) for p in stages if p.will_run], gpu)
-    if found:
-        lines = "\n  ".join(found)
+        return []
+    refused, at_risk = oversized(recipe, [(p.name, p.stage.memory) for p in stages if p.will_run], gpu)
+    if refused:
+        lines = "\n  ".join(refused)
         raise UserError(
-            f"recipe {recipe.name!r} does not fit this machine's GPUs (estimates, upper bounds at the longest "
-            f"sequences; factory plan shows the table; --no-memory-check runs anyway):\n  {lines}"
+            f"recipe {recipe.name!r} does not fit this machine's GPUs (factory plan shows the table; "
+            f"--no-memory-check runs anyway):\n  {lines}"
         )
+    return at_risk
 
 
 def _resolve_inputs(

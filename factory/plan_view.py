@@ -92,7 +92,10 @@ def render_memory(plan: Plan, console: Console, gpu_memory: float | None = None)
     visible = visible_gpu_memory()
     gpu = visible or gpu_memory or DEFAULT_GPU
     if visible:
-        against = f"the visible GPU's {gib(gpu)} GiB; run refuses a stage over {gib(gpu - RESERVE)} GiB"
+        against = (
+            f"the visible GPU's {gib(gpu)} GiB; run refuses a stage whose model states alone exceed "
+            f"{gib(gpu - RESERVE)} GiB and warns where only the longest sequences do"
+        )
     else:
         given = "--gpu-memory" if gpu_memory else "the default, --gpu-memory to change"
         against = f"{gib(gpu)} GiB ({given}); no GPU visible, so run refuses nothing here"
@@ -112,5 +115,11 @@ def render_memory(plan: Plan, console: Console, gpu_memory: float | None = None)
         peak = estimate.peak(gpu)
         values = [*(peak.columns(gpu)[column] for column in COLUMNS), peak.total(gpu)]
         cells = "".join(f"{value / GIB:>8.1f}" for value in values)
-        verdict = "" if estimate.fits(gpu) else "  [red]does not fit[/red]"
+        verdict = (
+            ""
+            if estimate.fits(gpu)
+            else "  [red]does not fit[/red]"
+            if estimate.cannot_fit(gpu)
+            else "  [yellow]fits only shorter sequences[/yellow]"
+        )
         console.print(f"   {planned.name:<18}{cells}  {peak.name}{verdict}", soft_wrap=True)
