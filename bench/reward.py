@@ -52,19 +52,11 @@ def load(name: str, device: str, dtype: torch.dtype):
         teacher = load_causal_lm(source, dtype="float32")
         student = load_causal_lm(source, dtype="float32")
     elif name == "qwen0.5b-random":
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        from shapes import qwen05b_config
+        from transformers import Qwen2ForCausalLM
 
         tokenizer = build_tokenizer()  # ChatML template; explanation ids span the model's full vocabulary
-        config = Qwen2Config(
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            tie_word_embeddings=True,
-        )
+        config = qwen05b_config()
         with torch.device(device):  # random init on the GPU: seconds instead of a minute on CPU
             teacher, student = (Qwen2ForCausalLM(config) for _ in range(2))
     else:
