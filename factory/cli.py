@@ -129,7 +129,7 @@ def _load(recipe: Path, overrides: list[str] | None):
 def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     """Check a recipe: schema, types, combinations, the stages' settings, data files and model folders.
     Exit 2 with the key and line on error."""
-    from factory.pipeline import preflight
+    from factory.preflight import preflight
     from factory.stages import load_stages
 
     loaded = _load(recipe, set_)
@@ -239,7 +239,7 @@ def _follow(loaded, run_dir: Path, ignored: list[str]) -> None:
     """A machine of rank > 0: check the recipe here, then join machine 0's run (factory.machines)."""
     from factory.launch import run_worker
     from factory.machines import follow
-    from factory.pipeline import preflight
+    from factory.preflight import preflight
     from factory.stages import load_stages
 
     _warn(preflight(loaded, load_stages(), running=True))

@@ -4,7 +4,7 @@ The CLI turns a `UserError` into its message and exit code 2, with no traceback.
 Anything else is a bug and keeps its traceback. Every message and traceback the CLI prints goes
 through `scrub` first: a Hub error may echo the request's `authorization` header.
 
-A `Problem` is one such mistake found before any work (factory.pipeline.preflight gathers them
+A `Problem` is one such mistake found before any work (factory.preflight gathers them
 from every stage's check into one UserError); it lives here, below the stages, so that the
 helpers the stages share (factory.training) can build one without importing factory.stages.
 """

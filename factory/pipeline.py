@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,20 +34,12 @@ from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete
 from factory.data import resolve_revision as resolve_data_revision
 from factory.dotted import changed_keys
 from factory.errors import UserError
-from factory.graph import base_roles, base_spec, enabled, outputs, stage_order, why_disabled
+from factory.graph import base_spec, outputs, stage_order, why_disabled
 from factory.models import resolve_revision as resolve_model_revision
+from factory.preflight import preflight
 from factory.recipe import ModelSpec, Recipe, recipe_to_dict
 from factory.roles import Role
-from factory.stages.base import (
-    Problem,
-    ResolvedInput,
-    Stage,
-    StageContext,
-    own_section,
-    problems_of,
-    section_config,
-    stage_view,
-)
+from factory.stages.base import ResolvedInput, Stage, StageContext, own_section, section_config, stage_view
 
 MANIFEST = "manifest.json"
 
@@ -82,40 +73,6 @@ def _base_input(role: Role, recipe: Recipe, revisions: dict[str, str]) -> Resolv
     if isinstance(spec, ModelSpec):
         return ResolvedInput(role=role, fingerprint=fingerprint, model=spec, resolved_revision=revision)
     return ResolvedInput(role=role, fingerprint=fingerprint, data=spec, resolved_revision=revision)
-
-
-# -------------------------------------------------------------------------------------- preflight
-
-
-def preflight(recipe: Recipe, registry: dict[str, Stage], running: bool = False) -> list[str]:
-    """Every check that needs no model, before any work (validate, plan and the start of run): the
-    models and data sets the enabled stages read, then each enabled stage's own rules (`Stage.check`).
-    Raises one UserError listing every error with its recipe key and line; returns the warnings.
-    `running`: the stages will run on this machine, so what it lacks is an error too."""
-    from factory.data import check_data_source
-    from factory.models import check_model_source
-
-    problems: list[Problem] = []
-    order = stage_order(registry, recipe)
-    for role in base_roles(recipe, registry, order):
-        spec = base_spec(recipe, role)
-        check = check_model_source if isinstance(spec, ModelSpec) else check_data_source
-        problems += problems_of(f"{role.recipe_key}.source", partial(check, spec))
-    for name in order:
-        if name in registry and enabled(recipe, name, registry[name]):
-            problems += registry[name].check(recipe)
-    problems = list(dict.fromkeys(problems))  # a rule two stages share (stages.distill) is said once
-    fatal = [p for p in problems if not p.warning and (running or not p.machine)]
-    if fatal:
-        count = f"{len(fatal)} problems" if len(fatal) > 1 else "1 problem"
-        lines = "\n  ".join(_located(recipe, p) for p in fatal)
-        raise UserError(f"recipe {recipe.name!r} cannot run ({count}, found before any work):\n  {lines}")
-    return [_located(recipe, p) for p in problems if p.warning or p.machine]
-
-
-def _located(recipe: Recipe, problem: Problem) -> str:
-    where = recipe.where(problem.key)
-    return f"{problem.key}{f' ({where})' if where else ''}: {problem.message}"
 
 
 # ------------------------------------------------------------------------------------------- plan

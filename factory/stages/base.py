@@ -10,7 +10,7 @@ stage producing it, or to the recipe's base input.
 
 `check(recipe)` holds the stage's own rules on the recipe (batch sizes that divide, settings that
 must agree): pure and cheap, so `validate`, `plan` and `run` report every mistake together before
-any stage does work (factory.pipeline.preflight), instead of one stage failing hours into a run.
+any stage does work (factory.preflight), instead of one stage failing hours into a run.
 """
 
 from __future__ import annotations
