@@ -1,15 +1,18 @@
 """Does the compare Space answer fast on a Stratos-size traces dataset? Time per question page, last.
 
-Builds two synthetic trace datasets of 17,000 questions (Bespoke-Stratos-17k has 16,710) with explanations of
-Stratos length (log-normal, median 10,000 characters, with inline and display math and the format's tags; the
-second teacher's explanation rewrites about a third of the first's, so the word-level diff has work to do),
-writes them as parquet, loads them like `factory compare`, then times what one browser interaction costs on
-the server: search, sort, an overview page (through Gradio's Dataframe postprocessing, as served), and a
-question page: the app's own `next` handler (position in the order, both explanations rendered with their
-differences marked, metrics, vote state), walked over the questions that differ most, as written and then
-with the differences marked. Printed last: the time per question page (median and max) with the marks.
+Builds two synthetic trace datasets of 17,000 questions (Bespoke-Stratos-17k has 16,710) with explanations
+of Stratos length (log-normal, median 10,000 characters, one token in 20 inline or display math, the
+format's tags; the second teacher's explanation rewrites about a third of the first's, so the word-level
+diff has work to do), writes them as parquet, loads them like `factory compare`, then times what one
+browser interaction costs on the server: search, sort, an overview page (through Gradio's Dataframe
+postprocessing, as served), and a question page: the app's own `next` handler (position in the order,
+both explanations rendered with their differences marked, metrics, vote state), walked over the questions
+that differ most, as written and then with the differences marked. Printed last: the time per question
+page (median and max) with the marks. `--browser N` first walks N pages in Chromium against `factory
+compare` in its own process and prints the time from the click to the next question shown, its math
+typeset by KaTeX.
 
-    python bench/compare_paging.py [--rows 17000] [--pages 100]
+    python bench/compare_paging.py [--rows 17000] [--pages 100] [--browser 20]
 """
 
 from __future__ import annotations
@@ -36,11 +39,11 @@ MATH = [
 
 
 def corpus(rng: np.random.Generator, words: int) -> str:
-    """Zipf-distributed pseudo-words in sentences and paragraphs, with math every so often."""
-    vocabulary = np.array([f"w{i}" for i in range(5000)] + MATH, dtype=object)
-    picks = np.minimum(rng.zipf(1.3, words) - 1, len(vocabulary) - 1)
-    tokens = vocabulary[picks]
-    math = rng.random(words) < 0.004
+    """Zipf-distributed pseudo-words in sentences and paragraphs, one token in 20 a formula (a math trace's
+    density: about a hundred formulas per explanation, each typeset by KaTeX in the browser)."""
+    vocabulary = np.array([f"w{i}" for i in range(5000)], dtype=object)
+    tokens = vocabulary[(rng.zipf(1.3, words) - 1) % len(vocabulary)]
+    math = rng.random(words) < 0.05
     tokens[math] = rng.choice(MATH, int(math.sum()))
     ends = rng.random(words)
     out = [t + (".\n\n" if e < 0.006 else ". " if e < 0.06 else " ") for t, e in zip(tokens, ends)]
@@ -101,10 +104,53 @@ def handler(demo, api_name: str):
     return next(fn.fn for fn in demo.fns.values() if fn.api_name == api_name)
 
 
+def browser_pages(sources: list[Path], pages: int) -> np.ndarray:
+    """Seconds from a click on "next ▶" in Chromium until the page shows the next question: what a reader
+    waits, with `factory compare` serving in its own process as a Space does. Debian's /usr/bin/chromium
+    driven by python playwright."""
+    import socket
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "factory.cli", "compare", *map(str, sources), "--port", str(port)]
+    votes = ["--votes", str(sources[0].parent / "votes.jsonl")]
+    server = subprocess.Popen(command + votes, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    times = []
+    try:
+        for line in server.stdout:
+            if f"127.0.0.1:{port}" in line:
+                break
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#position").get_by_text("1 /").wait_for(timeout=120_000)
+            shown = "() => document.querySelector('#question').innerText"
+            typeset = "(before) => document.querySelector('#question').innerText !== before && ['#explanation-0', '#explanation-1'].every(s => document.querySelector(s + ' .katex'))"
+            for _ in range(pages):
+                before = page.evaluate(shown)
+                start = time.perf_counter()
+                page.locator("#next").click()
+                page.wait_for_function(typeset, arg=before, timeout=60_000, polling="raf")
+                times.append(time.perf_counter() - start)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait()
+    return np.array(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=17_000)
     parser.add_argument("--pages", type=int, default=100, help="question pages walked and timed")
+    parser.add_argument("--browser", type=int, default=0, help="also walk this many pages in Chromium, end to end")
     args = parser.parse_args()
     import gradio as gr
 
@@ -120,6 +166,12 @@ def main() -> None:
         comparison = data.load_comparison([str(a), str(b)])
         print(f"load + align + index {args.rows} x 2 sources: {time.perf_counter() - start:.2f} s")
         demo = app.build_app(comparison, votes.VoteStore(Path(folder) / "votes.jsonl"))
+        if args.browser:
+            seen = browser_pages([a, b], args.browser)
+            print(
+                f"in Chromium, click on next to the next question shown ({args.browser} pages, differences "
+                f"marked, `factory compare` in its own process): median {np.median(seen):.2f} s, max {seen.max():.2f} s"
+            )
 
     table = gr.Dataframe()
     t_search, _ = timed(lambda: comparison.search("w4999 w4998"), 1)

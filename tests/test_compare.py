@@ -200,7 +200,11 @@ def test_question_panels_and_markdown(comparison):
     assert (
         cr.math_markdown("so \\boxed{\\frac{1}{2}} and \\boxed{3}.") == "so $\\boxed{\\frac{1}{2}}$ and $\\boxed{3}$."
     )
-    assert cr.math_markdown("$x$ and \\boxed{3}") == "$x$ and \\boxed{3}"  # delimited text is the author's
+    assert cr.math_markdown("$x$ and \\boxed{3}") == "$x$ and $\\boxed{3}$"  # outside the math spans
+    assert cr.math_markdown("so \\[\\boxed{3}\\]") == "so \\[\\boxed{3}\\]"  # inside one: the author's
+    assert (
+        cr.math_markdown("costs $5, so \\boxed{3}") == "costs $5, so \\boxed{3}"
+    )  # a lone $ could pair with a new one
 
 
 def test_summary_and_figures(comparison):

@@ -20,7 +20,9 @@ LATEX_DELIMITERS = [
 ]
 TAG = re.compile(r"<\|[^|<>\s]+\|>")
 # A token is a whole math span (never cut by a mark, so KaTeX still sees it) or a run of non-space characters.
-TOKEN = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\$[^$\n]+?\$|\S+", re.S)
+MATH = r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\$[^$\n]+?\$"
+MATH_SPAN = re.compile(f"({MATH})", re.S)
+TOKEN = re.compile(f"{MATH}|\\S+", re.S)
 WORDLIKE = re.compile(r"\w")  # marked tokens: words and math, not Markdown's list/heading/table marks
 # One line per reward component. The names come from the data (the columns the traces schema marks);
 # a name this table lacks shows without an explanation. Looked up by full name, then by its last part
@@ -50,9 +52,15 @@ def component_notes(names: list[str]) -> str:
 
 
 def math_markdown(text: str) -> str:
-    """Text with bare `\\boxed{...}` put in `$...$`, so KaTeX renders it; text with math delimiters is left as is."""
-    if any(mark in text for mark in ("$", "\\(", "\\[")):
-        return text
+    """Text with each bare `\\boxed{...}` (outside the math spans) put in `$...$`, so KaTeX renders it.
+
+    Text between math spans that holds a lone `$` is left as written: a `$` added there could pair
+    with it and turn the prose between them into math."""
+    parts = MATH_SPAN.split(text)  # odd parts are the math spans
+    return "".join(p if k % 2 or "$" in p else _boxed_math(p) for k, p in enumerate(parts))
+
+
+def _boxed_math(text: str) -> str:
     out, start = [], 0
     while (begin := text.find("\\boxed{", start)) >= 0:
         depth, end = 0, begin + len("\\boxed")
