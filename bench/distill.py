@@ -132,7 +132,6 @@ def main() -> None:
         jobs = {}
         for mode, packing, per_device in (("padded", False, args.batch), ("packed", True, args.pack_rows)):
             out = folder / mode
-            write_rows(out, tokenised_rows(pairs, tokenizer))
             distill = {
                 "epochs": 1,
                 "global_batch_size": per_device,
@@ -154,6 +153,7 @@ def main() -> None:
                     "stages": {"teacher_rl": {"enabled": False}, "evaluate": {"enabled": False}, "distill": distill},
                 }
             )
+            write_rows(out, tokenised_rows(pairs, tokenizer, recipe.stages.distill))
             jobs[mode] = WorkerJob(
                 worker=distill_worker.__name__,
                 out_dir=out,

@@ -75,7 +75,9 @@ def job_for(tmp_path: Path, model: Path, rows, *, packing: bool, max_length: int
 
     recipe = make_recipe(model, packing=packing, max_length=max_length)
     out = tmp_path / f"job-{model.name}-{packing}-{max_length}"
-    write_rows(out, tokenised_rows(student_rows(rows, StudentFormat()), load_tokenizer(str(model))))
+    write_rows(
+        out, tokenised_rows(student_rows(rows, StudentFormat()), load_tokenizer(str(model)), recipe.stages.distill)
+    )
     return WorkerJob(
         worker="factory.stages.distill_worker",
         out_dir=out,
@@ -152,25 +154,33 @@ def test_stage_tokenisation_is_trls(tmp_path, tiny_student_dir, closing_model_di
 
     model = {"tiny": tiny_student_dir, "closing": closing_model_dir}.get(template)
     model = model or request.getfixturevalue("qwen_model_dir")
-    rows = skewed_rows(10)
-    lengths = sorted(
-        len(r["input_ids"]) for r in tokenised_rows(student_rows(rows, StudentFormat()), load_tokenizer(str(model)))
-    )
+    long_prompt = {
+        "id": "long",
+        "question": "What is 1 + 1? " * 80,
+        "solution": "\\boxed{2}",
+        "explanation": "1 + 1 = 2.",
+    }
+    rows = [*skewed_rows(10), long_prompt]  # cut without packing, the long prompt leaves no label: TRL drops it
+    uncut = make_recipe(model, packing=True).stages.distill
+    pairs = student_rows(rows, StudentFormat())
+    lengths = sorted(len(r["input_ids"]) for r in tokenised_rows(pairs, load_tokenizer(str(model)), uncut))
     max_length = lengths[0] + lengths[1]  # the two shortest fit in a packed row; the longest are cut
     assert lengths[-1] > max_length
     job = job_for(tmp_path, model, rows, packing=packing, max_length=max_length)
     ours = distill_worker.build_trainer(job).train_dataset
     conversational = Dataset.from_list(student_rows(rows, StudentFormat()))
+    args = distill_worker.sft_config(job.model_copy(update={"out_dir": tmp_path / "trl"}))
+    args.dataset_kwargs = None  # TRL prepares the conversational rows, as the worker had it do before
     trls = SFTTrainer(
         model=str(model),
-        args=distill_worker.sft_config(job.model_copy(update={"out_dir": tmp_path / "trl"})),
+        args=args,
         train_dataset=conversational,
         processing_class=load_tokenizer(str(model)),
     ).train_dataset
     columns = ["input_ids", "labels", "seq_lengths"] if packing else ["input_ids", "labels"]
     assert ours.select_columns(columns).to_list() == trls.select_columns(columns).to_list()
     trained = [len(ids) for ids in ours["input_ids"]]
-    assert (len(trained) < 10) if packing else (len(trained) == 10 and max(trained) == max_length)  # packed, or cut
+    assert (len(trained) < 11) if packing else (len(trained) == 10 and max(trained) == max_length)  # packed, or cut
 
 
 def _supervised_from_loader(trainer) -> Counter:

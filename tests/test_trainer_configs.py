@@ -298,7 +298,8 @@ def test_distill_config_is_the_released_students_recipe(aime, monkeypatch, tmp_p
     )
     assert config.per_device_train_batch_size * config.gradient_accumulation_steps * world == 96
     unset = fields - set(passed)
-    assert unset == set(SFT_INERT) - {"packing_strategy", "truncation_mode"}, sorted(unset)
+    assert unset == set(SFT_INERT) - {"packing_strategy", "truncation_mode", "dataset_kwargs"}, sorted(unset)
+    assert config.dataset_kwargs == {"skip_prepare_dataset": True}  # the stage cut the unpacked rows
     assert [name for name in RESULT_ARGUMENTS if name not in passed] == []
 
 

@@ -40,7 +40,7 @@ from factory.worker_job import WorkerJob, model_of
 
 if TYPE_CHECKING:
     from factory.formats import StudentFormat
-    from factory.recipe import Recipe
+    from factory.recipe import Distill, Recipe
 
 WORKER = "factory.stages.distill_worker"
 TRACE_COLUMNS = ("id", "question", "solution", "explanation")
@@ -100,26 +100,33 @@ def student_rows(rows: list[dict[str, str]], fmt: StudentFormat) -> list[dict[st
     return out
 
 
-def tokenised_rows(pairs: Iterable[dict[str, Any]], tokenizer: Any, batch_rows: int = 64) -> Iterator[dict[str, Any]]:
+def tokenised_rows(
+    pairs: Iterable[dict[str, Any]], tokenizer: Any, settings: Distill, batch_rows: int = 64
+) -> Iterator[dict[str, Any]]:
     """Prompt/completion pairs (`student_rows`) as the trainer consumes them: the conversation's token ids and
-    its labels, -100 over the prompt.
+    its labels, -100 over the prompt; unpacked, cut at `max_length` and without the rows left with no label.
 
-    TRL 1.16's SFTTrainer tokenisation of a conversational pair, done once here instead of on every rank:
+    TRL 1.16's SFTTrainer preparation of conversational pairs, done once here instead of on every rank:
     the prompt rendered with the generation prompt, the whole conversation without it, the completion
-    starting where the two token sequences diverge (`common_prefix_length`). tests/test_distill.py checks
-    the ids and labels against TRL's own on the tiny and the Qwen tokenizer.
+    starting where the two token sequences diverge (`common_prefix_length`); without packing, the cut
+    (`truncation_mode` keep_start) and the drop of fully masked rows, so the worker skips TRL's preparation
+    (`distill_worker.sft_config`); with packing, TRL packs the rows (BFD, cutting what exceeds max_length).
+    tests/test_distill.py checks the trainer's rows against TRL's own on the tiny and the Qwen tokenizer.
     """
     from trl.data_utils import common_prefix_length
 
     from factory.stages.handoff import IGNORE
 
+    cut = None if settings.packing else settings.max_length
     pairs = iter(pairs)
     while batch := list(islice(pairs, batch_rows)):
         prompts = tokenizer.apply_chat_template([row["prompt"] for row in batch], add_generation_prompt=True)
         whole = tokenizer.apply_chat_template([row["prompt"] + row["completion"] for row in batch])
         for prompt_ids, ids in zip(prompts["input_ids"], whole["input_ids"]):
             start = common_prefix_length(prompt_ids, ids)
-            yield {"input_ids": ids, "labels": [IGNORE] * start + ids[start:]}
+            labels = ([IGNORE] * start + ids[start:])[:cut]
+            if cut is None or start < min(len(ids), cut):  # TRL drops a row the cut leaves without a label
+                yield {"input_ids": ids[:cut], "labels": labels}
 
 
 def check_settings(recipe: Recipe) -> list[Problem]:
@@ -167,7 +174,7 @@ def distill_model(
             title=title,
         )
         pairs = student_rows(rows, student_format_of(recipe, log))
-        return job, tokenised_rows(pairs, load_tokenizer(job.models["base"]))
+        return job, tokenised_rows(pairs, load_tokenizer(job.models["base"]), recipe.stages.distill)
 
     return run_training(out_dir, recipe.launch, prepare)
 

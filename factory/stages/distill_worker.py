@@ -3,9 +3,10 @@
 `start(job)` is called by the worker entry (`python -m factory.worker JOB`, factory.worker), in process
 or once per rank under `accelerate launch` (ZeRO-3, FSDP2, multi-node). The rows are the stage's
 memory-mapped Arrow file: the token ids of each conversation in the student format and its labels,
--100 over the prompt, exactly as TRL would tokenise the conversational prompt/completion pairs
-(factory.stages.distill.tokenised_rows), so the loss covers the completion only. TRL truncates them
-at `max_length` or packs them best-fit decreasing, padding-free, writing its results beside the rows.
+-100 over the prompt, exactly as TRL would prepare the conversational prompt/completion pairs
+(factory.stages.distill.tokenised_rows), so the loss covers the completion only. Unpacked rows arrive
+cut at `max_length` and are used as they are (TRL's preparation skipped: no rank maps over them); with
+packing, TRL packs them best-fit decreasing, padding-free, writing the packed rows beside the file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def sft_config(job: WorkerJob):
         packing_strategy="bfd",
         padding_free=distill.packing,  # bfd packing is padding-free; unpacked rows are padded
         completion_only_loss=True,  # the loss covers the assistant turn (thought and solution), not the prompt
+        # unpacked rows arrive cut and filtered (distill.tokenised_rows): no rank maps over them; TRL packs the others
+        dataset_kwargs={"skip_prepare_dataset": not distill.packing},
         dataloader_pin_memory=torch.cuda.is_available(),
         model_init_kwargs=model_init,
         trust_remote_code=model_init["trust_remote_code"],
@@ -61,10 +64,17 @@ def build_trainer(job: WorkerJob):
 
 
 def token_counts(dataset) -> dict[str, int]:
-    """Tokens and supervised tokens (labels != IGNORE) of a prepared dataset, counted in Arrow."""
+    """Tokens and supervised tokens (labels != IGNORE) of a prepared dataset, counted in Arrow.
+
+    A filtered dataset (TRL drops the rows its cut leaves without a label) is a view of a table that still
+    holds the dropped rows: only the view's rows count.
+    """
     import pyarrow.compute as pc
 
-    labels = pc.list_flatten(dataset.data.column("labels"))
+    labels = dataset.data.column("labels")
+    if dataset._indices is not None:
+        labels = labels.take(dataset._indices.column(0))
+    labels = pc.list_flatten(labels)
     return {"tokens": len(labels), "supervised_tokens": pc.sum(pc.not_equal(labels, IGNORE)).as_py() or 0}
 
 
