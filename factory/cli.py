@@ -104,6 +104,11 @@ RunDirOpt = typer.Option(Path("runs"), "--run-dir", help="Folder holding runs, a
 ForceOpt = typer.Option(None, "--force", help="Re-run this stage even if cached (repeatable).")
 FromOpt = typer.Option(None, "--from", help="Re-run from this stage on.")
 OnlyOpt = typer.Option(None, "--only", help="Run only this stage (repeatable).")
+MemoryCheckOpt = typer.Option(
+    True,
+    "--memory-check/--no-memory-check",
+    help="Refuse a stage whose model states alone exceed the visible GPU; warn where only the longest sequences do.",
+)
 
 
 def _version(value: bool) -> None:
@@ -138,7 +143,17 @@ def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     console.print(f"[green]ok[/green] {recipe}: recipe {loaded.name!r}, stages: {', '.join(enabled) or 'none'}")
 
 
-def _plan(recipe: Path, overrides, run_dir: Path, force=(), from_stage=None, only=(), running=False, memory_check=True):
+def _plan(
+    recipe: Path,
+    overrides,
+    run_dir: Path,
+    force=(),
+    from_stage=None,
+    only=(),
+    running=False,
+    memory_check=True,
+    memory_of=None,
+):
     from factory.pipeline import make_plan
     from factory.stages import load_stages
 
@@ -152,6 +167,7 @@ def _plan(recipe: Path, overrides, run_dir: Path, force=(), from_stage=None, onl
         only=tuple(only),
         running=running,
         memory_check=memory_check,
+        memory_of=memory_of,
     )
     _check_run_dir(loaded, recipe, run_dir)  # after the preflight, which names each source's key and line
     _warn(planned.warnings)
@@ -212,9 +228,7 @@ def run(
     from_stage: str | None = FromOpt,
     only: list[str] | None = OnlyOpt,
     push: bool = typer.Option(False, "--push", help="Publish artifacts to the Hub (HF_ENDPOINT, HF_TOKEN)."),
-    memory_check: bool = typer.Option(
-        True, "--memory-check/--no-memory-check", help="Refuse stages whose memory estimate exceeds the GPUs."
-    ),
+    memory_check: bool = MemoryCheckOpt,
 ) -> None:
     """Run the recipe: every stage not already cached, then publish its artifacts."""
     from factory.pipeline import execute, load_manifest
@@ -336,11 +350,12 @@ def generate_shard(
     shard: str = typer.Option(..., "--shard", help="I or I/N: shard I of N (default N: stages.generate.shards)."),
     set_: list[str] | None = SetOpt,
     run_dir: Path = RunDirOpt,
+    memory_check: bool = MemoryCheckOpt,
 ) -> None:
     """Generate and score one shard of the generate stage (spread over nodes); `factory run` merges."""
     from factory.stages.generate import run_shard
 
-    plan = _plan(recipe, set_, run_dir, running=True)
+    plan = _plan(recipe, set_, run_dir, running=True, memory_check=memory_check, memory_of=("generate",))
     index, count = _parse_shard(shard, plan.recipe.stages.generate.shards)
     console.print(run_shard(plan, index, count, log=console.print))
 

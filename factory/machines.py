@@ -15,6 +15,13 @@ The files, each written atomically:
 - `launch-N.json` (machine 0, before it launches the N-th training world): the worker module and its
   job file; every machine runs the same world, the collectives keep them in step.
 - `done.json` (machine 0, at the end, also on failure): the followers return.
+- `lead.json` (machine 0, for its run's whole life): a claim (factory.claims) whose heartbeat tells the
+  followers that machine 0 is alive; a session whose claim went stale (machine 0 killed) is never joined,
+  and a follower of one stops instead of waiting forever.
+
+A run of several machines always opens a session, even with nothing to run (it then ends at once): the
+machines still meet, so a run directory that is not shared shows up on the first run, and a follower
+started beside a fully cached run returns instead of waiting for a session that never comes.
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from factory.artifacts import write_json_atomic
+from factory.claims import Claims
 from factory.errors import UserError
 from factory.recipe import Launch
 
 FOLDER = "machines"
 SESSION = "session.json"
 DONE = "done.json"
+LEAD_CLAIM = "lead"  # machine 0's claim on the session folder: its heartbeat (factory.claims)
 POLL_S = 1.0
 # launch: keys every machine must agree on (machine_rank is each machine's own)
 SHARED_LAUNCH = ("preset", "num_processes", "num_machines", "main_process_ip", "main_process_port")
@@ -66,30 +75,32 @@ class Lead:
         self.session = uuid.uuid4().hex
         self.launched = 0
 
-    def open(self) -> None:
-        """A fresh session: what an earlier run left (its launches, its joins) is cleared first."""
+    def clear(self) -> None:
+        """What an earlier run left (its session, launches, joins, a dead lead's claim) goes first."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
+
+    def open(self) -> None:
+        """The session the followers join (after the lead's claim exists, so a new session is never stale)."""
         write_json_atomic(
             self.folder / SESSION,
             {"session": self.session, "launch": self.launch.model_dump(mode="json"), **_stamp()},
         )
 
     def wait_for_machines(self, log: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> None:
-        missing = self._missing()
-        if missing:
+        if missing := self._missing():
             log(f"machines: waiting for machine ranks {missing} to join through {self.folder}")
-        deadline = time.monotonic() + self.launch.join_timeout_s
-        while missing:
-            if time.monotonic() > deadline:
-                raise UserError(
-                    f"launch.num_machines={self.launch.num_machines}: machine ranks {missing} did not join within "
-                    f"launch.join_timeout_s={self.launch.join_timeout_s} s. Start `factory run` with the same recipe "
-                    f"and --set launch.machine_rank=K on each machine, with a --run-dir that every machine shares "
-                    f"(this machine writes {self.folder}; a machine that cannot see it never joins)"
-                )
-            sleep(POLL_S)
-            missing = self._missing()
+        _poll(
+            lambda: not self._missing(),
+            self.launch.join_timeout_s,
+            lambda: UserError(
+                f"launch.num_machines={self.launch.num_machines}: machine ranks {self._missing()} did not join "
+                f"within launch.join_timeout_s={self.launch.join_timeout_s} s. Start `factory run` with the same "
+                f"recipe and --set launch.machine_rank=K on each machine, with a --run-dir that every machine shares "
+                f"(this machine writes {self.folder}; a machine that cannot see it never joins)"
+            ),
+            sleep,
+        )
         log(f"machines: all {self.launch.num_machines} machines joined")
 
     def _missing(self) -> list[int]:
@@ -109,23 +120,26 @@ class Lead:
 
 @contextmanager
 def lead(recipe_dir: Path, launch: Launch, has_work: bool, log: Callable[[str], None]) -> Iterator[Lead | None]:
-    """Machine 0's session around a run, or None on one machine or when nothing will run."""
-    if launch.num_machines == 1 or not has_work:
+    """Machine 0's session around a run (None on one machine): the other machines join before any stage
+    starts; with nothing to run, the session ends as soon as they have."""
+    if launch.num_machines == 1:
         yield None
         return
     session = Lead(recipe_dir, launch)
-    session.open()
-    error: BaseException | None = None
-    token = _SESSION.set(session)
-    try:
-        session.wait_for_machines(log)
-        yield session
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        _SESSION.reset(token)
-        session.close(error)
+    session.clear()
+    with Claims(session.folder).hold(LEAD_CLAIM, f"machine 0's run ({session.session[:8]})", log):
+        session.open()
+        error: BaseException | None = None
+        token = _SESSION.set(session)
+        try:
+            session.wait_for_machines(log)
+            yield session if has_work else None
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            _SESSION.reset(token)
+            session.close(error)
 
 
 def announce(launch: Launch, module: str, job_file: Path) -> None:
@@ -187,25 +201,56 @@ def _follow_session(
         current = _read(folder / SESSION)
         if current and current["session"] != session:
             return None
+        if not _lead_alive(folder):
+            raise RuntimeError(
+                f"machine 0's run stopped without finishing (its claim {folder / LEAD_CLAIM}.json went stale); "
+                "restart it, and this machine with it"
+            )
         sleep(POLL_S)
 
 
 def _wait_for_session(folder: Path, launch: Launch, log: Callable[[str], None], sleep: Callable[[float], None]) -> str:
     """The id of machine 0's live session (not one an earlier run finished), checked against this launch."""
     log(f"machines: machine {launch.machine_rank} waiting for machine 0's run in {folder}")
-    deadline = time.monotonic() + launch.join_timeout_s
-    while True:
-        entry = _read(folder / SESSION)
-        done = _read(folder / DONE)
-        if entry and not (done and done["session"] == entry["session"]):
-            _check_same_launch(entry["launch"], launch)
-            return entry["session"]
+
+    def live_session() -> dict[str, Any] | None:
+        entry, done = _read(folder / SESSION), _read(folder / DONE)
+        finished = entry and done and done["session"] == entry["session"]
+        return entry if entry and not finished and _lead_alive(folder) else None
+
+    found: dict[str, Any] = {}
+
+    def ready() -> bool:
+        found["entry"] = live_session()
+        return found["entry"] is not None
+
+    _poll(
+        ready,
+        launch.join_timeout_s,
+        lambda: UserError(
+            f"launch.machine_rank={launch.machine_rank}: no run of machine 0 appeared in {folder} within "
+            f"launch.join_timeout_s={launch.join_timeout_s} s. Start machine 0's `factory run` with the same "
+            "recipe, and give every machine the same --run-dir on a filesystem they share"
+        ),
+        sleep,
+    )
+    _check_same_launch(found["entry"]["launch"], launch)
+    return found["entry"]["session"]
+
+
+def _lead_alive(folder: Path) -> bool:
+    holder = Claims(folder).read(LEAD_CLAIM)
+    return holder is not None and holder.live()
+
+
+def _poll(
+    ready: Callable[[], bool], timeout_s: float, error: Callable[[], Exception], sleep: Callable[[float], None]
+) -> None:
+    """Wait until `ready()`, checking every POLL_S; `error()` is raised after `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
         if time.monotonic() > deadline:
-            raise UserError(
-                f"launch.machine_rank={launch.machine_rank}: no run of machine 0 appeared in {folder} within "
-                f"launch.join_timeout_s={launch.join_timeout_s} s. Start machine 0's `factory run` with the same "
-                "recipe, and give every machine the same --run-dir on a filesystem they share"
-            )
+            raise error()
         sleep(POLL_S)
 
 

@@ -18,12 +18,13 @@ from factory.recipe import Recipe
 
 
 def with_setting(recipe: Recipe, changes: dict[str, Any]) -> Recipe:
-    """A copy of `recipe` with dotted keys set (validated, as `--set` would be)."""
+    """A copy of `recipe` with dotted keys set, validated as `--set` would be (each field on assignment, then
+    the recipe's checks across sections): a ValueError for a combination the recipe refuses."""
     copy = recipe.model_copy(deep=True)
     for key, value in changes.items():
         *path, last = key.split(".")
         setattr(reduce(getattr, path, copy), last, value)
-    return copy
+    return type(recipe).model_validate(copy.model_dump())
 
 
 def suggestions(

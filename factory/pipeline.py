@@ -133,11 +133,12 @@ def make_plan(
     only: tuple[str, ...] = (),
     running: bool = False,
     memory_check: bool = True,
+    memory_of: tuple[str, ...] | None = None,
 ) -> Plan:
     """Decide, for every stage in order, whether it is cached, runs, resumes, or cannot run and why.
     The preflight runs first: a recipe with a mistake is refused before anything is read or written
     (`running`: the plan is for running here, see `preflight`; then, unless `memory_check` is off, a stage
-    that cannot fit the visible GPUs is refused too)."""
+    that cannot fit the visible GPUs is refused too: of those that will run, or of `memory_of` only)."""
     order = stage_order(registry, recipe)
     for name in [*force, *only, *([from_stage] if from_stage else [])]:
         if name not in order:
@@ -190,12 +191,13 @@ def make_plan(
                 planned.status, planned.reason = Status.SKIPPED, f"not selected by --only ({', '.join(only)})"
     _require_upstream(planned_all, only, from_stage)
     if running and memory_check:
-        warnings += _check_memory(planned_all, recipe)
+        checked = [p for p in planned_all if p.will_run and (memory_of is None or p.name in memory_of)]
+        warnings += _check_memory(checked, recipe)
     return Plan(recipe=recipe, recipe_dir=recipe_dir, stages=planned_all, warnings=warnings)
 
 
 def _check_memory(stages: list[PlannedStage], recipe: Recipe) -> list[str]:
-    """With GPUs visible, a stage that would run but cannot fit them at any sequence length is refused here,
+    """With GPUs visible, a stage (of those that will run) that cannot fit them at any sequence length is refused here,
     before any model loads; one that fits only below its longest sequences is a warning (factory.memory).
     A machine without a GPU refuses nothing."""
     from factory.memory import visible_gpu_memory
@@ -204,7 +206,7 @@ def _check_memory(stages: list[PlannedStage], recipe: Recipe) -> list[str]:
     gpu = visible_gpu_memory()
     if gpu is None:
         return []
-    refused, at_risk = oversized(recipe, [(p.name, p.stage.memory) for p in stages if p.will_run], gpu)
+    refused, at_risk = oversized(recipe, [(p.name, p.stage.memory) for p in stages], gpu)
     if refused:
         lines = "\n  ".join(refused)
         raise UserError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,7 +12,8 @@ import pytest
 
 from factory.recipe import Recipe
 from factory.roles import Role
-from factory.stages.base import ResolvedInput, StageContext
+from factory.stages import load_stages
+from factory.stages.base import ResolvedInput, StageContext, stage_view
 from factory.stages.baselines import DistillBeforeRL, DistillReference
 from factory.stages.distill import DistillStage
 from factory.stages.evaluate import EvaluateStage, _baselines, overall, score_records, student_prompt_ids
@@ -183,7 +185,8 @@ def ctx_for(recipe: Recipe, tmp_path: Path, student_is_artifact: bool) -> StageC
     inputs = {"student": student, "distill_base": base}
     for role in (Role.STUDENT_REFERENCE, Role.STUDENT_BEFORE_RL):  # no baseline stage: the base (role fallback)
         inputs[role] = ResolvedInput(role=role, fingerprint="b", model=recipe.models.distill_base)
-    return StageContext(recipe, tmp_path, tmp_path / "out", "f", inputs=inputs)
+    view = stage_view(load_stages()["evaluate"], recipe)  # as the pipeline hands it: undeclared keys raise
+    return StageContext(view, tmp_path, tmp_path / "out", "f", inputs=inputs)
 
 
 def test_baselines_identical_to_the_student_are_skipped(tmp_path, tiny_model_dir):
@@ -244,7 +247,8 @@ def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, ti
     ctx = ctx_for(recipe, tmp_path, student_is_artifact=True)
     traces = tmp_path / "generate-x"
     ctx.inputs["traces"] = ResolvedInput(role="traces", fingerprint="g", artifact_dir=traces)
-    result = stage.run(ctx)  # no before_rl config: nothing trained, with the reason
+    own = replace(ctx, recipe=stage_view(stage, recipe))  # the baseline stage reads its own sections, same inputs
+    result = stage.run(own)  # no before_rl config: nothing trained, with the reason
     assert "no before_rl config" in result.metrics["skipped"] and not (ctx.out_dir / "model").exists()
     mark_complete(
         ctx.out_dir, ArtifactMeta("model", stage.name, stage.produces, "s", recipe.name, {}, metrics=result.metrics)
@@ -269,7 +273,7 @@ def test_before_rl_traces_baseline_distills_on_the_before_rl_config(tmp_path, ti
     write_config(traces / "data", "after RL")
     write_config(traces / "data" / "before_rl", "before RL")
     shutil.rmtree(ctx.out_dir)
-    result = stage.run(ctx)
+    result = stage.run(own)
     folder = ctx.out_dir
     assert (folder / "model" / "config.json").is_file() and result.metrics["baseline"] == "before_rl_traces"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

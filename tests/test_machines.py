@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_teacher_sft import write_recipe
 
-from factory import machines
+from factory import claims, machines
 from factory.errors import UserError
 from factory.recipe import Launch
 
@@ -62,12 +62,27 @@ def test_machine_0_waits_for_the_others_then_each_world_it_announces_runs_on_the
     ]
 
 
-def test_one_machine_or_no_work_opens_no_session(tmp_path):
+def test_one_machine_opens_no_session_and_a_run_with_nothing_to_do_still_meets_the_others(tmp_path):
     with machines.lead(tmp_path, Launch(), has_work=True, log=print) as session:
         assert session is None
-    with machines.lead(tmp_path, launch(0), has_work=False, log=print) as session:
-        assert session is None
     assert not (tmp_path / machines.FOLDER).exists()
+    outcome: dict = {}
+    thread = follower(tmp_path, launch(1), [], outcome)
+    with machines.lead(tmp_path, launch(0), has_work=False, log=print) as session:
+        assert session is None  # nothing to announce
+    thread.join(timeout=10)
+    assert outcome == {"ran": 0}  # the follower of a fully cached run returns at once
+
+
+def test_a_follower_of_a_killed_machine_0_stops_and_its_stale_session_is_never_joined(tmp_path, monkeypatch):
+    outcome: dict = {}
+    thread = follower(tmp_path, launch(1), [], outcome)
+    with machines.lead(tmp_path, launch(0), has_work=True, log=print):
+        monkeypatch.setattr(claims, "STALE_S", -1.0)  # machine 0's heartbeat now reads as stale: as if killed
+        thread.join(timeout=10)
+        assert "machine 0's run stopped without finishing" in str(outcome["error"])
+        with pytest.raises(UserError, match="no run of machine 0 appeared"):
+            machines.follow(tmp_path, launch(1, join_timeout_s=1), lambda *a: None, print)
 
 
 def test_a_machine_that_never_joins_stops_machine_0_before_any_stage_naming_the_folder(tmp_path):
@@ -100,12 +115,11 @@ def test_a_finished_session_is_not_joined_and_a_restarted_machine_0_is(tmp_path)
 
 
 def test_machines_disagreeing_on_the_launch_are_refused_naming_the_keys(tmp_path):
-    with machines.lead(tmp_path, launch(0, join_timeout_s=3), has_work=False, log=print):
-        pass
     session = machines.Lead(tmp_path, launch(0))
-    session.open()
-    with pytest.raises(UserError, match=r"launch.num_processes: 2 here, 1 on machine 0"):
-        machines.follow(tmp_path, launch(1, num_processes=2), lambda *a: None, print)
+    with claims.Claims(session.folder).hold(machines.LEAD_CLAIM, "machine 0", print):
+        session.open()
+        with pytest.raises(UserError, match=r"launch.num_processes: 2 here, 1 on machine 0"):
+            machines.follow(tmp_path, launch(1, num_processes=2), lambda *a: None, print)
 
 
 def test_a_failed_run_on_machine_0_ends_the_others_with_an_error(tmp_path):

@@ -168,7 +168,8 @@ def test_a_machine_without_gpu_refuses_nothing(recipe_file, tmp_path, monkeypatc
 def test_sharding_divides_the_model_states_over_the_processes():
     arch = memory.architecture("Qwen/Qwen2.5-7B-Instruct")
     recipe = load_recipe("recipes/aime.yaml")
-    single = memory.model_states(arch, memory_fit.with_setting(recipe, {"launch.preset": "single"}).launch, True)
+    one_process = {"launch.preset": "single", "launch.num_processes": 1}
+    single = memory.model_states(arch, memory_fit.with_setting(recipe, one_process).launch, True)
     zero3 = memory.model_states(arch, recipe.launch, True)  # 8 processes
     assert sum(single.values()) == pytest.approx(18 * arch.parameters)  # fp32 weights+grads+moments, bf16 copies
     gathered = 2 * (2 * arch.layer_parameters + arch.head_parameters) + 4 * arch.head_parameters

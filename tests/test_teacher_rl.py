@@ -21,6 +21,7 @@ from factory.formats import teacher_prompt_ids
 from factory.pipeline import execute, make_plan
 from factory.recipe import load_recipe
 from factory.stages import load_stages
+from factory.stages.base import stage_view
 
 RECIPE = """\
 name: rl
@@ -235,6 +236,7 @@ transformers.Trainer._save_checkpoint = save_then_die
 from factory.pipeline import execute, make_plan
 from factory.recipe import load_recipe
 from factory.stages import load_stages
+from factory.stages.base import stage_view
 recipe = load_recipe(sys.argv[1], ["stages.teacher_rl.steps=3"])
 execute(make_plan(recipe, Path(sys.argv[2]), load_stages()), sys.argv[1])
 """
@@ -400,7 +402,7 @@ def test_vllm_server_mode_maps_the_launch_section(repo_root, tmp_path):
     assert (config.use_vllm, config.vllm_mode, config.vllm_server_port) == (True, "server", VLLM_SERVER_PORT)
     assert config.gradient_accumulation_steps == 32  # 1024 rollouts / (8 per device x 4 training GPUs)
     with pytest.raises(UserError, match="needs num_processes \\+ vllm_gpus = 8 GPUs"):
-        with vllm_server(recipe, "/models/teacher", tmp_path, print):
+        with vllm_server(stage_view(load_stages()["teacher_rl"], recipe), "/models/teacher", tmp_path, print):
             pass
 
 

@@ -187,10 +187,19 @@ class Stage:
 
 
 def stage_view(stage: Stage, recipe: Recipe) -> Recipe:
-    """The recipe as `stage` may read it: its declared sections (factory.recipe_view)."""
+    """The recipe as `stage` may read it (factory.recipe_view): its declared sections, and the recipe keys of
+    the base inputs it consumes (`models.teacher`, `data.train`, ... and their fallbacks), whose whole spec
+    the input's fingerprint hashes. Typed as a Recipe: a view reads like one, key for key."""
     from factory.recipe_view import RecipeView
 
-    return RecipeView(recipe, stage.sections_for(recipe), stage.name)  # type: ignore[return-value]
+    keys = []
+    for consumed in stage.consumes:
+        role: Role | None = consumed
+        while role is not None:
+            keys += [role.recipe_key] if role.recipe_key else []
+            role = role.fallback
+    allowed = (*stage.sections_for(recipe), *dict.fromkeys(keys))
+    return RecipeView(recipe, allowed, stage.name)  # type: ignore[return-value]
 
 
 def own_section(stage: Stage, recipe: Recipe) -> BaseModel | None:

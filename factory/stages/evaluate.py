@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from factory.errors import UserError
+from factory.recipe_view import whole
 from factory.roles import Role
 from factory.stages.base import (
     STUDENT_FORMAT,
@@ -298,8 +299,8 @@ def _why_untrained(recipe: Recipe, stage: DistilledBaseline, trained: ResolvedIn
     """Why the distilled baseline `stage` trains has no model: its stage was left out, or found no rows."""
     from factory.artifacts import read_meta
 
-    if not trained.is_artifact:
-        return stage.disabled_by(recipe) or f"no {stage.name} stage in this build"
+    if not trained.is_artifact:  # the baseline's own settings decide, which evaluate does not read otherwise
+        return stage.disabled_by(whole(recipe)) or f"no {stage.name} stage in this build"
     return read_meta(trained.artifact_dir).metrics.get(SKIPPED)
 
 

@@ -83,8 +83,7 @@ class GenerateStage(Stage):
     name = "generate"
     consumes = (Role.TEACHER, Role.INITIAL_TEACHER, Role.REWARD_STUDENT, Role.TRAIN_DATA)
     produces = Role.TRACES
-    # data.train: the questions (also its train_data input) and the student system prompt; data.eval: decontamination
-    sections = ("stages.generate", "formats", "reward", "data.train", "data.eval")
+    sections = ("stages.generate", "formats", "reward", "data.eval")  # data.eval: decontamination
     version = 2  # 2: the reference layouts (padded tags, spans up to the closing tags), empty spans penalised
 
     def check(self, recipe: Recipe) -> list[Problem]:
