@@ -245,7 +245,8 @@ def payload_stages(model_dir: Path) -> dict:
     for stage_name, (inputs, output) in roles.items():
 
         class PayloadStage(Stage):
-            name, consumes, produces, sections = stage_name, inputs, output, (f"stages.{stage_name}",)
+            name, consumes, produces = stage_name, inputs, output
+            sections = (f"stages.{stage_name}", *(("data.eval",) if stage_name == "evaluate" else ()))
 
             def run(self, ctx):
                 return StageResult(metrics=write(self.name, ctx), summary="payload written")

@@ -15,7 +15,6 @@ sources again makes no commit.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -154,15 +153,6 @@ class HubStore(Store):
             ).read_bytes()
         except EntryNotFoundError:
             return None
-
-    def _record(self, target: Target, commit: str) -> dict[str, Any] | None:
-        from huggingface_hub.errors import EntryNotFoundError
-
-        try:
-            path = self.api.hf_hub_download(target.repo, RECORD_FILE, repo_type=target.repo_type, revision=commit)
-        except EntryNotFoundError:
-            return None
-        return json.loads(Path(path).read_text())
 
     def _versions(self, target: Target) -> list[Version]:
         from huggingface_hub.errors import RepositoryNotFoundError

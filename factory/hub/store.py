@@ -147,6 +147,11 @@ class Store:
         """A file's content at a commit; None when the commit has no such file."""
         raise NotImplementedError
 
+    def _record(self, target: Target, commit: str) -> dict[str, Any] | None:
+        """The factory.json record at a commit; None without one."""
+        content = self._read(target, commit, RECORD_FILE)
+        return json.loads(content) if content is not None else None
+
     def url(self, target: Target, tag: str) -> str:
         raise NotImplementedError
 
@@ -363,9 +368,11 @@ class LocalStore(Store):
         folder = self._dir(target)
         found = []
         for link in folder.iterdir() if folder.is_dir() else []:
-            record = link / RECORD_FILE
-            if TAG.fullmatch(link.name) and link.is_symlink() and record.is_file():
-                found.append(Version(link.name, link.resolve().name, json.loads(record.read_text())))
+            record = (
+                self._record(target, link.resolve().name) if TAG.fullmatch(link.name) and link.is_symlink() else None
+            )
+            if record is not None:
+                found.append(Version(link.name, link.resolve().name, record))
         return sorted(found, key=lambda v: v.number)
 
     def _head(self, target: Target) -> Head:
@@ -374,8 +381,7 @@ class LocalStore(Store):
             return Head(None, [], None)
         snapshot = main.resolve()
         files = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
-        record = json.loads((snapshot / RECORD_FILE).read_text()) if RECORD_FILE in files else None
-        return Head(snapshot.name, files, record)
+        return Head(snapshot.name, files, self._record(target, snapshot.name))
 
     def _commit(self, target: Target, files: Files, delete: list[str], parent: str | None, message: str) -> str:
         snapshots = self._dir(target) / "snapshots"
