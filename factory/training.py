@@ -31,6 +31,7 @@ from factory.errors import Problem
 RESULT_FILE = "result.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+TRACKIO = "trackio"  # the recipe's trackio folder, beside its artifacts/ (tracking_env)
 # A backend of `report_to` and the module whose presence makes transformers' integration work.
 TRACKING_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",)}
 
@@ -80,13 +81,16 @@ def check_report_to(report_to: list[str], key: str) -> list[Problem]:
 
 @contextmanager
 def tracking_env(out_dir: Path) -> Iterator[None]:
-    """While training: every tracking backend keeps its local files in the artifact's `logs/` folder."""
+    """While training: tensorboard and wandb keep their local files in the artifact's `logs/` folder; trackio
+    keeps one project for the whole recipe, `runs/<recipe>/trackio` (two levels above the artifact folder),
+    holding every stage's runs. trackio fixes its folder when first imported, and a one-process `factory run`
+    trains its stages in one process: a folder per artifact would catch only the first stage's curves."""
     logs = out_dir / LOGS
     logs.mkdir(parents=True, exist_ok=True)
     wanted = {
         "TENSORBOARD_LOGGING_DIR": str(logs / "tensorboard"),
         "WANDB_DIR": str(logs),
-        "TRACKIO_DIR": str(logs / "trackio"),
+        "TRACKIO_DIR": str(out_dir.resolve().parent.parent / TRACKIO),
     }
     saved = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)

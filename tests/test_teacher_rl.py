@@ -373,9 +373,11 @@ def test_report_to_reaches_both_trainers_and_logs_land_in_the_artifact(repo_root
     assert sft.project == rl.project == "factory-quickstart" and rl.run_name == "quickstart-teacher_rl"
     assert grpo_config(load_recipe(repo_root / "recipes" / "quickstart.yaml"), tmp_path, "x", False).report_to == []
     before = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    with tracking_env(tmp_path):
-        for name in ("TENSORBOARD_LOGGING_DIR", "WANDB_DIR", "TRACKIO_DIR"):
-            assert Path(os.environ[name]).is_relative_to(tmp_path / "logs"), name
+    artifact = tmp_path / "runs" / "quickstart" / "artifacts" / "teacher_sft-0123456789ab"
+    with tracking_env(artifact):
+        for name in ("TENSORBOARD_LOGGING_DIR", "WANDB_DIR"):
+            assert Path(os.environ[name]).is_relative_to(artifact / "logs"), name
+        assert os.environ["TRACKIO_DIR"] == str(tmp_path / "runs" / "quickstart" / "trackio")  # one per recipe
     assert os.environ.get("TENSORBOARD_LOGGING_DIR") == before
 
 

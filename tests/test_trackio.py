@@ -1,6 +1,6 @@
 """`report_to: [trackio]` end to end: a real transformers Trainer with the real trackio package logs its curves
-into the artifact's `logs/trackio/` (factory.training.tracking_env), where `trackio show` reads them
-(TRACKIO_DIR=<artifact>/logs/trackio). trackio is in the test extra; without it these tests skip."""
+into the recipe's `trackio/` folder beside its artifacts (factory.training.tracking_env), where `trackio show`
+reads them (TRACKIO_DIR=runs/<recipe>/trackio). trackio is in the test extra; without it these tests skip."""
 
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def train_with_trackio(model_dir: Path, out_dir: Path, run_name: str) -> None:
         Trainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, train_dataset=Rows()).train()
 
 
-def logged_losses(out_dir: Path, run_name: str) -> list[float]:
-    """train/loss per step of `run_name`, read from the trackio database in the artifact's logs."""
-    database = out_dir / "logs" / "trackio" / f"{PROJECT}.db"
+def logged_losses(recipe_dir: Path, run_name: str) -> list[float]:
+    """train/loss per step of `run_name`, read from the recipe's trackio database."""
+    database = recipe_dir / "trackio" / f"{PROJECT}.db"
     if not database.is_file():
         return []
     with sqlite3.connect(database) as connection:
@@ -69,8 +69,8 @@ def two_trainings(tiny_model_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trackio")
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import test_trackio as t\n"
-        "t.train_with_trackio(Path(sys.argv[2]), Path(sys.argv[3]) / 'first', 'tiny-first')\n"
-        "t.train_with_trackio(Path(sys.argv[2]), Path(sys.argv[3]) / 'second', 'tiny-second')\n"
+        "t.train_with_trackio(Path(sys.argv[2]), Path(sys.argv[3]) / 'artifacts' / 'first', 'tiny-first')\n"
+        "t.train_with_trackio(Path(sys.argv[2]), Path(sys.argv[3]) / 'artifacts' / 'second', 'tiny-second')\n"
     )
     here = str(Path(__file__).parent)
     done = subprocess.run(
@@ -83,15 +83,12 @@ def two_trainings(tiny_model_dir, tmp_path_factory) -> Path:
     return root
 
 
-def test_trackio_curves_land_in_the_artifact_logs(two_trainings):
-    losses = logged_losses(two_trainings / "first", "tiny-first")
+def test_trackio_curves_land_in_the_recipes_trackio_folder(two_trainings):
+    losses = logged_losses(two_trainings, "tiny-first")
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trackio reads TRACKIO_DIR once, at import: the process's second training logs into the first "
-    "artifact's logs/trackio (factory.training.tracking_env sets it per training)",
-)
-def test_a_second_training_in_the_process_logs_into_its_own_artifact(two_trainings):
-    assert len(logged_losses(two_trainings / "second", "tiny-second")) == 2
+def test_every_training_of_a_one_process_run_logs_its_own_run_in_the_recipes_project(two_trainings):
+    """trackio fixes its folder at its first import: one folder per recipe keeps the second stage's curves."""
+    second = logged_losses(two_trainings, "tiny-second")
+    assert len(second) == 2 and len(logged_losses(two_trainings, "tiny-first")) == 2
