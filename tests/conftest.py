@@ -154,6 +154,22 @@ def torch_one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """The generate tests' train and eval sets (tests/generating.py)."""
+    from generating import write_data
+
+    return write_data(tmp_path_factory.mktemp("gen-data"))
+
+
+@pytest.fixture(scope="module")
+def closing_teacher(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny teacher that closes some explanations and runs out of tokens on others (tests/generating.py)."""
+    from generating import train_closing_teacher
+
+    return train_closing_teacher(tiny_model_dir, tmp_path_factory.mktemp("closing-teacher"))
+
+
 VLLM_STANDIN = Path(__file__).parent / "vllm_standin"
 
 

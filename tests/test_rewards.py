@@ -162,7 +162,7 @@ def test_a_sum_of_reward_terms_ranks_the_candidates_and_writes_every_component(
 ):
     """reward.terms [rlt, correct_generation]: built by factory.rewards.build in the worker, best-of-n ranks by the
     sum, each component is a column marked as one (the compare Space reads them), the figures follow."""
-    from test_generate import plan_for, question, read, write_recipe
+    from generating import plan_for, question, read, write_recipe
 
     from factory import compare
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_generate import data_dir, kept_ids, plan_for, read, write_recipe  # noqa: F401 - `data_dir` is a fixture
+from generating import kept_ids, plan_for, read, write_recipe
 
 from factory.artifacts import is_complete, read_meta
 from factory.claims import STALE_S, Claims, Holder, process_running
