@@ -343,3 +343,16 @@ def test_distill_stage_end_to_end(tmp_path, tiny_student_dir):
     assert 0 < meta.metrics["supervised_tokens"] < meta.metrics["tokens"]
     # cached on the second plan
     assert make_plan(recipe, tmp_path / "runs", {"distill": DistillStage()}).stage("distill").status == "cached"
+
+
+def test_rows_the_cut_leaves_without_a_label_are_a_user_error_naming_max_length(tmp_path, tiny_student_dir):
+    """Every prompt longer than max_length: nothing to learn, said before any worker starts, key named."""
+    from factory.stages.base import ResolvedInput
+    from factory.stages.distill import distill_model
+
+    recipe = make_recipe(tiny_student_dir, max_length=16, packing=False)  # packed rows are cut, never dropped
+    base = ResolvedInput(role="distill_base", fingerprint="b", model=recipe.models.distill_base)
+    rows = [{**row, "question": "add these numbers: " + " plus ".join(map(str, range(40)))} for row in skewed_rows()]
+    with pytest.raises(UserError, match=r"stages.distill.max_length: each of the 10 trace rows has a prompt of 16"):
+        distill_model(rows=rows, base=base, recipe=recipe, out_dir=tmp_path / "out", log=print, run_name="t")
+    assert not (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / "job.json").exists()

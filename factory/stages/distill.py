@@ -129,6 +129,19 @@ def tokenised_rows(
                 yield {"input_ids": ids[:cut], "labels": labels}
 
 
+def _at_least_one(rows: Iterator[dict[str, Any]], count: int, max_length: int) -> Iterator[dict[str, Any]]:
+    """`rows`, or a UserError when the cut at max_length left none to learn from (checked as they stream)."""
+    empty = True
+    for row in rows:
+        empty = False
+        yield row
+    if empty:
+        raise UserError(
+            f"stages.distill.max_length: each of the {count} trace rows has a prompt of {max_length} tokens or "
+            "more, so no completion token is left to learn; raise stages.distill.max_length"
+        )
+
+
 def check_settings(recipe: Recipe) -> list[Problem]:
     """Mistakes in `stages.distill`, which the distill stage and evaluate's distilled baselines train with."""
     from factory.training import check_sft_settings
@@ -174,7 +187,8 @@ def distill_model(
             title=title,
         )
         pairs = student_rows(rows, student_format_of(recipe, log))
-        return job, tokenised_rows(pairs, load_tokenizer(job.models["base"]), recipe.stages.distill)
+        tokenised = tokenised_rows(pairs, load_tokenizer(job.models["base"]), recipe.stages.distill)
+        return job, _at_least_one(tokenised, len(rows), recipe.stages.distill.max_length)
 
     return run_training(out_dir, recipe.launch, prepare)
 
