@@ -5,8 +5,8 @@ rows there, once, exactly as the trainer consumes them (token ids and labels, -1
 taken). `write_rows` streams them into `rows/rows.arrow` (Arrow IPC, batch by batch: the stage never
 holds the whole table) and `write_job` the WorkerJob next to it, both atomically. Every rank opens the
 rows with `open_rows` (`datasets.Dataset.from_file`), which memory-maps the file: the ranks of a
-machine share its pages through the page cache, none holds the rows as Python objects (teacher RL's worker
-keeps a prompt -> ids dict of its few, short prompts), and nothing is tokenised again. TRL's own preparation of a tokenised dataset (truncation, BFD packing) writes its
+machine share its pages through the page cache, none holds the rows as Python objects (except teacher RL's
+prompt -> ids dict, docs/architecture.md), and nothing is tokenised again. TRL's own preparation of a tokenised dataset (truncation, BFD packing) writes its
 results as cache files beside the rows, computed by the main process first and read by the others.
 """
 
