@@ -16,4 +16,6 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "warning: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get); browser tests will be skipped" >&2
   fi
 fi
-python -m pytest -q "$@"
+# Two workers (pytest-xdist): the tests are single-threaded CPU work, so a 2-core machine runs the suite in about
+# 60% of the time (quiet: 5 min 48 s -> 3 min 13 s); FACTORY_TEST_WORKERS=0 runs it in one process.
+python -m pytest -q -n "${FACTORY_TEST_WORKERS:-2}" "$@"
