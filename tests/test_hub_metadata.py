@@ -184,8 +184,9 @@ def test_a_base_that_is_no_hub_model_is_named_in_the_text_only(hub_env, tmp_path
 
 
 def test_factory_run_push_writes_eval_results_for_hub_benchmarks(hub_env, tmp_path, tiny_model_dir, monkeypatch):
-    """`factory run --push` with a Hub-hosted eval set beside the bundled quickstart one: the Hub-hosted one
-    gets `.eval_results/`, the bundled one is said to have none, and every card validates."""
+    """`factory run --push` with a Hub-hosted eval set beside the bundled quickstart one: both get
+    `.eval_results/`; the bundled one is published as a dataset of its own, named at the commit evaluated
+    (factory.hub.benchmarks), once; every card validates."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from huggingface_hub import HfApi
@@ -214,12 +215,27 @@ def test_factory_run_push_writes_eval_results_for_hub_benchmarks(hub_env, tmp_pa
     assert result.exit_code == 0, result.output
 
     files = api.list_repo_files("factory-org/tiny-student", revision="v2")
-    assert [f for f in files if f.startswith(".eval_results/")] == [".eval_results/bench.yaml"]
-    [entry] = shown_results("factory-org/tiny-student", "v2")
-    assert (entry.dataset_id, entry.task_id, entry.value) == ("factory-org/bench", "default", 50.0)
-    assert "Eval sets not hosted on the Hub (held_out) have no `.eval_results/` file" in _card_text(
+    assert sorted(f for f in files if f.startswith(".eval_results/")) == [
+        ".eval_results/bench.yaml",
+        ".eval_results/held_out.yaml",
+    ]
+    entries = {entry.dataset_id: entry for entry in shown_results("factory-org/tiny-student", "v2")}
+    assert (entries["factory-org/bench"].task_id, entries["factory-org/bench"].value) == ("default", 50.0)
+    held_out = entries["factory-org/tiny-eval-held-out"]  # the bundled task's eval split, published by the run
+    [tag] = api.list_repo_refs(held_out.dataset_id, repo_type="dataset").tags
+    assert (tag.name, held_out.dataset_revision, held_out.value) == ("v1", tag.target_commit, 50.0)
+    questions = api.hf_hub_download(held_out.dataset_id, "data/test-00000-of-00001.parquet", repo_type="dataset")
+    from factory.data.loaders import load_rows
+    from factory.recipe import load_recipe
+
+    evaluated = load_rows(load_recipe(recipe).data.eval[0])  # the quick-start eval split evaluate scored
+    assert pq.read_table(questions).to_pylist() == evaluated
+    assert "published with the run (held_out as `factory-org/tiny-eval-held-out`)" in _card_text(
         "factory-org/tiny-student", "v2"
     )
+    again = CliRunner().invoke(cli.app, args)  # everything cached: published once, nothing new
+    assert again.exit_code == 0, again.output
+    assert len(api.list_repo_refs(held_out.dataset_id, repo_type="dataset").tags) == 1
     for repo_type, repo in hub_env.hub.repos:
         if repo != "factory-org/bench":
             api._validate_yaml(

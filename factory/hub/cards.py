@@ -235,7 +235,7 @@ def model_card(
         body += [
             "## Evaluation\n",
             evaluation_table(report["metrics"], recipe),
-            where_published(recipe, list(report["metrics"].get("baselines", {}))),
+            where_published(recipe, list(report["metrics"].get("baselines", {})), target.repo.split("/")[0]),
             evaluation_protocol(report["metrics"].get("protocol")),
             f"Settings: {_settings_line(report['config'])}\n",
             _plots(report_plots),

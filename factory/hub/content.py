@@ -54,6 +54,11 @@ def hub_id(source: str) -> str | None:
     return source if HUB_REPO.fullmatch(source) and not Path(source).expanduser().exists() else None
 
 
+def benchmark_repo(namespace: str, recipe_name: str, set_name: str) -> str:
+    """The dataset repo holding an eval set the Hub does not host (factory.hub.benchmarks)."""
+    return f"{namespace}/{recipe_name}-eval-{set_name.replace('_', '-')}"
+
+
 def target_for(namespace: str, recipe_name: str, role: str) -> Target:
     return Target(f"{namespace}/{recipe_name}-{role.replace('_', '-')}", REPO_TYPES[role])
 

@@ -7,9 +7,9 @@ Each file holds one entry: the benchmark's Hub dataset id, its task id (the eval
 report's main metric, accuracy in %), the date of the report, its source (the version holding
 `eval/report.json`) and, in `notes`, the protocol that produced it (template, sampling, grader).
 
-Only eval sets hosted on the Hub get one: the format names a benchmark by Hub dataset id, which a
-local file or the bundled quickstart set does not have; their scores stay in `eval/report.json` and the
-card. The student's files are part of its report version; a distilled baseline's go into its own repo
+The format names a benchmark by Hub dataset id: an eval set the Hub does not host (a local file, the
+bundled quickstart task) is published by the store as `{namespace}/{recipe}-eval-{set}`
+(factory.hub.benchmarks) and its entry names that repo at the commit published. The student's files are part of its report version; a distilled baseline's go into its own repo
 (Store._publish_baseline_results). The untouched base model is not ours to write to: its scores stay
 in the student's report and card.
 """
@@ -24,16 +24,16 @@ from typing import Any
 import yaml
 
 from factory.artifacts import ArtifactMeta
-from factory.hub.content import EVAL_DIR, EVAL_RESULTS_DIR, hub_id
+from factory.hub.content import EVAL_DIR, EVAL_RESULTS_DIR, benchmark_repo, hub_id
 from factory.recipe import Recipe
 
 METRIC = "accuracy"  # evaluate's main metric (factory.stages.evaluate.METRIC)
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
-def hub_eval_sets(recipe: Recipe) -> dict[str, str]:
-    """Eval set name -> Hub dataset id, for the sets hosted on the Hub."""
-    return {s.name: repo for s in recipe.data.eval if (repo := hub_id(s.source))}
+def benchmark_ids(recipe: Recipe, namespace: str) -> dict[str, str]:
+    """Eval set name -> the Hub dataset id its scores name: its own, or the repo factory publishes it as."""
+    return {s.name: hub_id(s.source) or benchmark_repo(namespace, recipe.name, s.name) for s in recipe.data.eval}
 
 
 def protocol_notes(protocol: dict[str, Any] | None, set_name: str) -> str | None:
@@ -59,14 +59,18 @@ def eval_result_files(
     revisions: dict[str, str],
     date: str,
     source_url: str,
+    namespace: str,
+    published: dict[str, str],
 ) -> dict[str, bytes]:
-    """`.eval_results/{set}.yaml` -> content for each Hub-hosted eval set with a score in `scores`
-    (`{set: {"accuracy": v}}` as the student's metrics, or `{set: v}` as a baseline's)."""
+    """`.eval_results/{set}.yaml` -> content for each eval set with a score in `scores` (`{set: {"accuracy": v}}`
+    as the student's metrics, or `{set: v}` as a baseline's); `published`: set -> commit of the sets the store
+    published itself (factory.hub.benchmarks), which are the revisions their entries name."""
     from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
 
     sets = {s.name: s for s in recipe.data.eval}
+    revisions = {**revisions, **published}
     files: dict[str, bytes] = {}
-    for name, repo in hub_eval_sets(recipe).items():
+    for name, repo in benchmark_ids(recipe, namespace).items():
         value = scores.get(name)
         value = value.get(METRIC) if isinstance(value, dict) else value
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -88,7 +92,13 @@ def eval_result_files(
 
 
 def report_results(
-    meta: ArtifactMeta, files: dict[str, Any], recipe: Recipe, url: str, scores: dict[str, Any]
+    meta: ArtifactMeta,
+    files: dict[str, Any],
+    recipe: Recipe,
+    url: str,
+    scores: dict[str, Any],
+    namespace: str,
+    published: dict[str, str],
 ) -> dict[str, bytes]:
     """The `.eval_results/` files of `scores` (the student's, or one baseline's) from a report artifact
     whose files (`artifact_files`) hold `eval/report.json`; `url`: the version holding that report."""
@@ -100,6 +110,8 @@ def report_results(
         revisions=resolved_revisions(report),
         date=meta.created,
         source_url=url,
+        namespace=namespace,
+        published=published,
     )
 
 
@@ -108,18 +120,19 @@ def resolved_revisions(report: dict[str, Any]) -> dict[str, str]:
     return {s["name"]: s.get("resolved_revision") or "" for s in report.get("eval_sets", []) if "name" in s}
 
 
-def where_published(recipe: Recipe, baselines: list[str]) -> str:
-    """The card's line saying which scores the Hub reads, and why the others are only in the report."""
-    sets = hub_eval_sets(recipe)
-    others = [s.name for s in recipe.data.eval if s.name not in sets]
+def where_published(recipe: Recipe, baselines: list[str], namespace: str) -> str:
+    """The card's line saying where the Hub reads the scores, and which benchmarks factory published itself."""
+    sets = benchmark_ids(recipe, namespace)
+    ours = {s.name: sets[s.name] for s in recipe.data.eval if not hub_id(s.source)}
     lines = []
     if sets:
         files = ", ".join(f"`{EVAL_RESULTS_DIR}{name}.yaml`" for name in sets)
         lines.append(f"The Hub reads this model's scores from {files} (model page and benchmark leaderboards).")
-    if others:
+    if ours:
+        repos = ", ".join(f"{name} as `{repo}`" for name, repo in ours.items())
         lines.append(
-            f"Eval sets not hosted on the Hub ({', '.join(others)}) have no `{EVAL_RESULTS_DIR}` file: the Hub "
-            "names a benchmark by its dataset id; their scores are in this table and `eval/report.json`."
+            f"Eval sets not hosted on the Hub are published with the run ({repos}), so that their scores can name "
+            "their benchmark by dataset id."
         )
     if "distill_base" in baselines:
         lines.append(

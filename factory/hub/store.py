@@ -40,6 +40,7 @@ from typing import Any, ClassVar, TypeVar
 
 from factory.artifacts import ArtifactMeta, is_complete, read_meta
 from factory.errors import UserError
+from factory.hub.benchmarks import BenchmarkPublishing
 from factory.hub.cards import dataset_card, model_card, plot_paths
 from factory.hub.content import (
     BEFORE_RL,
@@ -114,7 +115,7 @@ class Head:
     record: dict[str, Any] | None
 
 
-class Store:
+class Store(BenchmarkPublishing):
     """The publishing procedure; subclasses supply the repo primitives."""
 
     name: ClassVar[str]
@@ -250,7 +251,9 @@ class Store:
             if version is None:
                 continue
             scores = meta.metrics.get("baselines", {}).get(version.record["metrics"].get("baseline"), {})
-            results = report_results(meta, files, self.recipe, report.url, scores)
+            results = report_results(
+                meta, files, self.recipe, report.url, scores, self.namespace, self.benchmark_commits()
+            )
             if results:
                 self._run(lambda t=target, v=version, r=results: self._attach(t, v, r))
 
@@ -331,7 +334,8 @@ class Store:
             record = make_record(meta, tag, lineage, evaluates=self._entry(student_target, student_version))
             evaluation = (record, plot_paths(files, EVAL_DIR))
             card = model_card(student_version.record, self.recipe, target, plot_paths(head.files), evaluation)
-            files.update(report_results(meta, files, self.recipe, self.url(target, tag), meta.metrics))
+            url, published = self.url(target, tag), self.benchmark_commits()
+            files.update(report_results(meta, files, self.recipe, url, meta.metrics, self.namespace, published))
         else:
             record = make_record(meta, tag, lineage, evaluates=None)
             if meta.kind == "model":
