@@ -63,20 +63,10 @@ def save_model(name: str, folder: Path) -> int:
     if name == "tiny":
         model = build_model(len(tokenizer), hidden_size=256, layers=4)
     else:  # Qwen2.5-0.5B shapes; the tokenizer's ids are a subset of its vocabulary
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        from shapes import qwen05b_config
+        from transformers import Qwen2ForCausalLM
 
-        config = Qwen2Config(
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            tie_word_embeddings=True,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        config = qwen05b_config(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         model = Qwen2ForCausalLM(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
