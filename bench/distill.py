@@ -63,7 +63,7 @@ def save_model(name: str, folder: Path) -> int:
     if name == "tiny":
         model = build_model(len(tokenizer), hidden_size=256, layers=4)
     else:  # Qwen2.5-0.5B shapes; the tokenizer's ids are a subset of its vocabulary
-        from shapes import qwen05b_config
+        from common import qwen05b_config
         from transformers import Qwen2ForCausalLM
 
         config = qwen05b_config(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import ratios_by_model  # noqa: E402
 from tiny import build_model, build_tokenizer  # noqa: E402
 
 from factory.engines import Sampling  # noqa: E402
@@ -41,7 +42,7 @@ def load(name: str, device: str, dtype: torch.dtype):
         source = "packaged:smollm2-135m-instruct"
         tokenizer, model = load_tokenizer(source), load_causal_lm(source, dtype="float32")
     elif name == "qwen0.5b-random":
-        from shapes import qwen05b_config
+        from common import qwen05b_config
         from transformers import Qwen2ForCausalLM
 
         tokenizer = build_tokenizer()  # only pad/eos ids and decoding are needed; prompts are random ids
@@ -148,14 +149,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="compiled decoding (needs --cache static)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy shared machine)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    models = args.models.split(",")
-    ratios = {name: bench_model(name, args) for name in models}
-    last = models[-1]
+    last, ratio = ratios_by_model(args, bench_model)
     print(
         f"\nheadline: {last}, HFEngine batch {args.batch} vs one-at-a-time generate on {args.device}, "
-        f"generated tokens/s ratio={ratios[last]:.2f}"
+        f"generated tokens/s ratio={ratio:.2f}"
     )
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import ratios_by_model  # noqa: E402
 from rlt_reference import reference_for  # noqa: E402
 from tiny import build_model, build_tokenizer  # noqa: E402
 
@@ -52,7 +53,7 @@ def load(name: str, device: str, dtype: torch.dtype):
         teacher = load_causal_lm(source, dtype="float32")
         student = load_causal_lm(source, dtype="float32")
     elif name == "qwen0.5b-random":
-        from shapes import qwen05b_config
+        from common import qwen05b_config
         from transformers import Qwen2ForCausalLM
 
         tokenizer = build_tokenizer()  # ChatML template; explanation ids span the model's full vocabulary
@@ -214,15 +215,11 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy shared machine)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    models = args.models.split(",")
-    ratios = {name: bench_model(name, args) for name in models}
-    last = models[-1]
+    last, ratio = ratios_by_model(args, bench_model)
     print(
         f"\nheadline: {last} batch {args.batches[-1]} vs one-at-a-time reference on {args.device}, "
-        f"explanations/s ratio={ratios[last]:.2f}"
+        f"explanations/s ratio={ratio:.2f}"
     )
 
 
