@@ -143,21 +143,11 @@ def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     console.print(f"[green]ok[/green] {recipe}: recipe {loaded.name!r}, stages: {', '.join(enabled) or 'none'}")
 
 
-def _plan(
-    recipe: Path,
-    overrides,
-    run_dir: Path,
-    force=(),
-    from_stage=None,
-    only=(),
-    running=False,
-    memory_check=True,
-    memory_of=None,
-):
+def _plan(loaded, recipe: Path, run_dir: Path, force=(), from_stage=None, only=(), running=False, memory_of=None):
+    """The plan of the loaded recipe (from the file or name `recipe`), its warnings printed."""
     from factory.pipeline import make_plan
     from factory.stages import load_stages
 
-    loaded = _load(recipe, overrides)
     planned = make_plan(
         loaded,
         run_dir,
@@ -166,7 +156,6 @@ def _plan(
         from_stage=from_stage,
         only=tuple(only),
         running=running,
-        memory_check=memory_check,
         memory_of=memory_of,
     )
     _check_run_dir(loaded, recipe, run_dir)  # after the preflight, which names each source's key and line
@@ -214,7 +203,7 @@ def plan(
     """Show what would run, what is cached and why not, what would be published, rough compute, memory per GPU."""
     from factory.plan_view import render_memory, render_plan
 
-    planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or ())
+    planned = _plan(_load(recipe, set_), recipe, run_dir, force or (), from_stage, only or ())
     render_plan(planned, console)
     render_memory(planned, console, gpu_memory * 2**30 if gpu_memory else None)
 
@@ -240,7 +229,8 @@ def run(
         machine_0_options = {"--push": push, "--force": force, "--from": from_stage, "--only": only}
         _follow(loaded, run_dir, ignored=[flag for flag, given in machine_0_options.items() if given])
         return
-    planned = _plan(recipe, set_, run_dir, force or (), from_stage, only or (), running=True, memory_check=memory_check)
+    memory_of = None if memory_check else ()
+    planned = _plan(loaded, recipe, run_dir, force or (), from_stage, only or (), running=True, memory_of=memory_of)
     publisher = _publisher(planned, run_dir, push)
     render_plan(planned, console, compact=True)
     report = execute(planned, str(recipe), publisher=publisher, log=console.print)
@@ -355,7 +345,8 @@ def generate_shard(
     """Generate and score one shard of the generate stage (spread over nodes); `factory run` merges."""
     from factory.stages.generate import run_shard
 
-    plan = _plan(recipe, set_, run_dir, running=True, memory_check=memory_check, memory_of=("generate",))
+    memory_of = ("generate",) if memory_check else ()
+    plan = _plan(_load(recipe, set_), recipe, run_dir, running=True, memory_of=memory_of)
     index, count = _parse_shard(shard, plan.recipe.stages.generate.shards)
     console.print(run_shard(plan, index, count, log=console.print))
 

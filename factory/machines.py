@@ -36,13 +36,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from factory.artifacts import write_json_atomic
 from factory.claims import Claims
 from factory.errors import UserError
 from factory.recipe import Launch
 
+T = TypeVar("T")
 FOLDER = "machines"
 SESSION = "session.json"
 DONE = "done.json"
@@ -91,7 +92,7 @@ class Lead:
         if missing := self._missing():
             log(f"machines: waiting for machine ranks {missing} to join through {self.folder}")
         _poll(
-            lambda: not self._missing(),
+            lambda: not self._missing() or None,
             self.launch.join_timeout_s,
             lambda: UserError(
                 f"launch.num_machines={self.launch.num_machines}: machine ranks {self._missing()} did not join "
@@ -218,14 +219,8 @@ def _wait_for_session(folder: Path, launch: Launch, log: Callable[[str], None], 
         finished = entry and done and done["session"] == entry["session"]
         return entry if entry and not finished and _lead_alive(folder) else None
 
-    found: dict[str, Any] = {}
-
-    def ready() -> bool:
-        found["entry"] = live_session()
-        return found["entry"] is not None
-
-    _poll(
-        ready,
+    entry = _poll(
+        live_session,
         launch.join_timeout_s,
         lambda: UserError(
             f"launch.machine_rank={launch.machine_rank}: no run of machine 0 appeared in {folder} within "
@@ -234,8 +229,8 @@ def _wait_for_session(folder: Path, launch: Launch, log: Callable[[str], None], 
         ),
         sleep,
     )
-    _check_same_launch(found["entry"]["launch"], launch)
-    return found["entry"]["session"]
+    _check_same_launch(entry["launch"], launch)
+    return entry["session"]
 
 
 def _lead_alive(folder: Path) -> bool:
@@ -244,14 +239,15 @@ def _lead_alive(folder: Path) -> bool:
 
 
 def _poll(
-    ready: Callable[[], bool], timeout_s: float, error: Callable[[], Exception], sleep: Callable[[float], None]
-) -> None:
-    """Wait until `ready()`, checking every POLL_S; `error()` is raised after `timeout_s` seconds."""
+    probe: Callable[[], T | None], timeout_s: float, error: Callable[[], Exception], sleep: Callable[[float], None]
+) -> T:
+    """The first value `probe()` returns other than None, asked every POLL_S; `error()` after `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
-    while not ready():
+    while (found := probe()) is None:
         if time.monotonic() > deadline:
             raise error()
         sleep(POLL_S)
+    return found
 
 
 def _check_same_launch(lead_launch: dict[str, Any], launch: Launch) -> None:

@@ -18,13 +18,13 @@ from factory.recipe import Recipe
 
 
 def with_setting(recipe: Recipe, changes: dict[str, Any]) -> Recipe:
-    """A copy of `recipe` with dotted keys set, validated as `--set` would be (each field on assignment, then
-    the recipe's checks across sections): a ValueError for a combination the recipe refuses."""
-    copy = recipe.model_copy(deep=True)
+    """A copy of `recipe` with dotted keys set, validated whole as `--set` would be (fields, then the recipe's
+    checks across sections): a ValueError for a value or a combination the recipe refuses."""
+    data = recipe.model_dump()
     for key, value in changes.items():
         *path, last = key.split(".")
-        setattr(reduce(getattr, path, copy), last, value)
-    return type(recipe).model_validate(copy.model_dump())
+        reduce(dict.__getitem__, path, data)[last] = value
+    return type(recipe).model_validate(data)
 
 
 def suggestions(

@@ -132,13 +132,12 @@ def make_plan(
     from_stage: str | None = None,
     only: tuple[str, ...] = (),
     running: bool = False,
-    memory_check: bool = True,
     memory_of: tuple[str, ...] | None = None,
 ) -> Plan:
     """Decide, for every stage in order, whether it is cached, runs, resumes, or cannot run and why.
     The preflight runs first: a recipe with a mistake is refused before anything is read or written
-    (`running`: the plan is for running here, see `preflight`; then, unless `memory_check` is off, a stage
-    that cannot fit the visible GPUs is refused too: of those that will run, or of `memory_of` only)."""
+    (`running`: the plan is for running here, see `preflight`; then a stage that cannot fit the visible GPUs is
+    refused too: of those that will run, or of `memory_of` only, `()` for none)."""
     order = stage_order(registry, recipe)
     for name in [*force, *only, *([from_stage] if from_stage else [])]:
         if name not in order:
@@ -190,7 +189,7 @@ def make_plan(
             if planned.name not in only and planned.will_run:
                 planned.status, planned.reason = Status.SKIPPED, f"not selected by --only ({', '.join(only)})"
     _require_upstream(planned_all, only, from_stage)
-    if running and memory_check:
+    if running:
         checked = [p for p in planned_all if p.will_run and (memory_of is None or p.name in memory_of)]
         warnings += _check_memory(checked, recipe)
     return Plan(recipe=recipe, recipe_dir=recipe_dir, stages=planned_all, warnings=warnings)

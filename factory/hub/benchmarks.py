@@ -15,7 +15,7 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
-from factory.hub.content import CARD_FILE, RECORD_FILE, Target, benchmark_repo, hub_id
+from factory.hub.content import CARD_FILE, RECORD_FILE, Target, benchmark_repo, hub_id, next_tag
 
 if TYPE_CHECKING:
     from factory.recipe import EvalSet
@@ -24,12 +24,15 @@ DATA_FILE = "data/test-00000-of-00001.parquet"
 
 
 class BenchmarkPublishing:
-    """Mixed into factory.hub.store.Store: it supplies the repo operations (`_versions`, `_head`, `_commit`...)."""
+    """Mixed into factory.hub.store.Store: it supplies the repo operations (`_versions`, `_head`, `_commit`...) and
+    `_benchmarks`, None until the first call."""
+
+    _benchmarks: dict[str, str] | None
 
     def benchmark_commits(self) -> dict[str, str]:
         """Eval set name -> the commit of its published questions, for every set the Hub does not host;
         published on the first call, remembered after."""
-        if getattr(self, "_benchmarks", None) is None:
+        if self._benchmarks is None:
             sets = [s for s in self.recipe.data.eval if not hub_id(s.source)]
             self._benchmarks = {s.name: self._run(lambda s=s: self._publish_benchmark(s)) for s in sets}
         return self._benchmarks
@@ -41,11 +44,11 @@ class BenchmarkPublishing:
         fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
         target = Target(benchmark_repo(self.namespace, self.recipe.name, eval_set.name), "dataset")
         self._ensure_repo(target)
-        versions = self._versions(target)
+        versions = self._versions(target)  # listed once: on the Hub, one record download per tag
         known = next((v for v in versions if v.record.get("fingerprint") == fingerprint), None)
         if known is not None:
             return known.commit
-        tag = f"v{max((v.number for v in versions), default=0) + 1}"
+        tag = next_tag(v.number for v in versions)
         record = {
             "fingerprint": fingerprint,
             "tag": tag,

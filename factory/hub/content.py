@@ -20,6 +20,7 @@ in the recipe's compare Space, `{namespace}/{recipe}-compare`, on stores that ho
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ class Target:
 def hub_id(source: str) -> str | None:
     """`source` when it names a Hub repo (what card metadata may link to), None for local or packaged sources."""
     return source if HUB_REPO.fullmatch(source) and not Path(source).expanduser().exists() else None
+
+
+def next_tag(numbers: Iterable[int]) -> str:
+    """The tag of a repo's next version, from its versions' numbers: v1, then one past the highest."""
+    return f"v{max(numbers, default=0) + 1}"
 
 
 def benchmark_repo(namespace: str, recipe_name: str, set_name: str) -> str:

@@ -54,6 +54,7 @@ from factory.hub.content import (
     artifact_files,
     data_layout,
     make_record,
+    next_tag,
     owned,
     space_repo,
     target_for,
@@ -124,6 +125,7 @@ class Store(BenchmarkPublishing):
         self.recipe = recipe
         self.namespace = namespace
         self.log = log
+        self._benchmarks: dict[str, str] | None = None  # factory.hub.benchmarks, published on first use
 
     # ---------------------------------------------------------------------------- primitives
 
@@ -231,7 +233,7 @@ class Store(BenchmarkPublishing):
         if head.record is not None and head.record.get("fingerprint") == meta.fingerprint:
             tag, commit = head.record["tag"], head.commit  # committed by an interrupted publish, never tagged
         else:
-            tag = f"v{max((v.number for v in versions), default=0) + 1}"
+            tag = next_tag(v.number for v in versions)
             files = self._contents(meta, artifact_dir, target, tag, lineage, upstream.get("student"), head)
             delete = [p for p in head.files if p not in KEEP and p not in files and owned(p, meta.kind)]
             message = f"{meta.stage}: {tag} (fingerprint {meta.fingerprint[:12]})"
