@@ -65,8 +65,13 @@ class WorkerJob(BaseModel):
     @classmethod
     def of_stage(cls, ctx: StageContext, stage: str, worker: str, **fields: Any) -> WorkerJob:
         """The job of a stage's run: its artifact folder, its recipe, a run name from recipe, stage and fingerprint."""
-        run_name = f"{ctx.recipe.name}-{stage}-{ctx.fingerprint[:8]}"
+        run_name = run_name_of(ctx, stage)
         return cls(worker=worker, out_dir=ctx.out_dir.resolve(), run_name=run_name, recipe=ctx.recipe, **fields)
+
+
+def run_name_of(ctx: StageContext, what: str) -> str:
+    """The trackers' run name of a training: recipe, what trains (stage or baseline) and the fingerprint's head."""
+    return f"{ctx.recipe.name}-{what}-{ctx.fingerprint[:8]}"
 
 
 def model_of(item: ResolvedInput) -> ModelSpec:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 from factory.hub.content import BEFORE_RL, SKIPPED
 from factory.roles import Role
 from factory.stages.base import STUDENT_FORMAT, Problem, Stage, StageContext, StageResult, register, thought_problems
+from factory.worker_job import run_name_of
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
@@ -87,7 +88,7 @@ class DistilledBaseline(Stage):
             recipe=ctx.recipe,
             out_dir=ctx.out_dir,
             log=ctx.log,
-            run_name=f"{ctx.recipe.name}-{self.baseline.replace('_', '-')}-{ctx.fingerprint[:8]}",
+            run_name=run_name_of(ctx, self.baseline.replace("_", "-")),
             title=f"{self.what} baseline: distillation loss (completion tokens)",
         )
         metrics["baseline"] = self.baseline

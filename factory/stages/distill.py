@@ -36,7 +36,7 @@ from factory.stages.base import (
     register,
     thought_problems,
 )
-from factory.worker_job import WorkerJob, model_of
+from factory.worker_job import WorkerJob, model_of, run_name_of
 
 if TYPE_CHECKING:
     from factory.formats import StudentFormat
@@ -244,7 +244,7 @@ class DistillStage(Stage):
             recipe=ctx.recipe,
             out_dir=ctx.out_dir,
             log=ctx.log,
-            run_name=f"{ctx.recipe.name}-distill-{ctx.fingerprint[:8]}",
+            run_name=run_name_of(ctx, self.name),
         )
         metrics["traces"] = traces.describe()
         files = {"model": "model", "loss_curve_csv": "loss_curve.csv", "loss_curve_png": "loss_curve.png"}
