@@ -4,13 +4,18 @@ the checks across sections (factory.recipe) and the YAML reading (factory.recipe
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The mark of a field that cannot change what a stage produces (throughput, memory, trackers): every stage's
 # fingerprint hashes its declared sections without these fields (factory.stages.base.section_config).
 RESULT_NEUTRAL = {"affects_results": False}
+
+
+def neutral_field(*args: Any, **kwargs: Any) -> Any:
+    """`Field(...)` for a field marked RESULT_NEUTRAL: changing it never reruns a stage."""
+    return Field(*args, json_schema_extra=RESULT_NEUTRAL, **kwargs)
 
 
 class Section(BaseModel):
@@ -182,17 +187,11 @@ class Reward(Section):
         description="longest scored sequence, tokens; unset: stages.teacher_rl.max_prompt_length + the longest "
         "explanation (teacher_rl.max_completion_length, generate.max_new_tokens), so nothing is cut; a smaller value is refused",
     )
-    batch_size: int = Field(default=8, ge=1, description="most items per forward", json_schema_extra=RESULT_NEUTRAL)
-    max_padding: float = Field(
-        default=0.1,
-        gt=0,
-        le=1,
-        description="a batch is closed early rather than be more than this share padding",
-        json_schema_extra=RESULT_NEUTRAL,
+    batch_size: int = neutral_field(default=8, ge=1, description="most items per forward")
+    max_padding: float = neutral_field(
+        default=0.1, gt=0, le=1, description="a batch is closed early rather than be more than this share padding"
     )
-    chunk_size: int = Field(
-        default=512, ge=1, description="positions per log-softmax chunk", json_schema_extra=RESULT_NEUTRAL
-    )
+    chunk_size: int = neutral_field(default=512, ge=1, description="positions per log-softmax chunk")
 
     @field_validator("terms")
     @classmethod
@@ -228,8 +227,8 @@ class TrainerSettings(Stage):
     bf16: bool = True
     save_steps: int = Field(default=100, ge=1)
     seed: int = 42
-    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = Field(
-        default_factory=lambda: ["none"], json_schema_extra=RESULT_NEUTRAL
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb"]] = neutral_field(
+        default_factory=lambda: ["none"]
     )
 
 
@@ -295,14 +294,9 @@ class Generate(Stage):
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int = Field(default=16384, ge=1)
-    batch_size: int = Field(default=16, ge=1, json_schema_extra=RESULT_NEUTRAL)
+    batch_size: int = neutral_field(default=16, ge=1)
     seed: int = 42
-    shards: int = Field(
-        default=1,
-        ge=1,
-        description="shards for `factory generate-shard RECIPE --shard i`",
-        json_schema_extra=RESULT_NEUTRAL,
-    )
+    shards: int = neutral_field(default=1, ge=1, description="shards for `factory generate-shard RECIPE --shard i`")
     limit: int | None = Field(default=None, ge=1, description="questions to generate for; all when unset")
     decontaminate_ngram: int = Field(default=13, ge=4)
     drop_unclosed: bool = True
@@ -311,9 +305,7 @@ class Generate(Stage):
         default=False,
         description="also generate with the teacher RL started from (dataset config before_rl): RLT's effect, shown",
     )
-    gpu_memory_utilization: float = Field(
-        default=0.9, gt=0, le=1, description="vLLM's GPU memory share", json_schema_extra=RESULT_NEUTRAL
-    )
+    gpu_memory_utilization: float = neutral_field(default=0.9, gt=0, le=1, description="vLLM's GPU memory share")
 
 
 class Distill(TrainStage):
@@ -334,16 +326,14 @@ class Evaluate(Stage):
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1)
     max_new_tokens: int = Field(default=32768, ge=1)
-    batch_size: int = Field(default=16, ge=1, json_schema_extra=RESULT_NEUTRAL)
+    batch_size: int = neutral_field(default=16, ge=1)
     seed: int = 42
     baselines: list[Literal["distill_base", "reference_traces", "before_rl_traces"]] = Field(
         default_factory=list,
         description="also evaluated: the untouched distillation base; students distilled with stages.distill's "
         "settings on the train set's reference thoughts, or on the traces of the teacher before RL",
     )
-    gpu_memory_utilization: float = Field(
-        default=0.9, gt=0, le=1, description="vLLM's GPU memory share", json_schema_extra=RESULT_NEUTRAL
-    )
+    gpu_memory_utilization: float = neutral_field(default=0.9, gt=0, le=1, description="vLLM's GPU memory share")
 
 
 class Stages(Section):
@@ -379,16 +369,15 @@ class Launch(Section):
     machine_rank: int = Field(default=0, ge=0)
     main_process_ip: str | None = None
     main_process_port: int = 29500
-    join_timeout_s: int = Field(
+    join_timeout_s: int = neutral_field(
         default=900,
         ge=1,
         description="with num_machines > 1: how long machine 0 waits for the others to join, and they for it",
-        json_schema_extra=RESULT_NEUTRAL,
     )
     vllm_mode: Literal["off", "colocate", "server"] = "off"
     vllm_gpus: int = Field(default=0, ge=0, description="GPUs given to a vLLM server (server mode)")
     tensor_parallel_size: int = Field(default=1, ge=1)
-    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1, json_schema_extra=RESULT_NEUTRAL)
+    vllm_gpu_memory_utilization: float = neutral_field(default=0.3, gt=0, le=1)
 
     @property
     def world_size(self) -> int:
