@@ -239,20 +239,20 @@ class RLTReward:
     def _components(
         self, built: ScoringSequences, closed: bool, kl: torch.Tensor, solution_lp: torch.Tensor
     ) -> dict[str, Any]:
+        """One item's terms (an empty span's as the module docstring says) and its reward, r_ss - kl_coef r_kl + penalty."""
         s = self.settings
-        empty = s.empty_span_penalty
-        r_ss_mean, r_ss_min = (
-            (solution_lp.mean().item(), solution_lp.min().item()) if solution_lp.numel() else (empty, empty)
-        )
-        kl_mean, kl_max = (kl.mean().item(), kl.max().item()) if kl.numel() else (-empty, -empty)
-        penalty = 0.0 if closed else s.missing_tag_penalty
+        solved, explained = solution_lp.numel() > 0, kl.numel() > 0
+        terms = {
+            "r_ss_mean": solution_lp.mean().item() if solved else s.empty_span_penalty,
+            "r_ss_min": solution_lp.min().item() if solved else s.empty_span_penalty,
+            "kl_mean": kl.mean().item() if explained else -s.empty_span_penalty,
+            "kl_max": kl.max().item() if explained else -s.empty_span_penalty,
+            "penalty": 0.0 if closed else s.missing_tag_penalty,
+        }
+        parts = self.summarise(terms)
         return {
-            "r_ss_mean": r_ss_mean,
-            "r_ss_min": r_ss_min,
-            "kl_mean": kl_mean,
-            "kl_max": kl_max,
-            "penalty": penalty,
-            "reward": (r_ss_mean + s.alpha * r_ss_min) - s.kl_coef * (kl_mean + s.alpha * kl_max) + penalty,
+            **terms,
+            "reward": parts["r_ss"] - s.kl_coef * parts["r_kl"] + terms["penalty"],
             "explanation_tokens": kl.numel(),
             "solution_tokens": solution_lp.numel(),
             "truncated": built.truncated,
