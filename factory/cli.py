@@ -7,10 +7,13 @@ commands that need it import inside their functions.
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import os
 import shutil
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,54 @@ MemoryCheckOpt = typer.Option(
 )
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """What `plan` and `run` cover: a recipe (a file or a bundled name) with its --set overrides, the folder of
+    runs, and the stages --force, --from and --only choose."""
+
+    recipe: Path
+    overrides: list[str]
+    run_dir: Path
+    force: tuple[str, ...] = ()
+    from_stage: str | None = None
+    only: tuple[str, ...] = ()
+
+
+_SELECTION_OPTIONS = {  # parameter: (type, typer declaration), in --help order
+    "recipe": (Path, RecipeArg),
+    "set_": (list[str] | None, SetOpt),
+    "run_dir": (Path, RunDirOpt),
+    "force": (list[str] | None, ForceOpt),
+    "from_stage": (str | None, FromOpt),
+    "only": (list[str] | None, OnlyOpt),
+}
+
+
+def _selecting(command_function):
+    """Declares the options that choose what a command covers once for `plan` and `run`: typer sees them
+    before the command's own options, and the command gets them as its first argument, a `_Selection`."""
+    own = list(inspect.signature(command_function, eval_str=True).parameters.values())[1:]
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    shared = [inspect.Parameter(name, kind, default=d, annotation=t) for name, (t, d) in _SELECTION_OPTIONS.items()]
+
+    def with_selection(**options: Any) -> Any:
+        given = {name: options.pop(name) for name in _SELECTION_OPTIONS}
+        chosen = _Selection(
+            given["recipe"],
+            given["set_"] or [],
+            given["run_dir"],
+            tuple(given["force"] or ()),
+            given["from_stage"],
+            tuple(given["only"] or ()),
+        )
+        return command_function(chosen, **options)
+
+    functools.update_wrapper(with_selection, command_function, updated=())
+    with_selection.__annotations__ = {}  # the signature below holds the evaluated types
+    with_selection.__signature__ = inspect.Signature(shared + own)
+    return with_selection
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"factory {__version__}")
@@ -143,22 +194,22 @@ def validate(recipe: Path = RecipeArg, set_: list[str] | None = SetOpt) -> None:
     console.print(f"[green]ok[/green] {recipe}: recipe {loaded.name!r}, stages: {', '.join(enabled) or 'none'}")
 
 
-def _plan(loaded, recipe: Path, run_dir: Path, force=(), from_stage=None, only=(), running=False, memory_of=None):
-    """The plan of the loaded recipe (from the file or name `recipe`), its warnings printed."""
+def _plan(loaded, chosen: _Selection, running=False, memory_of=None):
+    """The plan of the loaded recipe (`chosen.recipe`) over the chosen stages, its warnings printed."""
     from factory.pipeline import make_plan
     from factory.stages import load_stages
 
     planned = make_plan(
         loaded,
-        run_dir,
+        chosen.run_dir,
         load_stages(),
-        force=tuple(force),
-        from_stage=from_stage,
-        only=tuple(only),
+        force=chosen.force,
+        from_stage=chosen.from_stage,
+        only=chosen.only,
         running=running,
         memory_of=memory_of,
     )
-    _check_run_dir(loaded, recipe, run_dir)  # after the preflight, which names each source's key and line
+    _check_run_dir(loaded, chosen.recipe, chosen.run_dir)  # after the preflight, which names each source's key and line
     _warn(planned.warnings)
     return planned
 
@@ -189,13 +240,9 @@ def _warn(warnings: list[str]) -> None:
 
 
 @command()
+@_selecting
 def plan(
-    recipe: Path = RecipeArg,
-    set_: list[str] | None = SetOpt,
-    run_dir: Path = RunDirOpt,
-    force: list[str] | None = ForceOpt,
-    from_stage: str | None = FromOpt,
-    only: list[str] | None = OnlyOpt,
+    chosen: _Selection,
     gpu_memory: float | None = typer.Option(
         None, "--gpu-memory", min=1, help="GiB of one GPU for the memory table when none is visible [default: 80]."
     ),
@@ -203,19 +250,15 @@ def plan(
     """Show what would run, what is cached and why not, what would be published, rough compute, memory per GPU."""
     from factory.plan_view import render_memory, render_plan
 
-    planned = _plan(_load(recipe, set_), recipe, run_dir, force or (), from_stage, only or ())
+    planned = _plan(_load(chosen.recipe, chosen.overrides), chosen)
     render_plan(planned, console)
     render_memory(planned, console, gpu_memory * 2**30 if gpu_memory else None)
 
 
 @command()
+@_selecting
 def run(
-    recipe: Path = RecipeArg,
-    set_: list[str] | None = SetOpt,
-    run_dir: Path = RunDirOpt,
-    force: list[str] | None = ForceOpt,
-    from_stage: str | None = FromOpt,
-    only: list[str] | None = OnlyOpt,
+    chosen: _Selection,
     push: bool = typer.Option(False, "--push", help="Publish artifacts to the Hub (HF_ENDPOINT, HF_TOKEN)."),
     memory_check: bool = MemoryCheckOpt,
 ) -> None:
@@ -224,16 +267,21 @@ def run(
     from factory.plan_view import render_plan, render_run_end
     from factory.summary import run_summary
 
-    loaded = _load(recipe, set_)
+    loaded = _load(chosen.recipe, chosen.overrides)
     if loaded.launch.machine_rank > 0:
-        machine_0_options = {"--push": push, "--force": force, "--from": from_stage, "--only": only}
-        _follow(loaded, run_dir, ignored=[flag for flag, given in machine_0_options.items() if given])
+        machine_0_options = {
+            "--push": push,
+            "--force": chosen.force,
+            "--from": chosen.from_stage,
+            "--only": chosen.only,
+        }
+        _follow(loaded, chosen.run_dir, ignored=[flag for flag, given in machine_0_options.items() if given])
         return
     memory_of = None if memory_check else ()
-    planned = _plan(loaded, recipe, run_dir, force or (), from_stage, only or (), running=True, memory_of=memory_of)
-    publisher = _publisher(planned, run_dir, push)
+    planned = _plan(loaded, chosen, running=True, memory_of=memory_of)
+    publisher = _publisher(planned, chosen.run_dir, push)
     render_plan(planned, console, compact=True)
-    report = execute(planned, str(recipe), publisher=publisher, log=console.print)
+    report = execute(planned, str(chosen.recipe), publisher=publisher, log=console.print)
     render_run_end(planned, report, console)
     for line in run_summary(planned, load_manifest(planned.recipe_dir)):
         console.print(escape(line), soft_wrap=True)
@@ -346,7 +394,8 @@ def generate_shard(
     from factory.stages.generate import run_shard
 
     memory_of = ("generate",) if memory_check else ()
-    plan = _plan(_load(recipe, set_), recipe, run_dir, running=True, memory_of=memory_of)
+    chosen = _Selection(recipe, set_ or [], run_dir)
+    plan = _plan(_load(recipe, set_), chosen, running=True, memory_of=memory_of)
     index, count = _parse_shard(shard, plan.recipe.stages.generate.shards)
     console.print(run_shard(plan, index, count, log=console.print))
 
