@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from factory.errors import UserError
 
@@ -49,92 +51,100 @@ ITEMS = ["apples", "pencils", "marbles", "stickers", "cookies", "books", "coins"
 Problem = tuple[str, str, str, int]  # question, thought, expression, answer
 
 
-def _gain_then_loss(rng: random.Random) -> Problem:
+@dataclass(frozen=True)
+class Template:
+    """One kind of word problem: `draw` takes its names and numbers from the stream, always in the same order,
+    with the intermediate result its thought states and the `answer`; the three texts are filled from them."""
+
+    draw: Callable[[random.Random], dict[str, Any]]
+    question: str
+    thought: str
+    expression: str
+
+    def __call__(self, rng: random.Random) -> Problem:
+        values = self.draw(rng)
+        texts = (text.format(**values) for text in (self.question, self.thought, self.expression))
+        return (*texts, values["answer"])
+
+
+def _gain_then_loss(rng: random.Random) -> dict[str, Any]:
     name, items = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(5, 40), rng.randint(2, 20)
-    total = a + b
-    c = rng.randint(1, total - 1)
-    return (
-        f"{name} has {a} {items}. {name} buys {b} more and then gives away {c}. How many {items} does {name} have now?",
-        f"{name} starts with {a} {items}. Buying {b} more gives {a} + {b} = {total}. "
-        f"Giving away {c} leaves {total} - {c} = {total - c}.",
-        f"{a} + {b} - {c}",
-        total - c,
-    )
+    c = rng.randint(1, a + b - 1)
+    return {"name": name, "items": items, "a": a, "b": b, "c": c, "total": a + b, "answer": a + b - c}
 
 
-def _groups_minus(rng: random.Random) -> Problem:
+def _groups_minus(rng: random.Random) -> dict[str, Any]:
     items = rng.choice(ITEMS)
     a, b = rng.randint(2, 9), rng.randint(2, 12)
-    product = a * b
-    c = rng.randint(1, product - 1)
-    return (
-        f"There are {a} boxes with {b} {items} in each box. {c} {items} are lost. How many {items} are left?",
-        f"The boxes hold {a} * {b} = {product} {items}. Losing {c} leaves {product} - {c} = {product - c}.",
-        f"{a} * {b} - {c}",
-        product - c,
-    )
+    c = rng.randint(1, a * b - 1)
+    return {"items": items, "a": a, "b": b, "c": c, "product": a * b, "answer": a * b - c}
 
 
-def _rate_plus(rng: random.Random) -> Problem:
+def _rate_plus(rng: random.Random) -> dict[str, Any]:
     name = rng.choice(NAMES)
     a, b, c = rng.randint(2, 15), rng.randint(2, 9), rng.randint(1, 30)
-    product = a * b
-    return (
-        f"{name} reads {a} pages a day for {b} days, then {c} more pages. How many pages does {name} read in total?",
-        f"In {b} days {name} reads {a} * {b} = {product} pages. Adding {c} more gives {product} + {c} = {product + c}.",
-        f"{a} * {b} + {c}",
-        product + c,
-    )
+    return {"name": name, "a": a, "b": b, "c": c, "product": a * b, "answer": a * b + c}
 
 
-def _two_sales(rng: random.Random) -> Problem:
-    items = rng.choice(ITEMS)
-    a = rng.randint(20, 99)
+def _two_sales(rng: random.Random) -> dict[str, Any]:
+    items, a = rng.choice(ITEMS), rng.randint(20, 99)
     b = rng.randint(1, a - 2)
     c = rng.randint(1, a - b - 1)
-    sold = b + c
-    return (
-        f"A shop has {a} {items}. It sells {b} in the morning and {c} in the afternoon. How many {items} are left?",
-        f"The shop sells {b} + {c} = {sold} {items} in all. So {a} - {sold} = {a - sold} are left.",
-        f"{a} - {b} - {c}",
-        a - sold,
-    )
+    return {"items": items, "a": a, "b": b, "c": c, "sold": b + c, "answer": a - b - c}
 
 
-def _times_as_many(rng: random.Random) -> Problem:
-    first, second = rng.sample(NAMES, 2)
-    items = rng.choice(ITEMS)
+def _times_as_many(rng: random.Random) -> dict[str, Any]:
+    (first, second), items = rng.sample(NAMES, 2), rng.choice(ITEMS)
     a, b = rng.randint(2, 15), rng.randint(2, 5)
-    product = a * b
-    return (
-        f"{first} has {a} {items} and {second} has {b} times as many. How many {items} do they have together?",
-        f"{second} has {a} * {b} = {product} {items}. Together they have {a} + {product} = {a + product}.",
-        f"{a} + {a} * {b}",
-        a + product,
-    )
+    return {"first": first, "second": second, "items": items, "a": a, "b": b, "product": a * b, "answer": a + a * b}
 
 
-def _share_then_more(rng: random.Random) -> Problem:
+def _share_then_more(rng: random.Random) -> dict[str, Any]:
     items = rng.choice(ITEMS)
     b, each, c = rng.randint(2, 9), rng.randint(2, 12), rng.randint(1, 10)
-    a = b * each
-    return (
-        f"{a} {items} are shared equally among {b} friends. Then each friend gets {c} more. "
-        f"How many {items} does each friend have?",
-        f"Each friend first gets {a} / {b} = {each} {items}. With {c} more, each has {each} + {c} = {each + c}.",
-        f"{a} / {b} + {c}",
-        each + c,
-    )
+    return {"items": items, "a": b * each, "b": b, "c": c, "each": each, "answer": each + c}
 
 
-TEMPLATES: list[Callable[[random.Random], Problem]] = [
-    _gain_then_loss,
-    _groups_minus,
-    _rate_plus,
-    _two_sales,
-    _times_as_many,
-    _share_then_more,
+TEMPLATES: list[Template] = [
+    Template(
+        _gain_then_loss,
+        "{name} has {a} {items}. {name} buys {b} more and then gives away {c}. How many {items} does {name} have now?",
+        "{name} starts with {a} {items}. Buying {b} more gives {a} + {b} = {total}. "
+        "Giving away {c} leaves {total} - {c} = {answer}.",
+        "{a} + {b} - {c}",
+    ),
+    Template(
+        _groups_minus,
+        "There are {a} boxes with {b} {items} in each box. {c} {items} are lost. How many {items} are left?",
+        "The boxes hold {a} * {b} = {product} {items}. Losing {c} leaves {product} - {c} = {answer}.",
+        "{a} * {b} - {c}",
+    ),
+    Template(
+        _rate_plus,
+        "{name} reads {a} pages a day for {b} days, then {c} more pages. How many pages does {name} read in total?",
+        "In {b} days {name} reads {a} * {b} = {product} pages. Adding {c} more gives {product} + {c} = {answer}.",
+        "{a} * {b} + {c}",
+    ),
+    Template(
+        _two_sales,
+        "A shop has {a} {items}. It sells {b} in the morning and {c} in the afternoon. How many {items} are left?",
+        "The shop sells {b} + {c} = {sold} {items} in all. So {a} - {sold} = {answer} are left.",
+        "{a} - {b} - {c}",
+    ),
+    Template(
+        _times_as_many,
+        "{first} has {a} {items} and {second} has {b} times as many. How many {items} do they have together?",
+        "{second} has {a} * {b} = {product} {items}. Together they have {a} + {product} = {answer}.",
+        "{a} + {a} * {b}",
+    ),
+    Template(
+        _share_then_more,
+        "{a} {items} are shared equally among {b} friends. Then each friend gets {c} more. "
+        "How many {items} does each friend have?",
+        "Each friend first gets {a} / {b} = {each} {items}. With {c} more, each has {each} + {c} = {answer}.",
+        "{a} / {b} + {c}",
+    ),
 ]
 
 
