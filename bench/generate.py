@@ -16,7 +16,6 @@ The headline, last, is the last model's ratio.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,36 +23,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import ratios_by_model  # noqa: E402
-from tiny import build_model, build_tokenizer  # noqa: E402
+from common import load_models, models_parser, run_over_models  # noqa: E402
 
 from factory.engines import Sampling  # noqa: E402
 from factory.engines.hf import HFEngine  # noqa: E402
 
 
 def load(name: str, device: str, dtype: torch.dtype):
-    """(model, tokenizer); random models are built offline from a config."""
-    if name == "tiny":
-        tokenizer = build_tokenizer()
-        model = build_model(len(tokenizer))
-    elif name == "smollm2":
-        from factory.models import load_causal_lm, load_tokenizer
-
-        source = "packaged:smollm2-135m-instruct"
-        tokenizer, model = load_tokenizer(source), load_causal_lm(source, dtype="float32")
-    elif name == "qwen0.5b-random":
-        from common import qwen05b_config
-        from transformers import Qwen2ForCausalLM
-
-        tokenizer = build_tokenizer()  # only pad/eos ids and decoding are needed; prompts are random ids
-        config = qwen05b_config()
-        with torch.device(device):  # random init on the GPU: seconds instead of a minute on CPU
-            model = Qwen2ForCausalLM(config)
+    """(model, tokenizer): common.load_models; a random model stops at the tokenizer's eos."""
+    (model,), tokenizer = load_models(name, device, dtype, count=1)
+    if name == "qwen0.5b-random":  # prompts are random ids; only pad/eos ids and decoding are needed
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    else:
-        raise SystemExit(f"unknown model {name!r}")
-    return model.to(device=device, dtype=dtype).eval(), tokenizer
+    return model, tokenizer
 
 
 def prompts_for(name: str, tokenizer, model, count: int, prompt_tokens: int) -> list[list[int]]:
@@ -137,22 +119,17 @@ def bench_model(name: str, args) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,smollm2", help="comma list: tiny, smollm2, qwen0.5b-random")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser = models_parser(__doc__)
     parser.add_argument("--batch", type=int, default=16, help="rows per forward of the batched engine")
     parser.add_argument("--questions", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=256, help="prompt length of the random model")
     parser.add_argument("--cache", choices=("dynamic", "static"), default="dynamic")
     parser.add_argument("--compile", action="store_true", help="compiled decoding (needs --cache static)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy shared machine)")
-    args = parser.parse_args()
-    last, ratio = ratios_by_model(args, bench_model)
-    print(
-        f"\nheadline: {last}, HFEngine batch {args.batch} vs one-at-a-time generate on {args.device}, "
-        f"generated tokens/s ratio={ratio:.2f}"
+    run_over_models(
+        parser,
+        bench_model,
+        lambda args: f", HFEngine batch {args.batch} vs one-at-a-time generate on {args.device}, generated tokens/s",
     )
 
 

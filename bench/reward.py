@@ -18,7 +18,6 @@ The headline, last, is the last model's largest batch against the reference.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
 import random
@@ -30,9 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from common import ratios_by_model  # noqa: E402
+from common import load_models, models_parser, run_over_models  # noqa: E402
 from rlt_reference import reference_for  # noqa: E402
-from tiny import build_model, build_tokenizer  # noqa: E402
 
 from factory.recipe import Reward  # noqa: E402
 from factory.rewards.rlt import COMPONENTS, ForwardWork, RewardItem, RLTReward  # noqa: E402
@@ -41,28 +39,9 @@ WORDS = "add the units then tens carry one so total is nine seven twelve speed d
 
 
 def load(name: str, device: str, dtype: torch.dtype):
-    """(teacher, student, tokenizer); random models are built offline from a config."""
-    if name == "tiny":
-        tokenizer = build_tokenizer()
-        teacher, student = build_model(len(tokenizer), seed=0), build_model(len(tokenizer), seed=1)
-    elif name == "smollm2":
-        from factory.models import load_causal_lm, load_tokenizer
-
-        source = "packaged:smollm2-135m-instruct"
-        tokenizer = load_tokenizer(source)
-        teacher = load_causal_lm(source, dtype="float32")
-        student = load_causal_lm(source, dtype="float32")
-    elif name == "qwen0.5b-random":
-        from common import qwen05b_config
-        from transformers import Qwen2ForCausalLM
-
-        tokenizer = build_tokenizer()  # ChatML template; explanation ids span the model's full vocabulary
-        config = qwen05b_config()
-        with torch.device(device):  # random init on the GPU: seconds instead of a minute on CPU
-            teacher, student = (Qwen2ForCausalLM(config) for _ in range(2))
-    else:
-        raise SystemExit(f"unknown model {name!r}")
-    return teacher.to(device, dtype).eval(), student.to(device, dtype).eval(), tokenizer
+    """(teacher, student, tokenizer): common.load_models; explanation ids span the model's whole vocabulary."""
+    (teacher, student), tokenizer = load_models(name, device, dtype, count=2)
+    return teacher, student, tokenizer
 
 
 def vocabulary_size(model) -> int:
@@ -201,10 +180,7 @@ def bench_model(name: str, args) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,smollm2", help="comma list: tiny, smollm2, qwen0.5b-random")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser = models_parser(__doc__)
     parser.add_argument("--batches", default="1,8,32", type=lambda s: [int(b) for b in s.split(",")])
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--prompt", type=int, default=64, help="question tokens (the chat around it adds more)")
@@ -213,13 +189,10 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=1, help="explanations per question (GRPO group, best-of-n)")
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--chunk-size", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy shared machine)")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    last, ratio = ratios_by_model(args, bench_model)
-    print(
-        f"\nheadline: {last} batch {args.batches[-1]} vs one-at-a-time reference on {args.device}, "
-        f"explanations/s ratio={ratio:.2f}"
+    run_over_models(
+        parser,
+        bench_model,
+        lambda args: f" batch {args.batches[-1]} vs one-at-a-time reference on {args.device}, explanations/s",
     )
 
 
