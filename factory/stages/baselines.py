@@ -2,19 +2,9 @@
 student (`stages.distill`, the student format, `distill_model`), on other traces, so that the student's
 evaluation shows what its traces bought.
 
-- `distill_reference` (baseline `reference_traces`): on the train set's reference thoughts, the
-  Bespoke-Stratos baseline; role `student_reference`, repo `{recipe}-student-reference`.
-- `distill_before_rl` (baseline `before_rl_traces`): on the generate artifact's `before_rl` config, the
-  same questions explained by the teacher before RL, so student vs this one is what RL bought the
-  students; role `student_before_rl`, repo `{recipe}-student-before-rl`.
-
 Neither has a recipe section: each runs when `stages.evaluate.baselines` lists its baseline (and
 evaluate is enabled), with its own fingerprint (stages.distill, the student format, its inputs), resumes
-through distill_model's checkpoints, and is published as versions of its own model repo. The reference
-baseline is left out when the student itself learns from the reference thoughts (distill on, generate
-off). A generate artifact without a `before_rl` config (no explanation of the teacher before RL passed
-the checks) leaves `distill_before_rl` an artifact with nothing trained: `metrics["skipped"]` says why,
-evaluate reports the baseline skipped with that reason, and no store publishes it.
+through distill_model's checkpoints, and is published as versions of its own model repo.
 """
 
 from __future__ import annotations
@@ -99,6 +89,10 @@ class DistilledBaseline(Stage):
 
 @register
 class DistillReference(DistilledBaseline):
+    """Baseline `reference_traces`: on the train set's reference thoughts, the Bespoke-Stratos baseline (role
+    `student_reference`, repo `{recipe}-student-reference`). Left out when the student itself learns from the
+    reference thoughts (distill on, generate off)."""
+
     name = "distill_reference"
     baseline = "reference_traces"
     what = "reference traces"
@@ -121,6 +115,12 @@ class DistillReference(DistilledBaseline):
 
 @register
 class DistillBeforeRL(DistilledBaseline):
+    """Baseline `before_rl_traces`: on the generate artifact's `before_rl` config, the same questions explained
+    by the teacher before RL, so student vs this one is what RL bought the students (role `student_before_rl`,
+    repo `{recipe}-student-before-rl`). Traces without that config (no explanation of the teacher before RL
+    passed the checks) leave an artifact with nothing trained: `metrics["skipped"]` says why, evaluate reports
+    the baseline skipped with that reason, and no store publishes it."""
+
     name = "distill_before_rl"
     baseline = "before_rl_traces"
     what = "traces of the teacher before RL"

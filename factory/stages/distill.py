@@ -26,21 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from factory.errors import UserError
 from factory.roles import Role
-from factory.stages.base import (
-    STUDENT_FORMAT,
-    Problem,
-    ResolvedInput,
-    Stage,
-    StageContext,
-    StageResult,
-    register,
-    thought_problems,
-)
+from factory.stages.base import STUDENT_FORMAT, Problem, Stage, StageResult, register, thought_problems
 from factory.worker_job import WorkerJob, model_of, run_name_of
 
 if TYPE_CHECKING:
     from factory.formats import StudentFormat
     from factory.recipe import Distill, Recipe
+    from factory.stages.base import ResolvedInput, StageContext
 
 WORKER = "factory.stages.distill_worker"
 TRACE_COLUMNS = ("id", "question", "solution", "explanation")
@@ -209,7 +201,8 @@ class DistillStage(Stage):
         elif generate.max_new_tokens > distill.max_length:
             message = (
                 f"{distill.max_length} tokens are fewer than an explanation may have (stages.generate.max_new_tokens "
-                f"= {generate.max_new_tokens}): sequences are cut at max_length, so a long trace loses its solution"
+                f"= {generate.max_new_tokens}): sequences are cut at max_length, so a long trace loses its solution; "
+                "raise it by the longest question and solution above that, or lower stages.generate.max_new_tokens"
             )
             problems.append(Problem("stages.distill.max_length", message, warning=True))
         return problems

@@ -40,21 +40,12 @@ from typing import TYPE_CHECKING, Any
 from factory.errors import UserError
 from factory.recipe_view import whole
 from factory.roles import Role
-from factory.stages.base import (
-    STUDENT_FORMAT,
-    Problem,
-    ResolvedInput,
-    Stage,
-    StageContext,
-    StageResult,
-    eval_set_problems,
-    register,
-    vllm_problems,
-)
+from factory.stages.base import STUDENT_FORMAT, Problem, Stage, StageResult, eval_set_problems, register, vllm_problems
 from factory.stages.baselines import BASELINE_STAGES, SKIPPED, DistilledBaseline
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
+    from factory.stages.base import ResolvedInput, StageContext
 
 STUDENT = "student"
 METRIC = "accuracy"

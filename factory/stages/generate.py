@@ -47,7 +47,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +69,7 @@ from factory.stages.generate_merge import MAIN_WORK, merge, merge_before_rl
 if TYPE_CHECKING:
     from factory.claims import Claims, Holder
     from factory.pipeline import Plan
-    from factory.recipe import Recipe
+    from factory.recipe import Generate, Recipe, Reward, TeacherRL
     from factory.stages.base import ResolvedInput
     from factory.stages.generate_worker import Job, Questions
 
@@ -88,22 +88,9 @@ class GenerateStage(Stage):
 
     def check(self, recipe: Recipe) -> list[Problem]:
         """The eval sets (read to decontaminate), the engine; sampling settings that disagree with the reward or RL."""
-        settings, rl, reward = recipe.stages.generate, recipe.stages.teacher_rl, recipe.reward
+        settings = recipe.stages.generate
         problems = eval_set_problems(recipe) + vllm_problems(settings.engine == "vllm", "stages.generate.engine")
-        if settings.temperature != reward.teacher_temperature:
-            message = (
-                f"{settings.temperature} differs from reward.teacher_temperature = {reward.teacher_temperature}: the "
-                "reward that ranks the candidates takes the teacher's log-probabilities at another temperature "
-                "than the one they were sampled at"
-            )
-            problems.append(Problem("stages.generate.temperature", message, warning=True))
-        if rl.enabled and settings.max_new_tokens > rl.max_completion_length:
-            message = (
-                f"{settings.max_new_tokens} is more than the RL teacher learned to explain in "
-                f"(stages.teacher_rl.max_completion_length = {rl.max_completion_length})"
-            )
-            problems.append(Problem("stages.generate.max_new_tokens", message, warning=True))
-        return problems
+        return problems + list(_disagreements(settings, recipe.stages.teacher_rl, recipe.reward))
 
     def estimate(self, recipe: Recipe) -> dict[str, float]:
         """Upper bound: every candidate runs to max_new_tokens; scoring = one forward of both models;
@@ -183,6 +170,24 @@ class GenerateStage(Stage):
                 merge_before_rl(recipe, questions, ctx.out_dir, teacher_label(passes[1][0]), after, result, ctx.log)
         result.metrics["engine"] = kind  # "auto" in the recipe: what this machine resolved it to
         return result
+
+
+def _disagreements(settings: Generate, rl: TeacherRL, reward: Reward) -> Iterator[Problem]:
+    """Sampling settings that run, but not as the reward that ranks the candidates or the RL run meant."""
+    if settings.temperature != reward.teacher_temperature:
+        message = (
+            f"{settings.temperature} differs from reward.teacher_temperature = {reward.teacher_temperature}: the "
+            "reward that ranks the candidates takes the teacher's log-probabilities at another temperature "
+            "than the one they were sampled at"
+        )
+        yield Problem("stages.generate.temperature", message, warning=True)
+    if rl.enabled and settings.max_new_tokens > rl.max_completion_length:
+        message = (
+            f"{settings.max_new_tokens} is more than the RL teacher learned to explain in "
+            f"(stages.teacher_rl.max_completion_length = {rl.max_completion_length}): the longer explanations run "
+            "past anything its reward shaped; lower it to that, or train with longer completions"
+        )
+        yield Problem("stages.generate.max_new_tokens", message, warning=True)
 
 
 def teacher_passes(
