@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 METADATA_FILE = "artifact.json"
+MANIFEST = "manifest.json"  # runs/<recipe>/: every stage's artifact and publication (pipeline, push)
 KINDS = ("model", "dataset", "report")
 LIBRARIES = ("factory-rlt", "torch", "transformers", "trl", "datasets", "huggingface_hub", "accelerate", "vllm")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from factory import machines
-from factory.artifacts import ArtifactMeta, InputRef, is_complete, mark_complete, read_meta, write_json_atomic
+from factory.artifacts import MANIFEST, ArtifactMeta, InputRef, is_complete, mark_complete, read_meta, write_json_atomic
 from factory.data import resolve_revision as resolve_data_revision
 from factory.dotted import changed_keys
 from factory.errors import UserError
@@ -40,8 +40,6 @@ from factory.preflight import preflight
 from factory.recipe import ModelSpec, Recipe, recipe_to_dict
 from factory.roles import Role
 from factory.stages.base import ResolvedInput, Stage, StageContext, own_section, section_config, stage_view
-
-MANIFEST = "manifest.json"
 
 
 class Status(StrEnum):

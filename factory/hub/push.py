@@ -13,12 +13,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from factory.artifacts import is_complete, write_json_atomic
+from factory.artifacts import MANIFEST, is_complete, write_json_atomic
 from factory.errors import UserError
 from factory.hub.store import PublishedRef
 from factory.recipe import recipe_from_dict
-
-MANIFEST = "manifest.json"
 
 
 def find_manifest(run_dir: Path, recipe_name: str | None) -> Path:
