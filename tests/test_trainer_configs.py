@@ -326,14 +326,20 @@ def test_plan_shows_the_reference_values(repo_root):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    settings, stage = {}, None
+    settings, compute, stage = {}, {}, None
     for line in result.stdout.splitlines():
         if line[:1].isdigit():  # "1. teacher_sft  run: ..."
             stage = line.split()[1]
         elif line.strip().startswith("settings "):
             settings[stage] = line.strip().removeprefix("settings ").split(", ")
+        elif line.strip().startswith("compute "):
+            compute[stage] = line
     expected = {
         "teacher_sft": (
+            "learning_rate=1e-05",
+            "lr_scheduler=cosine",
+            "global_batch_size=16",
+            "max_length=16384",
             "epochs=10.0",
             "save_strategy=epoch",
             "weight_decay=0.0001",
@@ -344,6 +350,19 @@ def test_plan_shows_the_reference_values(repo_root):
             "warmup_ratio=0.05",
         ),
         "teacher_rl": (
+            "steps=125",
+            "prompts_per_step=16",
+            "generations_per_prompt=64",
+            "iterations_per_generation=1",
+            "temperature=0.7",
+            "learning_rate=1e-06",
+            "lr_scheduler=constant",
+            "beta=0.04",
+            "ref_sync_steps=32",
+            "ref_sync_mix=0.9",
+            "loss_type=grpo",
+            "scale_rewards=group",
+            "max_completion_length=16384",
             "vllm_importance_sampling_correction=False",
             "kl_bias_correction=False",
             "max_prompt_length=16384",
@@ -360,3 +379,4 @@ def test_plan_shows_the_reference_values(repo_root):
     }
     missing = {name: [item for item in wanted if item not in settings[name]] for name, wanted in expected.items()}
     assert missing == {name: [] for name in expected}, missing
+    assert "H100-hours" in compute["teacher_rl"]
