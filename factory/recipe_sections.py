@@ -4,6 +4,7 @@ the checks across sections (factory.recipe) and the YAML reading (factory.recipe
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -347,12 +348,38 @@ class Stages(Section):
 # ---------------------------------------------------------------------------------- hub / launch
 
 
+# The license ids a Hub card may name (huggingface.co/docs/hub/repositories-licenses): the Hub refuses a card
+# with any other, which would fail the first publish after the whole run.
+HUB_LICENSES = frozenset(
+    """apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
+    bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc
+    cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0
+    cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0
+    cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1
+    agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl mpl-2.0 odc-by odbl openrail++
+    osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr deepfloyd-if-license llama2 llama3 llama3.1
+    llama3.2 llama3.3 gemma unknown other""".split()
+)
+
+
 class Hub(Section):
     namespace: str | None = None
     private: bool = False
     push: bool = False
-    license: str = "apache-2.0"
+    license: str = Field(default="apache-2.0", description="a Hub license id, written in every card")
     space: bool = True
+
+    @field_validator("license")
+    @classmethod
+    def _hub_license(cls, value: str) -> str:
+        if value not in HUB_LICENSES:
+            close = difflib.get_close_matches(value.lower(), HUB_LICENSES, n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise ValueError(
+                f"{value!r} is not a license id the Hub accepts; {hint}use an id from "
+                "https://huggingface.co/docs/hub/repositories-licenses, or 'other'"
+            )
+        return value
 
     @field_validator("namespace")
     @classmethod

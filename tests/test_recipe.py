@@ -69,6 +69,19 @@ def test_misspelt_stage_name(tmp_path):
     assert "stages.teacher_lr" in message and f"{path}:11" in message and "did you mean 'teacher_rl'" in message
 
 
+def test_a_license_the_hub_refuses_is_caught_with_its_line(tmp_path):
+    """The Hub refuses a card naming an unknown license: caught when the recipe loads, not at the first
+    publish after the run; the ids are the loopback Hub's, which enforces them on every card."""
+    from hubserver.cards import LICENSES
+
+    from factory.recipe_sections import HUB_LICENSES
+
+    assert HUB_LICENSES == LICENSES
+    message = error_of(write(tmp_path, MINIMAL + "hub:\n  license: Apache2.0\n"))
+    assert f"hub.license ({tmp_path / 'recipe.yaml'}:11)" in message and "did you mean 'apache-2.0'" in message
+    assert load_recipe(write(tmp_path, MINIMAL + "hub: {license: cc-by-nc-4.0}\n")).hub.license == "cc-by-nc-4.0"
+
+
 def test_impossible_combination_names_key(tmp_path):
     path = write(
         tmp_path,
