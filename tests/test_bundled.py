@@ -6,25 +6,17 @@ pieces it relies on true in a checkout, in a second or two.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from commands import factory
 
 from factory.bundled import bundled, bundled_recipe, recipe_file, recipe_names
 from factory.compare import SPACE_DIR, SPACE_FILES
 from factory.errors import UserError
 from factory.launch import PRESET_FILES, preset_file
 from factory.recipe import Launch, load_recipe
-
-
-def factory(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    command = [sys.executable, "-m", "factory.cli", *args]
-    return subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, env=env)
 
 
 def test_package_links_to_the_checkout_folders(repo_root):

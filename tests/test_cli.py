@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-PY = sys.executable
-
-
-def factory(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run([PY, "-m", "factory.cli", *args], cwd=cwd, capture_output=True, text=True, env=env)
+from commands import factory, python
 
 
 def test_help_version_validate_and_plan_exit_zero(repo_root):
@@ -65,7 +56,7 @@ def test_openmp_threads_sleep_when_idle_unless_the_environment_says(repo_root, p
     )
     env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
     env.update({"OMP_WAIT_POLICY": preset} if preset else {})
-    result = subprocess.run([PY, "-c", code], cwd=repo_root, capture_output=True, text=True, env=env)
+    result = python("-c", code, cwd=repo_root, env=env)
     assert result.stdout.split() == [preset or "PASSIVE", "False"], result.stderr
 
 
@@ -81,5 +72,5 @@ def test_validate_and_plan_do_not_import_torch(repo_root, tmp_path):
         "heavy = [m for m in ('torch', 'transformers', 'trl', 'vllm', 'gradio') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([PY, "-c", code, str(tmp_path)], cwd=repo_root, capture_output=True, text=True)
+    result = python("-c", code, str(tmp_path), cwd=repo_root)
     assert result.returncode == 0, result.stderr

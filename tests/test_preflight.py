@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from commands import python
 
 BASE = """\
 name: preflight
@@ -317,16 +315,7 @@ def bad_recipe(world: Path, case_id: str, extra: str) -> tuple[Path, str]:
 def drive(world: Path, groups: list[tuple[bool, list[list[str]]]]) -> dict:
     """Run groups (must refuse?, commands) of factory commands in one fresh interpreter: each command's
     exit code and stderr, and the model libraries imported."""
-    env = {**os.environ, "COLUMNS": "1000", "NO_COLOR": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", DRIVER],
-        input=json.dumps(groups),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=world,
-        timeout=300,
-    )
+    result = python("-c", DRIVER, input=json.dumps(groups), cwd=world, columns=1000, timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from commands import factory
 from rich.console import Console
 from rlt_reference import reference_components
 
@@ -148,27 +146,14 @@ def test_settings_from_recipe_and_flags(tmp_path):
 def test_cli_score_exit_codes(tiny_model_dir, tiny_student_dir, tmp_path):
     good = write_rows(tmp_path / "rows.jsonl", ROWS)
     bad = write_rows(tmp_path / "bad.jsonl", [{"question": "q", "explanation": "e"}])
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
 
-    def factory(data, *extra):
-        command = [
-            sys.executable,
-            "-m",
-            "factory.cli",
-            "score",
-            "--teacher",
-            str(tiny_model_dir),
-            "--student",
-            str(tiny_student_dir),
-            "--data",
-            str(data),
-            *extra,
-        ]
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    def score_cli(data, *extra):
+        models = ["--teacher", str(tiny_model_dir), "--student", str(tiny_student_dir)]
+        return factory("score", *models, "--data", str(data), *extra, cwd=tmp_path)
 
-    result = factory(good, "--kl-estimator", "full", "--limit", "2", "--batch-size", "1")
+    result = score_cli(good, "--kl-estimator", "full", "--limit", "2", "--batch-size", "1")
     assert result.returncode == 0, result.stderr
     assert "kl=full" in result.stdout and "2 rows" in result.stdout
     assert len((tmp_path / "rows.scores.jsonl").read_text().splitlines()) == 2
-    result = factory(bad)
+    result = score_cli(bad)
     assert result.returncode == 2 and "no column 'solution'" in result.stderr and "Traceback" not in result.stderr

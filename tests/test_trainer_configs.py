@@ -4,11 +4,9 @@ TRL field a worker leaves at TRL's default is one that cannot change what is tra
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 
 import pytest
+from commands import factory
 from transformers import TrainingArguments
 from transformers.utils import is_torch_tf32_available
 
@@ -316,14 +314,8 @@ def test_a_packed_distillation_step_counts_rows(repo_root, monkeypatch, tmp_path
 
 def test_plan_shows_the_reference_values(repo_root):
     """`factory plan recipes/aime.yaml` prints each stage's settings, the reference's values among them."""
-    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "plan", "recipes/aime.yaml", "--run-dir", "/nonexistent-plan-dir"],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = factory(
+        "plan", "recipes/aime.yaml", "--run-dir", "/nonexistent-plan-dir", cwd=repo_root, columns=400, timeout=300
     )
     assert result.returncode == 0, result.stderr
     settings, compute, stage = {}, {}, None
