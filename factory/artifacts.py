@@ -50,6 +50,7 @@ class ArtifactMeta:
     inputs: list[InputRef] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # logical name -> relative path (model, data, plots)
+    columns: dict[str, str] = field(default_factory=dict)  # a dataset's column -> what it means (card, Space)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
 

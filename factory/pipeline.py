@@ -408,6 +408,7 @@ def _run_stage(plan: Plan, planned: PlannedStage, entries: dict[str, Any], log: 
         inputs=[_input_ref(item, entries) for item in planned.inputs.values()],
         metrics=result.metrics,
         files=result.files,
+        columns=result.columns,
     )
     mark_complete(out_dir, meta)
     elapsed = time.monotonic() - started

@@ -111,11 +111,12 @@ def test_tags_hidden_unless_shown_and_bare_boxed_made_math():
 
 
 def test_component_notes_name_what_the_data_holds():
-    notes = cr.component_notes(["rlt.kl_mean", "correct_generation.reward", "made_up"])
+    said = {"rlt.kl_mean": "mean KL over the explanation", "correct_generation.reward": "equal to the reference answer"}
+    notes = cr.component_notes(["rlt.kl_mean", "correct_generation.reward", "made_up"], said)
     lines = notes.splitlines()[2:]
     assert [line.split("**")[1] for line in lines] == ["reward", "rlt.kl_mean", "correct_generation.reward", "made_up"]
-    assert "mean KL over the explanation" in lines[1] and "equal to the reference answer" in lines[2]
-    assert lines[3] == "- **made_up**"  # a component this table does not know is listed, unexplained
+    assert lines[1].endswith(": mean KL over the explanation") and lines[2].endswith(": equal to the reference answer")
+    assert lines[0] == "- **reward**" and lines[3] == "- **made_up**"  # what the metadata does not explain: listed
 
 
 def test_a_question_is_read_from_the_indexed_columns(tmp_path):

@@ -15,8 +15,8 @@ from factory.formats import SOLUTION_CLOSE, SOLUTION_OPEN, StudentFormat, build_
 from factory.pipeline import execute
 from factory.recipe import CorrectGeneration, Reward, load_recipe
 from factory.rewards.base import RewardItem
-from factory.rewards.build import build_reward, components_of, find_term
-from factory.rewards.composite import CompositeReward
+from factory.rewards.build import build_reward, components_of, find_term, notes_of
+from factory.rewards.composite import SUM_NOTE, CompositeReward
 from factory.rewards.correct_generation import CorrectGenerationReward
 from factory.rewards.rlt import COMPONENTS, RLTReward
 
@@ -70,6 +70,17 @@ def test_the_default_reward_is_the_rlt_reward_with_its_numbers(reward_models, it
     teacher, student, tokenizer = reward_models
     assert reward.score(items) == RLTReward(teacher, student, tokenizer, Reward(), None, FORMAT).score(items)
     assert find_term(reward, "rlt") is reward and find_term(reward, "correct_generation") is None
+
+
+def test_every_reward_says_what_each_of_its_components_measures():
+    """The reward seam: `notes` name the components in order, so a new reward's numbers reach the traces card
+    and the compare Space explained, with no change to either."""
+    for reward in (RLTReward, CorrectGenerationReward):
+        assert tuple(reward.notes) == reward.components and all(len(note) > 20 for note in reward.notes.values())
+    both = Reward(terms=["rlt", "correct_generation"], correct_generation_coeff=0.5)
+    assert notes_of(Reward()) == RLTReward.notes and tuple(notes_of(both)) == components_of(both)
+    assert notes_of(both)["correct_generation.reward"] == CorrectGenerationReward.notes["reward"]
+    assert notes_of(both)["reward"] == SUM_NOTE
 
 
 def test_components_follow_the_terms():
@@ -189,7 +200,13 @@ def test_a_sum_of_reward_terms_ranks_the_candidates_and_writes_every_component(
     marked = [name for name, feature in features.items() if feature.get("id") == "reward_component"]
     rlt = [f"rlt.{name}" for name in ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty", "reward")]
     assert marked == ["reward", *rlt, "correct_generation.answered", "correct_generation.reward"]
-    assert compare.space_module("compare_data").load_source(str(artifact)).components == marked[1:]
+    source = compare.space_module("compare_data").load_source(str(artifact))
+    assert source.components == marked[1:]
+    # what each component measures travels with the artifact from the reward classes to the Space's page
+    assert set(read_meta(artifact).columns) == set(marked) and source.notes == read_meta(artifact).columns
+    notes = compare.space_module("compare_render").component_notes(source.components, source.notes)
+    assert f"- **rlt.kl_mean**: {RLTReward.notes['kl_mean']}" in notes
+    assert f"- **reward**: {SUM_NOTE}" in notes.splitlines()
     components = read_meta(artifact).metrics["reward"]["selected_components"]
     assert set(components) == set(marked[1:])
     assert components["correct_generation.reward"] == pytest.approx(

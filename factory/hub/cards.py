@@ -294,7 +294,8 @@ def dataset_card(
         infos[config] = DatasetInfo(features=features, splits=split_infos, config_name=config)
         configs[config] = {"data_files": [{"split": s, "path": p} for s, p in splits.items()]}
         feature_rows += [
-            (config, name, getattr(feature, "dtype", None) or repr(feature)) for name, feature in features.items()
+            (config, name, getattr(feature, "dtype", None) or repr(feature), record.get("columns", {}).get(name, ""))
+            for name, feature in features.items()
         ]
     generated_by = {i["fingerprint"] for i in record["inputs"] if i["role"] == "teacher"}
     teacher = [e for e in record["lineage"] if e["fingerprint"] in generated_by]
@@ -331,7 +332,7 @@ def dataset_card(
             [(c, s, len(p), infos[c].splits[s].num_examples) for c, sp in layout.items() for s, p in sp.items()],
             ("config", "split", "files", "rows"),
         ),
-        _table(feature_rows, ("config", "feature", "type")),
+        _table(feature_rows, ("config", "feature", "type", "meaning")),
         "## Sampling settings\n",
         _table(sorted(flatten(record["config"]).items()), ("setting", "value")),
         *_before_after(record["metrics"], comparison),

@@ -140,6 +140,8 @@ def make_record(
         "versions": meta.versions,
         "created": meta.created,
     }
+    if meta.columns:
+        record["columns"] = meta.columns
     if evaluates is not None:
         record["evaluates"] = evaluates
     return record

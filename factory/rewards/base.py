@@ -1,8 +1,8 @@
 """The reward interface: what the RL worker, the generate worker and `factory score` ask of a reward.
 
 A reward scores teacher explanations given as token ids (never re-tokenised text), many at a time,
-and says which numbers it returns. Callers name columns, metrics and plots after `components`, so a
-new reward reaches the traces schema, the RL logs and the compare Space without a change to them.
+and says which numbers it returns. Callers name columns, metrics and plots after `components` and explain them with `notes`, so a
+new reward reaches the traces schema and card, the RL logs and the compare Space without a change to them.
 Pure Python: no torch import here.
 """
 
@@ -26,6 +26,7 @@ class Reward(Protocol):
 
     `name`: the recipe's term name (`reward.terms`), the prefix of its components inside a sum.
     `components`: ordered names of the numbers `score` returns per item, the last being "reward".
+    `notes`: one line per component saying what it measures (the traces card and the compare Space show them).
     `summaries`: names of `summarise`'s figures, per item, that the RL worker averages and logs
     besides the components (the RLT reward's r_ss and r_kl).
     `tokenizer`: the tokenizer of the explanation ids (the teacher's), to decode them.
@@ -36,6 +37,7 @@ class Reward(Protocol):
 
     name: str
     components: tuple[str, ...]
+    notes: dict[str, str]
     summaries: tuple[str, ...]
     tokenizer: Any
 

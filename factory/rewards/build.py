@@ -12,7 +12,7 @@ from typing import Any
 
 from factory.recipe import Reward as RewardSettings
 from factory.rewards.base import Reward
-from factory.rewards.composite import CompositeReward, prefixed_components
+from factory.rewards.composite import CompositeReward, prefixed_notes
 
 
 def weights(settings: RewardSettings) -> list[tuple[str, float]]:
@@ -24,22 +24,28 @@ def _alone(terms: list[tuple[str, float]]) -> bool:
     return len(terms) == 1 and terms[0][1] == 1.0
 
 
-def term_components(name: str) -> tuple[str, ...]:
+def _term_class(name: str) -> type[Reward]:
     if name == "rlt":
         from factory.rewards.rlt import RLTReward
 
-        return RLTReward.components
+        return RLTReward
     from factory.rewards.correct_generation import CorrectGenerationReward
 
-    return CorrectGenerationReward.components
+    return CorrectGenerationReward
+
+
+def notes_of(settings: RewardSettings) -> dict[str, str]:
+    """The components `build_reward(settings, ...)` returns, in order, with what each measures; known without
+    models (the traces schema and card)."""
+    terms = weights(settings)
+    if _alone(terms):
+        return dict(_term_class(terms[0][0]).notes)
+    return prefixed_notes([(name, _term_class(name).notes) for name, _ in terms])
 
 
 def components_of(settings: RewardSettings) -> tuple[str, ...]:
-    """The components `build_reward(settings, ...)` returns, known without models (the traces schema)."""
-    terms = weights(settings)
-    if _alone(terms):
-        return term_components(terms[0][0])
-    return prefixed_components([(name, term_components(name)) for name, _ in terms])
+    """The components `build_reward(settings, ...)` returns."""
+    return tuple(notes_of(settings))
 
 
 def build_reward(

@@ -13,10 +13,13 @@ from typing import Any
 
 from factory.rewards.base import Reward, RewardItem
 
+SUM_NOTE = "the weighted sum of the terms' rewards (higher is better)"
 
-def prefixed_components(terms: Sequence[tuple[str, Sequence[str]]]) -> tuple[str, ...]:
-    """The components of a sum of (name, components) terms."""
-    return (*(f"{name}.{component}" for name, components in terms for component in components), "reward")
+
+def prefixed_notes(terms: Sequence[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """The components of a sum of (name, notes) terms, in order, with what each measures."""
+    prefixed = {f"{name}.{component}": note for name, notes in terms for component, note in notes.items()}
+    return {**prefixed, "reward": SUM_NOTE}
 
 
 class CompositeReward:
@@ -30,7 +33,8 @@ class CompositeReward:
         own = [summary for reward, _ in self.terms for summary in reward.summaries]
         if len(set(names)) < len(names) or len(set(own)) < len(own):
             raise ValueError(f"terms {names} repeat a name or a summary ({own})")
-        self.components = prefixed_components([(reward.name, reward.components) for reward, _ in self.terms])
+        self.notes = prefixed_notes([(reward.name, reward.notes) for reward, _ in self.terms])
+        self.components = tuple(self.notes)
         self.summaries = (*(f"{name}.reward" for name in names), *own)
         self.tokenizer = self.terms[0][0].tokenizer
 

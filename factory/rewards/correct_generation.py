@@ -35,7 +35,11 @@ class CorrectGenerationReward:
     """
 
     name = "correct_generation"
-    components = ("answered", "reward")
+    notes = {
+        "answered": "fraction of the student's sampled answers, after the explanation, that give a boxed answer",
+        "reward": "fraction of the student's sampled answers, after the explanation, equal to the reference answer",
+    }
+    components = tuple(notes)
     summaries: tuple[str, ...] = ()
 
     def __init__(

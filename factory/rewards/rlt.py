@@ -15,14 +15,7 @@ solution token scores `empty_span_penalty` (-1) per r_SS term, no explanation to
 -`empty_span_penalty` (+1) per KL term, so an explanation that closes at once is not rewarded for
 escaping the KL penalty. No result is ever NaN.
 
-Truncation rule (`max_length`, per sequence; None: nothing is cut. A recipe's cap is at least the
-longest teacher sequence its lengths allow, so it can only cut a student sequence that its longer
-system prompt pushed past the cap): the solution is what the student is scored on, so it is
-kept whole and the explanation is cut from its end, the same prefix in both sequences, until the
-teacher sequence (prompt + explanation) and the student sequence (head + explanation + tags +
-solution) both fit. Only when question and solution alone overflow the student sequence is the
-solution cut from its end; a teacher prompt longer than `max_length` leaves no explanation token to
-score. Such items are flagged `truncated`.
+Truncation (`max_length`): `factory.rewards.sequences.fit_to_length`; cut items are flagged `truncated`.
 
 Speed and memory: batches of up to `batch_size` items, right-padded (causal attention makes an
 attention mask unnecessary for right padding); a batch is closed early rather than be more than
@@ -51,69 +44,23 @@ from typing import Any
 import torch
 
 from factory.errors import UserError
-from factory.formats import (
-    StudentFormat,
-    StudentSequence,
-    TeacherSequence,
-    build_student_sequence,
-    build_teacher_sequence,
-)
+from factory.formats import StudentFormat, build_student_sequence, build_teacher_sequence
 from factory.recipe import Reward
 from factory.rewards.base import RewardItem
+from factory.rewards.sequences import ScoringSequences, fit_to_length
 
 RewardSettings = Reward  # the recipe's `reward` section is the settings object
 
-COMPONENTS = ("r_ss_mean", "r_ss_min", "kl_mean", "kl_max", "penalty", "reward")
-
-
-@dataclass(frozen=True)
-class ScoringSequences:
-    """The two sequences one item is scored on, after the truncation rule."""
-
-    teacher: TeacherSequence
-    student: StudentSequence
-    truncated: bool
-
-
-def fit_to_length(teacher: TeacherSequence, student: StudentSequence, max_length: int | None) -> ScoringSequences:
-    """Apply the truncation rule of the module docstring."""
-    if max_length is None:
-        return ScoringSequences(teacher, student, False)
-    prompt = teacher.explanation_span[0]
-    head, explanation_end = student.explanation_span
-    solution_start, solution_end = student.solution_span
-    explanation, solution, tags = (
-        explanation_end - head,
-        solution_end - solution_start,
-        solution_start - explanation_end,
-    )
-    keep_solution = _clamp(max_length - head - tags, solution)
-    keep_explanation = _clamp(min(max_length - prompt, max_length - head - tags - keep_solution), explanation)
-    if keep_explanation == explanation and keep_solution == solution:
-        return ScoringSequences(teacher, student, False)
-    teacher_ids = teacher.input_ids[: prompt + keep_explanation][:max_length]
-    student_ids = (
-        student.input_ids[: head + keep_explanation]
-        + student.input_ids[explanation_end : solution_start + keep_solution]
-    )[:max_length]
-    new_solution_start = head + keep_explanation + tags
-    return ScoringSequences(
-        TeacherSequence(teacher_ids, _clip((prompt, prompt + keep_explanation), len(teacher_ids))),
-        StudentSequence(
-            student_ids,
-            _clip((head, head + keep_explanation), len(student_ids)),
-            _clip((new_solution_start, new_solution_start + keep_solution), len(student_ids)),
-        ),
-        True,
-    )
-
-
-def _clamp(value: int, upper: int) -> int:
-    return max(0, min(value, upper))
-
-
-def _clip(span: tuple[int, int], length: int) -> tuple[int, int]:
-    return min(span[0], length), min(span[1], length)
+NOTES = {
+    "r_ss_mean": "mean log-probability the student gives the reference solution after reading the explanation",
+    "r_ss_min": "log-probability of the solution token the student found least likely (weighted by α in r_SS)",
+    "kl_mean": "mean KL over the explanation between the teacher, who saw the solution, and the student, who "
+    "did not: low means each step reads as natural to the student",
+    "kl_max": "the largest per-token KL of the explanation (weighted by α in the KL term)",
+    "penalty": "the missing-tag penalty when the explanation never closed its tag, else 0",
+    "reward": "the RLT reward, r_SS − λ·r_KL + penalty (higher is better)",
+}
+COMPONENTS = tuple(NOTES)
 
 
 @dataclass
@@ -137,6 +84,7 @@ class RLTReward:
 
     name = "rlt"
     components = COMPONENTS
+    notes = NOTES
     summaries = ("r_ss", "r_kl")  # the two terms of the formula: mean + alpha min (solution), mean + alpha max (KL)
 
     def __init__(

@@ -89,6 +89,7 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # logical name -> path relative to out_dir
     summary: str = ""  # the one line printed when the stage ends
+    columns: dict[str, str] = field(default_factory=dict)  # a dataset's column -> what it means (reward notes)
 
 
 def problems_of(key: str, check: Callable[[], object]) -> list[Problem]:

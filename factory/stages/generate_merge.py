@@ -195,7 +195,7 @@ def merge(
     recipe: Recipe, questions: Questions, out_dir: Path, teacher: str, log: Callable[[str], None]
 ) -> tuple[StageResult, Selection]:
     """The main pass: check, select one per question, write both configs, plots and figures."""
-    from factory.rewards.build import components_of
+    from factory.rewards.build import notes_of
     from factory.stages.generate_worker import WorkDir
 
     settings = recipe.stages.generate
@@ -206,7 +206,8 @@ def merge(
             f"generate: no explanation of {len(chosen.candidates)} candidates passed the checks ({dropped}); "
             "raise stages.generate.max_new_tokens, or relax stages.generate.drop_unclosed / drop_leaked"
         )
-    components = components_of(recipe.reward)
+    notes = notes_of(recipe.reward)
+    components = tuple(notes)
     configs = {"": (chosen.selected, False), "candidates": (chosen.candidates, True)}
     _write_configs(out_dir, "data", configs, components)
     files = {"data": "data", "candidates": "data/candidates", **_plots(out_dir, chosen.candidates, chosen.selected)}
@@ -220,7 +221,7 @@ def merge(
     )
     if chosen.duplicates:
         summary += f"; merge discarded {chosen.duplicates} duplicate rows"
-    return StageResult(metrics=metrics, files=files, summary=summary), chosen
+    return StageResult(metrics=metrics, files=files, summary=summary, columns=notes), chosen
 
 
 def merge_before_rl(

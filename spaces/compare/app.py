@@ -184,7 +184,7 @@ def build_app(
                         "right": gr.Button("right is better ▶", elem_id="vote-right"),
                     }
                 vote_status = gr.Markdown(elem_id="vote-status")
-                gr.Markdown(cr.component_notes(comparison.components), elem_id="components")
+                gr.Markdown(cr.component_notes(comparison.components, comparison.notes), elem_id="components")
             with gr.Tab("Overview", id="overview"):
                 with gr.Row(equal_height=True):
                     page_prev = gr.Button("◀ page", scale=1)

@@ -80,6 +80,11 @@ class Comparison:
         return list(dict.fromkeys(name for source in self.sources for name in source.components))
 
     @property
+    def notes(self) -> dict[str, str]:
+        """What each component measures, as the sources' metadata says (the first source that says wins)."""
+        return {name: note for source in reversed(self.sources) for name, note in source.notes.items()}
+
+    @property
     def labels(self) -> list[str]:
         return [s.label for s in self.sources]
 

@@ -24,30 +24,12 @@ MATH = r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\$[^$\n]+?\$"
 MATH_SPAN = re.compile(f"({MATH})", re.S)
 TOKEN = re.compile(f"{MATH}|\\S+", re.S)
 WORDLIKE = re.compile(r"\w")  # marked tokens: words and math, not Markdown's list/heading/table marks
-# One line per reward component. The names come from the data (the columns the traces schema marks);
-# a name this table lacks shows without an explanation. Looked up by full name, then by its last part
-# (a sum of terms prefixes each term's components: `rlt.kl_mean`).
-NOTES = {
-    "reward": "the reward the traces are ranked by (higher is better); a sum of terms adds up the terms' weighted rewards",
-    "r_ss_mean": "mean log-probability the student gives the reference solution after reading the explanation",
-    "r_ss_min": "log-probability of the solution token the student found least likely (weighted by α in r_SS)",
-    "kl_mean": "mean KL over the explanation between the teacher, who saw the solution, and the student, who "
-    "did not: low means each step reads as natural to the student",
-    "kl_max": "the largest per-token KL of the explanation (weighted by α in the KL term)",
-    "penalty": "the missing-tag penalty when the explanation never closed its tag, else 0",
-    "answered": "fraction of the student's sampled answers, after the explanation, that give a boxed answer",
-    "correct_generation.reward": "fraction of the student's sampled answers, after the explanation, equal to the "
-    "reference answer",
-    "rlt.reward": "the RLT term: r_SS − λ·r_KL + penalty",
-}
 
 
-def component_notes(names: list[str]) -> str:
-    """`reward` and the given component names, one line each, as Markdown."""
-    lines = []
-    for name in ["reward", *names]:
-        note = NOTES.get(name) or NOTES.get(name.rsplit(".", 1)[-1], "")
-        lines.append(f"- **{name}**" + (f": {note}" if note else ""))
+def component_notes(names: list[str], notes: dict[str, str]) -> str:
+    """`reward` and the given component names, one line each, as Markdown, each with what it measures where
+    the data's factory metadata says (`columns`, written by the reward that scored it: factory.rewards)."""
+    lines = [f"- **{name}**" + (f": {notes[name]}" if notes.get(name) else "") for name in ["reward", *names]]
     return "**What the numbers mean**\n\n" + "\n".join(lines)
 
 

@@ -67,6 +67,7 @@ class Source:
     fallback: str = ""  # the name by location (repo-name@revision, file stem): tells apart equal labels
     given: bool = False  # the label is the user's (`label=location`), kept as written
     shown_as: str = ""  # where it is, for the page: a local path as given (a store's `vN` link, not its snapshot)
+    notes: dict[str, str] = field(default_factory=dict)  # component -> what it measures (factory's `columns`)
 
     @property
     def detail(self) -> str:
@@ -269,7 +270,8 @@ def load_source(spec: str) -> Source:
     found = provenance(meta, config)
     named = label or found.phase or (found.teacher and found.teacher.split("/")[-1]) or fallback
     frame = frame.set_index("id", drop=False)
-    return Source(named, ref, kind, frame, components, found, fallback, bool(label), shown_as)
+    notes = (meta or {}).get("columns") or {}
+    return Source(named, ref, kind, frame, components, found, fallback, bool(label), shown_as, notes)
 
 
 def unique_labels(sources: list[Source]) -> None:
