@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_DISTILL
 
 from factory.errors import UserError
 from factory.formats import DEFAULT_STUDENT_SYSTEM, StudentFormat, student_messages
@@ -39,15 +40,7 @@ def make_recipe(model: Path, **distill) -> Recipe:
                 "teacher_rl": off,
                 "generate": off,
                 "evaluate": off,
-                "distill": {
-                    "learning_rate": 1e-3,
-                    "epochs": 1,
-                    "global_batch_size": 4,
-                    "per_device_batch_size": 4,
-                    "max_length": 256,
-                    "bf16": False,
-                    **distill,
-                },
+                "distill": {**TINY_DISTILL, **distill},
             },
         }
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from tiny import TINY_DISTILL
 
 from factory.recipe import Recipe
 from factory.roles import Role
@@ -90,15 +91,7 @@ def make_recipe(
                 "teacher_sft": off,
                 "teacher_rl": off,
                 "generate": {"enabled": generate},
-                "distill": {
-                    "enabled": distill,
-                    "learning_rate": 1e-3,
-                    "epochs": 1,
-                    "global_batch_size": 4,
-                    "per_device_batch_size": 4,
-                    "max_length": 256,
-                    "bf16": False,
-                },
+                "distill": {"enabled": distill, **TINY_DISTILL},
                 "evaluate": {"engine": "hf", "max_new_tokens": 5, "batch_size": 4, "baselines": list(baselines)},
             },
         }

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import recipe_head
 from typer.testing import CliRunner
 
 from factory import cli, memory, memory_fit
@@ -17,25 +18,20 @@ from factory.recipe import load_recipe
 from factory.stages import load_stages
 
 RECIPE = """\
-name: fits
-models:
-  teacher: {{source: {model}}}
-  student: {{source: {model}}}
-  distill_base: {{source: {model}}}
 data:
-  train: {{source: quickstart, format: quickstart, limit: 8}}
+  train: {source: quickstart, format: quickstart, limit: 8}
 stages:
-  teacher_sft: {{per_device_batch_size: 32, global_batch_size: 32, max_length: 4096, gradient_checkpointing: false, bf16: false}}
-  teacher_rl: {{enabled: false}}
-  generate: {{enabled: false}}
-  evaluate: {{enabled: false}}
+  teacher_sft: {per_device_batch_size: 32, global_batch_size: 32, max_length: 4096, gradient_checkpointing: false, bf16: false}
+  teacher_rl: {enabled: false}
+  generate: {enabled: false}
+  evaluate: {enabled: false}
 """
 
 
 @pytest.fixture
 def recipe_file(tmp_path, tiny_model_dir):
     path = tmp_path / "fits.yaml"
-    path.write_text(RECIPE.format(model=tiny_model_dir))
+    path.write_text(recipe_head("fits", tiny_model_dir) + RECIPE)
     return path
 
 

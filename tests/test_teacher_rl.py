@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from tiny import recipe_head
 
 from factory.artifacts import is_complete, read_meta
 from factory.errors import UserError
@@ -24,11 +25,6 @@ from factory.stages import load_stages
 from factory.stages.base import stage_view
 
 RECIPE = """\
-name: rl
-models:
-  teacher: {{source: {teacher}}}
-  student: {{source: {student}}}
-  distill_base: {{source: {teacher}}}
 data:
   train: {{source: quickstart, format: quickstart, limit: 8}}
 reward: {{max_length: 2060, batch_size: 4}}
@@ -66,7 +62,7 @@ def free_port() -> int:
 def write_recipe(folder: Path, teacher: Path, student: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "rl.yaml"
-    path.write_text(RECIPE.format(teacher=teacher, student=student, port=free_port()))
+    path.write_text(recipe_head("rl", teacher, student) + RECIPE.format(port=free_port()))
     return path
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny import recipe_head
 
 from factory.artifacts import is_complete, read_meta
 from factory.errors import UserError
@@ -31,11 +32,6 @@ ROWS = [
 ]
 
 RECIPE = """\
-name: sft
-models:
-  teacher: {{source: {teacher}}}
-  student: {{source: {student}}}
-  distill_base: {{source: {teacher}}}
 data:
   train: {{source: {data}, format: jsonl, thought_column: {thought_column}}}
 stages:
@@ -62,7 +58,9 @@ def write_recipe(tmp_path: Path, teacher: Path, student: Path, thought_column: s
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     path = tmp_path / "sft.yaml"
     column = thought_column or "null"
-    path.write_text(RECIPE.format(teacher=teacher, student=student, data=data, max_length=1024, thought_column=column))
+    path.write_text(
+        recipe_head("sft", teacher, student) + RECIPE.format(data=data, max_length=1024, thought_column=column)
+    )
     return path
 
 

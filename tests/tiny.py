@@ -3,6 +3,9 @@
 Everything is built locally in seconds; nothing comes from the network. The tokenizer has a
 ChatML chat template (the family SmolLM2 and Qwen2.5 use), so the chat formats are exercised the
 same way as with real models.
+
+recipe_head and QUICKSTART_DATA are the YAML that recipes running stages on these models start with;
+TINY_DISTILL the distill settings that train them quickly.
 """
 
 from __future__ import annotations
@@ -86,3 +89,35 @@ def save_tiny(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def recipe_head(name: str, teacher: Path | str, student: Path | str | None = None) -> str:
+    """A recipe's first lines: its name and its models, as YAML. The teacher is also the distill base; the
+    student is the teacher unless given. Paths as they are, or a placeholder the caller replaces."""
+    student = teacher if student is None else student
+    return (
+        f"name: {name}\n"
+        "models:\n"
+        f"  teacher: {{source: {teacher}}}\n"
+        f"  student: {{source: {student}}}\n"
+        f"  distill_base: {{source: {teacher}}}\n"
+    )
+
+
+# stages.distill settings that train a tiny model in seconds on a CPU (recipes given as dicts add them).
+TINY_DISTILL = {
+    "learning_rate": 1e-3,
+    "epochs": 1,
+    "global_batch_size": 4,
+    "per_device_batch_size": 4,
+    "max_length": 256,
+    "bf16": False,
+}
+
+# A recipe's data section: the bundled quickstart set, its train split and its eval split as `held_out`.
+QUICKSTART_DATA = """\
+data:
+  train: {source: quickstart, format: quickstart}
+  eval:
+    - {name: held_out, source: quickstart, format: quickstart, split: eval}
+"""
