@@ -14,6 +14,8 @@ import struct
 import zlib
 from pathlib import Path
 
+from tiny import QUICKSTART_DATA, recipe_head
+
 from factory.artifacts import ArtifactMeta, InputRef, mark_complete
 from factory.recipe import Recipe
 
@@ -32,6 +34,7 @@ TEACHER_REPO, TRACES_REPO, STUDENT_REPO = (
     "factory-tester/tiny-traces",
     "factory-tester/tiny-student",
 )
+BEFORE_RL_REPO = STUDENT_REPO + "-before-rl"  # the baseline student's own repo
 WRITES = ("/commit/", "/tag/", "/preupload/", "/lfs")
 
 
@@ -78,6 +81,11 @@ def model_artifact(folder: Path, model_dir: Path, stage: str, config: dict, inpu
     return finish(folder, "model", stage, role, config, inputs, {"train_loss": 1.25, "steps": 2})
 
 
+def teacher_artifact(folder: Path, model_dir: Path) -> Path:
+    """What stage teacher_rl leaves having trained the base teacher (learning rate 1e-6)."""
+    return model_artifact(folder, model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")])
+
+
 def traces_artifact(folder: Path, questions: list[str], config: dict, teacher: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -109,6 +117,27 @@ def traces_artifact(folder: Path, questions: list[str], config: dict, teacher: P
         config,
         [upstream(teacher, "teacher"), base_ref("reward_student")],
         metrics,
+    )
+
+
+def distill_inputs(traces: Path) -> list[InputRef]:
+    """What a distilled student comes from: the traces, and the distill base it was trained from."""
+    return [upstream(traces, "traces"), base_ref("distill_base")]
+
+
+def student_artifact(folder: Path, model_dir: Path, traces: Path) -> Path:
+    """What stage distill leaves: the student, distilled on `traces` for 3 epochs."""
+    return model_artifact(folder, model_dir, "distill", {"epochs": 3}, distill_inputs(traces))
+
+
+def baseline_artifact(folder: Path, model_dir: Path | None, traces: Path, metrics: dict) -> Path:
+    """What stage distill_before_rl leaves: the student's settings, the traces' before_rl config; no model/
+    where `model_dir` is None (a baseline that found nothing to train on)."""
+    folder.mkdir(parents=True)
+    if model_dir is not None:
+        shutil.copytree(model_dir, folder / "model")
+    return finish(
+        folder, "model", "distill_before_rl", "student_before_rl", {"epochs": 3}, distill_inputs(traces), metrics
     )
 
 
@@ -196,19 +225,7 @@ def assert_token_absent(token: str, text: str, *folders: Path) -> None:
                 assert token.encode() not in path.read_bytes(), path
 
 
-RUN_RECIPE = """\
-name: tiny
-models:
-  teacher: {source: MODEL}
-  student: {source: MODEL}
-  distill_base: {source: MODEL}
-data:
-  train: {source: quickstart, format: quickstart}
-  eval:
-    - {name: held_out, source: quickstart, format: quickstart, split: eval}
-stages:
-  teacher_rl: {enabled: false}
-"""
+RUN_RECIPE = recipe_head("tiny", "MODEL") + QUICKSTART_DATA + "stages:\n  teacher_rl: {enabled: false}\n"
 
 
 def payload_stages(model_dir: Path) -> dict:

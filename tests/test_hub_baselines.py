@@ -4,21 +4,16 @@ lineage; a baseline stage that found nothing to train on is not published."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from publishing import STUDENT_REPO, base_ref, finish, model_artifact, report_artifact, traces_artifact, upstream
-
-BEFORE_RL_REPO = STUDENT_REPO + "-before-rl"
-
-
-def baseline_artifact(folder: Path, model_dir: Path | None, traces: Path, metrics: dict) -> Path:
-    """What stage distill_before_rl leaves: the student's settings, the traces' before_rl config."""
-    folder.mkdir(parents=True)
-    if model_dir is not None:
-        shutil.copytree(model_dir, folder / "model")
-    inputs = [upstream(traces, "traces"), base_ref("distill_base")]
-    return finish(folder, "model", "distill_before_rl", "student_before_rl", {"epochs": 3}, inputs, metrics)
+from publishing import (
+    BEFORE_RL_REPO,
+    STUDENT_REPO,
+    baseline_artifact,
+    report_artifact,
+    student_artifact,
+    teacher_artifact,
+    traces_artifact,
+    upstream,
+)
 
 
 def test_baseline_student_is_a_version_of_its_own_repo(store, hub_env, tmp_path, tiny_model_dir):
@@ -26,17 +21,9 @@ def test_baseline_student_is_a_version_of_its_own_repo(store, hub_env, tmp_path,
 
     from factory.artifacts import mark_complete, read_meta
 
-    teacher = model_artifact(
-        tmp_path / "rl", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    teacher = teacher_artifact(tmp_path / "rl", tiny_model_dir)
     traces = traces_artifact(tmp_path / "traces", ["q1", "q2"], {"temperature": 0.7, "n": 2}, teacher)
-    student = model_artifact(
-        tmp_path / "student",
-        tiny_model_dir,
-        "distill",
-        {"epochs": 3},
-        [upstream(traces, "traces"), base_ref("distill_base")],
-    )
+    student = student_artifact(tmp_path / "student", tiny_model_dir, traces)
     baseline = baseline_artifact(
         tmp_path / "baseline", tiny_model_dir, traces, {"rows": 2, "baseline": "before_rl_traces"}
     )

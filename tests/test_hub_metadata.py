@@ -6,31 +6,31 @@ the loopback Hub (tests/hubserver/cards.py, eval_results.py)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
 from publishing import (
     BASE,
+    BEFORE_RL_REPO,
     EVAL_REVISION,
     RUN_RECIPE,
     STUDENT_REPO,
     TEACHER_REPO,
     TRACES_REPO,
     base_ref,
+    baseline_artifact,
     before_after_artifact,
-    finish,
     make_recipe,
     model_artifact,
     payload_stages,
     report_artifact,
+    student_artifact,
     upstream,
     writes,
 )
 
 from factory.hub.hub_store import HubStore
 
-BEFORE_RL_REPO = STUDENT_REPO + "-before-rl"
 SPACE_REPO = "factory-tester/tiny-compare"
 
 
@@ -42,18 +42,8 @@ def publish_chain(store, tmp_path, model_dir):
     sft = model_artifact(tmp_path / "sft", model_dir, "teacher_sft", {"learning_rate": 1e-5}, [base_ref("teacher")])
     rl = model_artifact(tmp_path / "rl", model_dir, "teacher_rl", {"learning_rate": 1e-6}, [upstream(sft, "teacher")])
     traces = before_after_artifact(tmp_path / "traces", rl, [1.0, 2.0], [0.5, 1.0], {"temperature": 0.7})
-    inputs = [upstream(traces, "traces"), base_ref("distill_base")]
-    student = model_artifact(tmp_path / "student", model_dir, "distill", {"epochs": 3}, inputs)
-    shutil.copytree(model_dir, tmp_path / "baseline" / "model")
-    baseline = finish(
-        tmp_path / "baseline",
-        "model",
-        "distill_before_rl",
-        "student_before_rl",
-        {"epochs": 3},
-        inputs,
-        {"rows": 2, "baseline": "before_rl_traces"},
-    )
+    student = student_artifact(tmp_path / "student", model_dir, traces)
+    baseline = baseline_artifact(tmp_path / "baseline", model_dir, traces, {"rows": 2, "baseline": "before_rl_traces"})
     report = report_artifact(tmp_path / "report", upstream(student, "student"), accuracy=23.3)
     meta = read_meta(report)
     meta.inputs.append(upstream(baseline, "student_before_rl"))

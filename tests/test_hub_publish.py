@@ -22,6 +22,8 @@ from publishing import (
     make_recipe,
     model_artifact,
     report_artifact,
+    student_artifact,
+    teacher_artifact,
     traces_artifact,
     upstream,
     writes,
@@ -36,9 +38,7 @@ from factory.hub.hub_store import HubStore
 def test_publish_is_versioned_idempotent_and_revisions_load(store, hub_env, tmp_path, tiny_model_dir):
     import datasets
 
-    teacher = model_artifact(
-        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    teacher = teacher_artifact(tmp_path / "teacher", tiny_model_dir)
     traces_v1 = traces_artifact(tmp_path / "traces1", ["q1", "q2", "q3"], {"temperature": 0.7, "n": 2}, teacher)
 
     ref = store.publish(teacher)
@@ -125,13 +125,7 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
         [upstream(sft, "teacher"), base_ref("reward_student")],
     )
     traces = traces_artifact(tmp_path / "traces", ["q1", "q2"], {"temperature": 0.7, "n": 2}, rl)
-    student = model_artifact(
-        tmp_path / "student",
-        tiny_model_dir,
-        "distill",
-        {"epochs": 3},
-        [upstream(traces, "traces"), base_ref("distill_base")],
-    )
+    student = student_artifact(tmp_path / "student", tiny_model_dir, traces)
     report = report_artifact(tmp_path / "report", upstream(student, "student"), accuracy=23.3)
     refs = [store.publish(a) for a in (sft, rl, traces, student, report)]
     assert [(r.repo, r.revision) for r in refs] == [
@@ -201,9 +195,7 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
 
 
 def test_report_needs_the_student_it_evaluated_on_main(store, hub_env, tmp_path, tiny_model_dir):
-    teacher = model_artifact(
-        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    teacher = teacher_artifact(tmp_path / "teacher", tiny_model_dir)
     traces = traces_artifact(
         tmp_path / "traces", ["q1"], {"temperature": 0.7}, teacher
     )  # its teacher stays unpublished

@@ -15,11 +15,11 @@ from publishing import (
     TEACHER_REPO,
     TRACES_REPO,
     assert_token_absent,
-    base_ref,
     make_recipe,
     model_artifact,
     payload_stages,
     report_artifact,
+    teacher_artifact,
     traces_artifact,
     upstream,
     writes,
@@ -37,9 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_local_store_holds_what_the_hub_holds(store, hub_env, tmp_path, tiny_model_dir):
     from huggingface_hub import HfApi
 
-    teacher = model_artifact(
-        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    teacher = teacher_artifact(tmp_path / "teacher", tiny_model_dir)
     traces = traces_artifact(tmp_path / "traces", ["q1", "q2"], {"temperature": 0.7}, teacher)
     local = open_store(make_recipe(), tmp_path / "runs", push=False, log=lambda _: None)
     assert isinstance(local, LocalStore)
@@ -84,9 +82,7 @@ def test_local_store_holds_what_the_hub_holds(store, hub_env, tmp_path, tiny_mod
 def test_factory_push_publishes_a_finished_run_to_hf_endpoint(hub_env, tmp_path, tiny_model_dir):
     recipe_dir = tmp_path / "runs" / "tiny"
     artifacts = recipe_dir / "artifacts"
-    teacher = model_artifact(
-        artifacts / "teacher_rl-1", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    teacher = teacher_artifact(artifacts / "teacher_rl-1", tiny_model_dir)
     traces = traces_artifact(artifacts / "generate-1", ["q1", "q2"], {"temperature": 0.7}, teacher)
     student = model_artifact(
         artifacts / "distill-1", tiny_model_dir, "distill", {"epochs": 3}, [upstream(traces, "traces")]

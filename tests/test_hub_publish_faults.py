@@ -5,7 +5,7 @@ not committed twice, transient errors are retried, and a missing or weak token f
 from __future__ import annotations
 
 import pytest
-from publishing import TEACHER_REPO, assert_token_absent, base_ref, make_recipe, model_artifact
+from publishing import TEACHER_REPO, assert_token_absent, make_recipe, teacher_artifact
 
 from factory.errors import UserError
 from factory.hub import open_store
@@ -15,9 +15,7 @@ from factory.hub.hub_store import HubStore
 
 
 def test_publish_interrupted_before_its_tag_is_completed_by_the_rerun(store, hub_env, tmp_path, tiny_model_dir, capfd):
-    artifact = model_artifact(
-        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    artifact = teacher_artifact(tmp_path / "teacher", tiny_model_dir)
     hub_env.inject(r"^POST /api/models/[^ ]+/tag/", "error", times=100, status=503)
     with pytest.raises(UserError, match="no incomplete version was tagged"):
         store.publish(artifact)
@@ -42,9 +40,7 @@ def test_lost_commit_answer_is_tagged_not_committed_twice(hub_env, tmp_path, tin
     from huggingface_hub.errors import RepositoryNotFoundError
 
     store = HubStore(make_recipe(private=True), log=lambda _: None, backoff_s=0.01)
-    artifact = model_artifact(
-        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    artifact = teacher_artifact(tmp_path / "teacher", tiny_model_dir)
     hub_env.inject(r"^POST /api/models/[^ ]+/commit/main", "drop_after")
     ref = store.publish(artifact)
     repo = hub_env.repo(TEACHER_REPO)
@@ -56,9 +52,7 @@ def test_lost_commit_answer_is_tagged_not_committed_twice(hub_env, tmp_path, tin
 
 
 def test_transient_errors_are_retried_with_backoff(store, hub_env, tmp_path, tiny_model_dir):
-    artifact = model_artifact(
-        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    artifact = teacher_artifact(tmp_path / "teacher", tiny_model_dir)
     hub_env.inject(r"^POST /api/repos/create", "error", status=502)
     hub_env.inject(r"^GET /api/models/[^ ]+/refs", "drop", nth=1)
     hub_env.inject(r"^POST /api/models/[^ ]+/tag/", "error", status=500)

@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from publishing import TRACES_REPO, base_ref, before_after_artifact, make_recipe, model_artifact, traces_artifact
+from publishing import (
+    TRACES_REPO,
+    before_after_artifact,
+    make_recipe,
+    teacher_artifact,
+    traces_artifact,
+)
 
 from factory.hub import open_store
 from factory.hub.hub_store import HubStore
@@ -37,9 +43,7 @@ def test_traces_before_and_after_rl_deploy_the_compare_space(store, hub_env, tmp
 
     from factory import compare
 
-    teacher = model_artifact(
-        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    teacher = teacher_artifact(tmp_path / "teacher", tiny_model_dir)
     traces = before_after_artifact(
         tmp_path / "traces1", teacher, [1.0, 2.0, 3.0], [0.5, 0.5, 2.0], {"temperature": 0.7}
     )
@@ -103,9 +107,7 @@ def test_local_store_card_compares_its_own_folders(tmp_path, tiny_model_dir):
     """Offline, the card names the local version folders for `factory compare`; no Space is deployed."""
     from factory import compare
 
-    teacher = model_artifact(
-        tmp_path / "teacher", tiny_model_dir, "teacher_rl", {"learning_rate": 1e-6}, [base_ref("teacher")]
-    )
+    teacher = teacher_artifact(tmp_path / "teacher", tiny_model_dir)
     traces = before_after_artifact(tmp_path / "traces", teacher, [1.0, 2.0], [0.0, 1.0], {"temperature": 0.7})
     local = open_store(make_recipe(), tmp_path / "runs", push=False, log=lambda _: None)
     ref = local.publish(traces)
