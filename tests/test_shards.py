@@ -119,19 +119,22 @@ def shard_ids(recipe: Path, index: int, count: int) -> set[str]:
     return {row["id"] for row in load_questions(load_recipe(recipe), log=lambda m: None).owned(index, count)}
 
 
-def test_a_run_waits_for_a_shard_claimed_by_a_live_process(
-    tmp_path,
-    tiny_model_dir,
-    tiny_student_dir,
-    data_dir,
-    repo_root,
-    monkeypatch,
-):
-    recipe = write_recipe(
-        tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=8, n=2, batch_size=2, drop_unclosed=False
-    )
-    runs = tmp_path / "runs"
-    artifact = plan_for(recipe, runs).stage("generate").artifact_dir
+@pytest.fixture
+def two_candidates(tmp_path, tiny_model_dir, tiny_student_dir, data_dir):
+    """write(limit, **generate) -> (recipe, runs, artifact): a recipe whose generate stage keeps two candidates
+    a question (drop_unclosed off), its run folder, and the folder of its generate artifact."""
+
+    def write(limit: int, **generate) -> tuple[Path, Path, Path]:
+        settings = {"n": 2, "drop_unclosed": False, **generate}
+        recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=limit, **settings)
+        runs = tmp_path / "runs"
+        return recipe, runs, plan_for(recipe, runs).stage("generate").artifact_dir
+
+    return write
+
+
+def test_a_run_waits_for_a_shard_claimed_by_a_live_process(two_candidates, repo_root, monkeypatch):
+    recipe, runs, artifact = two_candidates(limit=8, batch_size=2)
     claim = artifact / "work" / "claims" / "s1of2.json"
     child = shard_process(recipe, runs, repo_root)
     wait_for(claim.is_file, "its claim", child)
@@ -164,18 +167,8 @@ def test_a_run_waits_for_a_shard_claimed_by_a_live_process(
     assert not claim.exists() and not (artifact / "work" / "claims" / "run.json").exists()
 
 
-def test_a_dead_holders_shard_is_taken_over_keeping_its_rows_and_the_merge_is_exact(
-    tmp_path,
-    tiny_model_dir,
-    tiny_student_dir,
-    data_dir,
-    repo_root,
-):
-    recipe = write_recipe(
-        tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=16, n=2, batch_size=1, drop_unclosed=False
-    )
-    runs = tmp_path / "runs"
-    artifact = plan_for(recipe, runs).stage("generate").artifact_dir
+def test_a_dead_holders_shard_is_taken_over_keeping_its_rows_and_the_merge_is_exact(two_candidates, repo_root):
+    recipe, runs, artifact = two_candidates(limit=16, batch_size=1)
     generated, scored = artifact / "work" / "generated", artifact / "work" / "scored"
     child = shard_process(recipe, runs, repo_root)
     wait_for(lambda: len(list(generated.glob("s1of2-*.parquet"))) >= 2, "two finished chunks", child)
@@ -215,16 +208,9 @@ def test_a_dead_holders_shard_is_taken_over_keeping_its_rows_and_the_merge_is_ex
     assert part_ids(generated, "s0of1-") == shard_ids(recipe, 0, 2)  # the run did the rest
 
 
-def test_a_shard_started_during_a_run_leaves_its_questions_to_the_run(
-    tmp_path,
-    tiny_model_dir,
-    tiny_student_dir,
-    data_dir,  # noqa: F811
-):
-    recipe = write_recipe(tmp_path, tiny_model_dir, tiny_student_dir, data_dir, limit=8, n=2, drop_unclosed=False)
-    runs = tmp_path / "runs"
+def test_a_shard_started_during_a_run_leaves_its_questions_to_the_run(two_candidates):
+    recipe, runs, artifact = two_candidates(limit=8)
     plan = plan_for(recipe, runs)
-    artifact = plan.stage("generate").artifact_dir
     claims, logs = generate.shard_claims(artifact), []
     put_claim(claims, "s0of2", socket.gethostname(), dead_pid(), age=1)  # a dead shard's: removed on the way
     with claims.hold("run", "factory run of gen-test"):  # a live run, this process
