@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from bad_inputs import GOOD, base_recipe, jsonl, write
+from commands import factory, python
 
-PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,13 +86,7 @@ def test_unexpected_hub_status_is_one_message_without_the_token(tmp_path, echoin
     }
     argv, expected = HUB_COMMANDS[command]
     argv = [str(files.get(arg, arg)) for arg in argv]
-    result = subprocess.run(
-        [PY, "-m", "factory.cli", *argv],
-        capture_output=True,
-        text=True,
-        env=hub_env(tmp_path, echoing_hub, token),
-        cwd=tmp_path,
-    )
+    result = factory(*argv, env=hub_env(tmp_path, echoing_hub, token), cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert "Traceback" not in output and expected in output
@@ -119,7 +111,7 @@ main()
 
 def test_a_bugs_traceback_and_logs_are_scrubbed(tmp_path):
     env = hub_env(tmp_path, "http://127.0.0.1:9", "plainTokenValue-XYZ")
-    result = subprocess.run([PY, "-c", BUG, "plainTokenValue-XYZ"], capture_output=True, text=True, env=env, cwd=ROOT)
+    result = python("-c", BUG, "plainTokenValue-XYZ", env=env, cwd=ROOT)
     assert result.returncode == 1  # a bug keeps its traceback...
     assert "Traceback" in result.stderr and "RuntimeError: request failed" in result.stderr
     assert "plainTokenValue-XYZ" not in result.stderr + result.stdout  # ...without the token

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from commands import factory
 
 from factory import compare as fc
 from factory.errors import UserError
@@ -131,12 +132,7 @@ def test_bad_sources_name_the_problem(traces, tmp_path):
         cd.load_source("./missing.parquet")
     with pytest.raises(UserError, match="two or more sources, got 1"):
         fc.load([str(traces["base"])])
-    result = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "compare", str(traces["base"]), "./nowhere.jsonl"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
-    )
+    result = factory("compare", str(traces["base"]), "./nowhere.jsonl")
     assert result.returncode == 2 and "nowhere.jsonl: no such file" in result.stderr
     assert "Traceback" not in result.stderr
 
