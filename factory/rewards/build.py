@@ -57,9 +57,11 @@ def build_reward(
     student_tokenizer: Any = None,
     teacher_system: str | None = None,
     student_format: Any = None,
+    lockstep: Any = None,
 ) -> Reward:
     """The reward `settings` describe, on models already loaded. `tokenizer` is the teacher's (the
-    explanation ids'); `student_tokenizer` (default: the same) renders the student format."""
+    explanation ids'); `student_tokenizer` (default: the same) renders the student format; `lockstep` (the
+    most of a count over the ranks) makes every rank call sharded models as often (RLTReward)."""
     from factory.rewards.correct_generation import CorrectGenerationReward
     from factory.rewards.rlt import RLTReward
 
@@ -74,6 +76,7 @@ def build_reward(
                 teacher_system,
                 student_format,
                 student_tokenizer=student_tokenizer,
+                lockstep=lockstep,
             )
         else:
             term = CorrectGenerationReward(

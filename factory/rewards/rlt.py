@@ -31,13 +31,17 @@ to the scored positions only, `chunk_size` rows at a time, so logits memory is b
 x vocab, and the log-softmax is taken in fp32 whatever the model dtype. This assumes the model's logits are its output embedding applied to the decoder's last hidden
 state (true of Qwen2, Llama, SmolLM2); models whose config rescales or soft-caps logits are refused
 rather than scored wrongly.
+
+Sharded training (ZeRO-3, FSDP2; `lockstep`, the largest of a count over the ranks): every forward of a
+sharded module gathers its weights from all ranks, so each rank runs as many batches, decoder calls and head
+calls, in the same order, as the busiest one; the extra ones are idle one-token calls whose output is dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +65,11 @@ NOTES = {
     "reward": "the RLT reward, r_SS − λ·r_KL + penalty (higher is better)",
 }
 COMPONENTS = tuple(NOTES)
+
+
+def _alone(count: int) -> int:
+    """One process scores alone: it makes the calls it needs, no more."""
+    return count
 
 
 @dataclass
@@ -97,6 +106,7 @@ class RLTReward:
         student_format: StudentFormat | None = None,
         *,
         student_tokenizer: Any = None,
+        lockstep: Callable[[int], int] | None = None,
     ):
         for model in (teacher_model, student_model):
             _check_plain_head(model)
@@ -108,6 +118,7 @@ class RLTReward:
         self.work = ForwardWork()
         self.teacher_system = teacher_system
         self.student_format = student_format or StudentFormat()
+        self.agree = lockstep or _alone
 
     def sequences(self, item: RewardItem | tuple) -> ScoringSequences:
         """The exact token sequences and spans an item is scored on (also what `--dump-tokens` writes)."""
@@ -132,10 +143,14 @@ class RLTReward:
         items = [RewardItem(*item) for item in items]
         built = [self.sequences(item) for item in items]
         results: list[dict[str, Any]] = [{} for _ in items]
-        for batch in _batches(_grouped_order(built), built, self.settings.batch_size, self.settings.max_padding):
+        batches = _batches(_grouped_order(built), built, self.settings.batch_size, self.settings.max_padding)
+        idle = self.agree(len(batches)) - len(batches)  # lockstep: as many batches as the busiest rank
+        for batch in batches:
             scored = self._score_batch([built[i] for i in batch], [items[i].closed for i in batch])
             for index, result in zip(batch, scored):
                 results[index] = result
+        for _ in range(idle):
+            self._score_batch([self.sequences(RewardItem("", "", [0]))], [True])
         return results
 
     def _score_batch(self, built: list[ScoringSequences], closed: list[bool]) -> list[dict[str, Any]]:
@@ -145,19 +160,21 @@ class RLTReward:
             [b.teacher.input_ids for b in built],
             [[b.teacher.explanation_span for b in built]],
             self.work,
+            self.agree,
         )
         student_rows, student_targets = _hidden_rows(
             self.student_model,
             [b.student.input_ids for b in built],
             [[b.student.explanation_span for b in built], [b.student.solution_span for b in built]],
             self.work,
+            self.agree,
         )
         self.work.head_positions += teacher_rows.shape[0] + student_rows.shape[0]
         explanation_total = teacher_rows.shape[0]  # student rows: all explanations first, then all solutions
         teacher_head, student_head = _output_head(self.teacher_model), _output_head(self.student_model)
         with torch.no_grad():
             student_lp = _target_logprobs(
-                student_head, student_rows, student_targets, s.student_temperature, s.chunk_size
+                student_head, student_rows, student_targets, s.student_temperature, s.chunk_size, self.agree
             )
             if s.kl_estimator == "full":
                 kl = _full_kl(
@@ -168,10 +185,11 @@ class RLTReward:
                     student_rows[:explanation_total],
                     s.student_temperature,
                     s.chunk_size,
+                    self.agree,
                 )
             else:
                 teacher_lp = _target_logprobs(
-                    teacher_head, teacher_rows, teacher_targets, s.teacher_temperature, s.chunk_size
+                    teacher_head, teacher_rows, teacher_targets, s.teacher_temperature, s.chunk_size, self.agree
                 )
                 log_ratio = teacher_lp - student_lp[:explanation_total].to(teacher_lp.device)
                 kl = log_ratio if s.kl_estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
@@ -291,7 +309,11 @@ def _shared_prefix_length(sequences: list[list[int]], span_groups: list[list[tup
 
 
 def _hidden_rows(
-    model: Any, sequences: list[list[int]], span_groups: list[list[tuple[int, int]]], work: ForwardWork
+    model: Any,
+    sequences: list[list[int]],
+    span_groups: list[list[tuple[int, int]]],
+    work: ForwardWork,
+    agree: Callable[[int], int] = _alone,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states that predict the tokens of each span, and those tokens.
 
@@ -300,7 +322,7 @@ def _hidden_rows(
     the rest of it once more at batch 1 on a copy of that cache, then their rows together on theirs;
     the other sequences run their rows together on the first cache. Rows are right-padded within each
     forward. Rows come out span group by span group, item by item within a group (so two groups' rows
-    are not interleaved).
+    are not interleaved). Then one-token forwards up to `agree`'s count of decoder calls (lockstep).
     """
     shared = _shared_prefix_length(sequences, span_groups)
     batch = torch.zeros(len(sequences), max(len(ids) for ids in sequences), dtype=torch.long)
@@ -315,6 +337,7 @@ def _hidden_rows(
             cache = decoder(input_ids=batch[:1, :shared].to(device), use_cache=True).past_key_values
             work.decoder_positions += shared
         units = _prefix_groups(sequences, span_groups, shared)
+        calls = int(shared > 0) + sum(1 + (prefix > shared) for _, prefix in units)
         for rows, prefix in units:
             unit_cache = copy.deepcopy(cache) if cache is not None and len(units) > 1 else cache
             if prefix > shared:
@@ -332,6 +355,8 @@ def _hidden_rows(
             ).last_hidden_state
             work.decoder_positions += len(rows) * (width - prefix)
             hidden.update((row, (states[index], prefix)) for index, row in enumerate(rows))
+        for _ in range(agree(calls) - calls):
+            decoder(input_ids=batch[:1, :1].to(device))
         parts, targets = [], []
         for spans in span_groups:
             for row, (start, end) in enumerate(spans):
@@ -365,13 +390,20 @@ def _chunk_logprobs(head: Any, rows: torch.Tensor, temperature: float) -> torch.
 
 
 def _target_logprobs(
-    head: Any, rows: torch.Tensor, targets: torch.Tensor, temperature: float, chunk: int
+    head: Any,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    agree: Callable[[int], int] = _alone,
 ) -> torch.Tensor:
-    """fp32 log-probs of `targets`, `chunk` rows of logits at a time."""
+    """fp32 log-probs of `targets`, `chunk` rows of logits at a time (then idle calls up to `agree`'s count)."""
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
-    for start in range(0, rows.shape[0], chunk):
+    starts = range(0, rows.shape[0], chunk)
+    for start in starts:
         logprobs = _chunk_logprobs(head, rows[start : start + chunk], temperature)
         out[start : start + chunk] = logprobs.gather(1, targets[start : start + chunk, None]).squeeze(1)
+    _idle_head_calls(agree(len(starts)) - len(starts), rows, head)
     return out
 
 
@@ -383,16 +415,28 @@ def _full_kl(
     student_rows: torch.Tensor,
     student_temperature: float,
     chunk: int,
+    agree: Callable[[int], int] = _alone,
 ) -> torch.Tensor:
     """Exact KL(teacher || student) per position over the vocabulary, `chunk` positions at a time.
 
     Output heads padded to different widths are compared on their common columns.
     """
     out = torch.empty(teacher_rows.shape[0], dtype=torch.float32, device=teacher_rows.device)
-    for start in range(0, teacher_rows.shape[0], chunk):
+    starts = range(0, teacher_rows.shape[0], chunk)
+    for _ in range(agree(len(starts)) - len(starts)):
+        _idle_head_calls(1, teacher_rows, teacher_head)
+        _idle_head_calls(1, student_rows, student_head)
+    for start in starts:
         teacher = _chunk_logprobs(teacher_head, teacher_rows[start : start + chunk], teacher_temperature)
         student = _chunk_logprobs(student_head, student_rows[start : start + chunk], student_temperature)
         width = min(teacher.shape[1], student.shape[1])
         teacher, student = teacher[:, :width], student[:, :width].to(teacher.device)
         out[start : start + chunk] = (teacher.exp() * (teacher - student)).sum(dim=1)
     return out
+
+
+def _idle_head_calls(count: int, rows: torch.Tensor, head: Any) -> None:
+    """`count` head calls on one row, whose logits are dropped: a sharded head gathers its weights on every
+    call, so each rank must make as many (lockstep, the teacher RL worker under ZeRO-3)."""
+    for _ in range(count):
+        head(rows.new_zeros(1, rows.shape[1]))

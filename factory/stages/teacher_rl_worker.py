@@ -186,6 +186,7 @@ class RewardFunction:
             student_tokenizer=self.student_tokenizer,
             teacher_system=self.recipe.formats.teacher_system,
             student_format=self.student_format,
+            lockstep=most_over_ranks if sharded(trainer.accelerator) else None,
         )
 
     def __call__(
@@ -227,9 +228,25 @@ class RewardFunction:
         return sum(values) / len(values)
 
 
+def sharded(accelerator: Any) -> bool:
+    """ZeRO-3 or FSDP2: each forward of a sharded module gathers its weights from every rank, so the reward
+    must call the models as many times, in the same order, on every rank (RLTReward's lockstep)."""
+    backend = DistributedBackend(accelerator)
+    return backend.is_zero3 or backend.is_fsdp
+
+
+def most_over_ranks(count: int) -> int:
+    """The largest `count` any rank holds (an all-reduce): how many calls each rank makes in lockstep."""
+    import torch.distributed as dist
+
+    value = torch.tensor([count], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
 def place_reward_student(spec: Any, accelerator: Any) -> Any:
-    """The reward student, forward-only: sharded like the policy under ZeRO-3 (every rank scores the same
-    number of batches, as the gathers need), otherwise a full copy on this rank's device."""
+    """The reward student, forward-only: sharded like the policy under ZeRO-3 (the reward calls it in lockstep,
+    as the gathers need), otherwise a full copy on this rank's device."""
     if DistributedBackend(accelerator).is_zero3:
         from trl.models.utils import prepare_deepspeed
 
