@@ -137,15 +137,14 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _reward_length(self) -> Recipe:
-        """The reward scores whole sequences (RLT.md, "Lengths"): its cap defaults to the longest teacher
-        sequence the RL and generate settings allow, and a smaller explicit cap is refused."""
+        """The reward scores whole sequences (RLT.md, "Lengths"): unset, its cap is none, as in the reference
+        (a cap from the RL and generate settings would still cut the student's sequence, longer than the
+        teacher's by its system prompt, which no setting bounds); an explicit cap below the longest teacher
+        sequence those settings allow is refused."""
         rl, generate = self.stages.teacher_rl, self.stages.generate
         explanations = [rl.max_completion_length] if rl.enabled else []
         explanations += [generate.max_new_tokens] if generate.enabled else []
-        if self.reward.max_length is None:
-            self.reward.max_length = rl.max_prompt_length + max(explanations or [rl.max_completion_length])
-            return self
-        if not explanations:  # neither stage that scores explanations runs
+        if self.reward.max_length is None or not explanations:  # whole sequences, or no stage scores any
             return self
         # without teacher RL no setting bounds a prompt, so only the explanation's length is certain
         needed = (rl.max_prompt_length if rl.enabled else 0) + max(explanations)
@@ -158,8 +157,7 @@ class Recipe(Section):
             raise _combination_error(
                 "reward.max_length",
                 f"{self.reward.max_length} would cut explanations before they are scored: the longest teacher sequence "
-                f"is at least {what} = {needed} tokens; remove the key (it then defaults to "
-                f"{rl.max_prompt_length + max(explanations)}) or raise it",
+                f"is at least {what} = {needed} tokens; remove the key (whole sequences are then scored) or raise it",
             )
         return self
 

@@ -185,8 +185,9 @@ class Reward(Section):
     max_length: int | None = Field(
         default=None,
         ge=16,
-        description="longest scored sequence, tokens; unset: stages.teacher_rl.max_prompt_length + the longest "
-        "explanation (teacher_rl.max_completion_length, generate.max_new_tokens), so nothing is cut; a smaller value is refused",
+        description="longest scored sequence, tokens; unset: whole sequences are scored, as in the reference; a "
+        "value below stages.teacher_rl.max_prompt_length + the longest explanation (teacher_rl.max_completion_length, "
+        "generate.max_new_tokens) is refused",
     )
     batch_size: int = neutral_field(default=8, ge=1, description="most items per forward")
     max_padding: float = neutral_field(

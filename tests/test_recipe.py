@@ -82,6 +82,16 @@ def test_a_license_the_hub_refuses_is_caught_with_its_line(tmp_path):
     assert load_recipe(write(tmp_path, MINIMAL + "hub: {license: cc-by-nc-4.0}\n")).hub.license == "cc-by-nc-4.0"
 
 
+def test_the_reward_scores_whole_sequences_unless_capped(repo_root):
+    """As the reference: unset, no cap (the student's sequence is longer than the teacher's by its system
+    prompt, so a cap from the RL lengths would cut it); a cap below the longest teacher sequence is refused."""
+    aime = repo_root / "recipes" / "aime.yaml"
+    assert load_recipe(aime).reward.max_length is None
+    message = error_of(aime, ["reward.max_length=32767"])
+    assert "reward.max_length" in message and "= 32768 tokens" in message and "whole sequences" in message
+    assert load_recipe(aime, ["reward.max_length=40000"]).reward.max_length == 40000
+
+
 def test_impossible_combination_names_key(tmp_path):
     path = write(
         tmp_path,
