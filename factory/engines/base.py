@@ -52,15 +52,16 @@ class Sampling:
         return self.temperature == 0
 
     @classmethod
-    def of(cls, settings: Any, n: int, stop: str) -> Sampling:
-        """The sampling a recipe section states (temperature, top_p, max_new_tokens, seed), `n` outputs, ending at `stop`."""
+    def of(cls, settings: Any, n: int, stop: str | None = None) -> Sampling:
+        """The sampling a recipe section states (temperature, top_p, max_new_tokens, seed), `n` outputs, ending
+        at `stop` (besides the end of turn) when given."""
         return cls(
             n=n,
             temperature=settings.temperature,
             top_p=settings.top_p,
             max_new_tokens=settings.max_new_tokens,
             seed=settings.seed,
-            stop=(stop,),
+            stop=(stop,) if stop else (),
         )
 
 

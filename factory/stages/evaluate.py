@@ -3,7 +3,7 @@
 Each model answers every question of every `data.eval` set in the student format (the student's
 system prompt, then the question in its set's template: SkyThought's by default, with GPQA's options
 shown in a fixed shuffled order, factory.data.eval_prompts; generation continues the assistant turn:
-thought, then solution), greedy by default, stopping at the closing solution tag or end of turn. The
+thought, then solution), greedy by default, until the end of turn, as SkyThought decodes (no stop string). The
 answer is the last `\\boxed{}` of the completion, checked with math_verify for math sets and by exact
 letter for multiple choice (factory.data.answers). A question's score is the mean over its `n`
 samples; a set's score is the percentage over its questions; "overall" is the plain mean over sets
@@ -182,7 +182,6 @@ def evaluate_model(
 
     from factory.data.answers import check_answer
     from factory.engines import Sampling, open_engine, prompt_seed
-    from factory.formats import SOLUTION_CLOSE
 
     settings = recipe.stages.evaluate
     kinds = {s.name: s.kind for s in recipe.data.eval}
@@ -192,7 +191,7 @@ def evaluate_model(
     engine_info: dict[str, Any] = {}
     info_file = folder / "engine.json"
     if pending:
-        sampling = Sampling.of(settings, settings.n, SOLUTION_CLOSE)
+        sampling = Sampling.of(settings, settings.n)
         engine = open_engine(
             settings.engine,
             source,
@@ -243,7 +242,6 @@ def protocol(recipe: Recipe) -> dict[str, Any]:
     """How the scores were obtained, as a reader needs it to compare them with others' (RLT.md, "Evaluation")."""
     from factory.data.answers import grader
     from factory.data.eval_prompts import describe
-    from factory.formats import SOLUTION_CLOSE
 
     settings = recipe.stages.evaluate
     return {
@@ -253,7 +251,7 @@ def protocol(recipe: Recipe) -> dict[str, Any]:
         "n": settings.n,
         "max_new_tokens": settings.max_new_tokens,
         "seed": settings.seed,
-        "stop": ["end of turn (eos)", SOLUTION_CLOSE],
+        "stop": ["end of turn (eos)"],
         "sets": {s.name: {"kind": s.kind, **describe(s), "grader": grader(s.kind)} for s in recipe.data.eval},
     }
 
@@ -303,7 +301,7 @@ class EvaluateStage(Stage):
     produces = Role.REPORT
     # the student format: the system prompt of the questions
     sections = ("stages.evaluate", "data.eval", *STUDENT_FORMAT, "models.distill_base.dtype")
-    version = 3  # 3: prompts in SkyThought's templates, GPQA options from columns, protocol recorded
+    version = 4  # 3: SkyThought's templates, GPQA options from columns, protocol; 4: no stop at the solution tag
 
     def check(self, recipe: Recipe) -> list[Problem]:
         """The eval sets, the engine (the distilled baselines' stages check what they train with)."""
