@@ -57,9 +57,18 @@ def png() -> bytes:
     )
 
 
-def finish(folder: Path, kind: str, stage: str, role: str, config: dict, inputs: list[InputRef], metrics: dict) -> Path:
+def finish(
+    folder: Path,
+    kind: str,
+    stage: str,
+    role: str,
+    config: dict,
+    inputs: list[InputRef],
+    metrics: dict,
+    columns: dict | None = None,
+) -> Path:
     fingerprint = hashlib.sha256(json.dumps([stage, config, [i.fingerprint for i in inputs]]).encode()).hexdigest()
-    meta = ArtifactMeta(kind, stage, role, fingerprint, "tiny", config, inputs, metrics)
+    meta = ArtifactMeta(kind, stage, role, fingerprint, "tiny", config, inputs, metrics, columns=columns or {})
     mark_complete(folder, meta)
     return folder
 
@@ -117,7 +126,16 @@ def traces_artifact(folder: Path, questions: list[str], config: dict, teacher: P
         config,
         [upstream(teacher, "teacher"), base_ref("reward_student")],
         metrics,
+        reward_notes(),
     )
+
+
+def reward_notes() -> dict[str, str]:
+    """What the default reward's components measure, as generate records them (the artifact's `columns`)."""
+    from factory.recipe import Reward
+    from factory.rewards.build import notes_of
+
+    return notes_of(Reward())
 
 
 def distill_inputs(traces: Path) -> list[InputRef]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from publishing import finish, model_artifact, upstream
+from publishing import finish, model_artifact, reward_notes, upstream
 from test_compare import _free_port, base_reward, explanation, serving, trace_rows
 
 from factory.artifacts import InputRef
@@ -58,9 +58,8 @@ def traces_with_components(folder: Path, teacher: Path) -> Path:
         },
     }
     metrics = {**figures("rlt"), "before_rl": figures("base")}
-    return finish(
-        folder, "dataset", "generate", "traces", {"temperature": 0.7}, [upstream(teacher, "teacher"), initial], metrics
-    )
+    inputs = [upstream(teacher, "teacher"), initial]
+    return finish(folder, "dataset", "generate", "traces", {"temperature": 0.7}, inputs, metrics, reward_notes())
 
 
 def isolated_env(folder: Path) -> dict[str, str]:

@@ -22,6 +22,7 @@ from publishing import (
     make_recipe,
     model_artifact,
     report_artifact,
+    reward_notes,
     student_artifact,
     teacher_artifact,
     traces_artifact,
@@ -190,6 +191,8 @@ def test_cards_load_with_hub_classes_and_carry_lineage(store, hub_env, tmp_path,
     assert f'load_dataset("{TRACES_REPO}", "candidates", revision="v1")' in dcard.text
     assert f"Teacher: [{TEACHER_REPO}@v2]({hub_env.endpoint}/{TEACHER_REPO}/tree/v2)" in dcard.text
     assert "| reward_mean | 1 |" in dcard.text and "| temperature | 0.7 |" in dcard.text
+    assert f"| default | reward | float64 | {reward_notes()['reward']} |" in dcard.text  # the reward says what it is
+    assert "| default | question | string |  |" in dcard.text
     validations = [r for r in hub_env.requests if r[1] == "/api/validate-yaml"]
     assert len(validations) == 5 and {r[2] for r in validations} == {200}
 
