@@ -149,16 +149,13 @@ class Recipe(Section):
         # without teacher RL no setting bounds a prompt, so only the explanation's length is certain
         needed = (rl.max_prompt_length if rl.enabled else 0) + max(explanations)
         if self.reward.max_length < needed:
-            what = (
-                "stages.teacher_rl.max_prompt_length + the longest explanation"
-                if rl.enabled
-                else "the longest explanation"
-            )
-            raise _combination_error(
-                "reward.max_length",
+            prompt = "stages.teacher_rl.max_prompt_length + " if rl.enabled else ""
+            message = (
                 f"{self.reward.max_length} would cut explanations before they are scored: the longest teacher sequence "
-                f"is at least {what} = {needed} tokens; remove the key (whole sequences are then scored) or raise it",
+                f"is at least {prompt}the longest explanation = {needed} tokens; remove the key (whole sequences are "
+                "then scored) or raise it"
             )
+            raise _combination_error("reward.max_length", message)
         return self
 
     @model_validator(mode="after")
