@@ -197,6 +197,20 @@ def test_packing_changes_no_supervised_token(tmp_path, tiny_student_dir):
     assert from_packed == from_padded  # the same supervised tokens, not just as many
 
 
+def test_token_counts_follow_a_filtered_view_across_batches(monkeypatch):
+    """TRL's filter leaves a view over the whole table: only the view's rows count, batch after batch."""
+    from datasets import Dataset
+
+    labels = [[-100] * (i % 3) + list(range(i % 5 + 1)) for i in range(25)]
+    dataset = Dataset.from_dict({"labels": labels}).filter(lambda row: len(row["labels"]) % 2 == 0)
+    kept = [row for row in labels if len(row) % 2 == 0]
+    monkeypatch.setattr(distill_worker, "COUNT_BATCH_ROWS", 4)
+    assert distill_worker.token_counts(dataset) == {
+        "tokens": sum(map(len, kept)),
+        "supervised_tokens": sum(label != -100 for row in kept for label in row),
+    }
+
+
 def test_packed_loss_equals_per_sequence_losses(tmp_path, tiny_student_dir):
     """Packed sequences must not attend to each other: one packed forward gives the same token losses
     as each sequence on its own (this is what makes BFD packing safe on CPU/SDPA, not only FlashAttention)."""

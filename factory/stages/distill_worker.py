@@ -63,22 +63,19 @@ def build_trainer(job: WorkerJob):
     )
 
 
-def token_counts(dataset) -> dict[str, int]:
-    """Tokens and supervised tokens (labels != IGNORE) of a prepared dataset, counted in Arrow chunk by chunk
-    (no copy of the column: a rank's memory holds one chunk's comparison, beside the mapped pages it reads).
+COUNT_BATCH_ROWS = 1024  # rows of labels counted at a time
 
-    A filtered dataset (TRL drops the rows its cut leaves without a label) is a view of a table that still
-    holds the dropped rows: only the view's rows count.
-    """
+
+def token_counts(dataset) -> dict[str, int]:
+    """Tokens and supervised tokens (labels != IGNORE) of a prepared dataset, counted in Arrow batch by batch
+    (a rank's memory holds one batch's labels, beside the mapped pages it reads). Batches follow the dataset's
+    rows, so a filtered one (TRL drops the rows its cut leaves without a label) counts only its own."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    labels = dataset.data.column("labels")
-    if dataset._indices is not None:
-        labels = labels.take(dataset._indices.column(0))
     tokens = supervised = 0
-    for chunk in labels.chunks:
-        values = chunk.flatten()
+    for batch in dataset.select_columns(["labels"]).with_format("arrow").iter(batch_size=COUNT_BATCH_ROWS):
+        values = batch.column("labels").combine_chunks().flatten()
         tokens += len(values)
         supervised += pc.sum(pc.not_equal(values, pa.scalar(IGNORE, values.type))).as_py() or 0
     return {"tokens": tokens, "supervised_tokens": supervised}
