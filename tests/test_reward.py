@@ -121,7 +121,8 @@ def test_one_forward_per_model_per_batch_after_the_shared_prefix_and_bounded_log
 
 def test_batches_close_early_rather_than_pad_past_max_padding():
     from factory.formats import StudentSequence, TeacherSequence
-    from factory.rewards.rlt import ScoringSequences, _batches
+    from factory.rewards.batching import batches_of
+    from factory.rewards.sequences import ScoringSequences
 
     def item(length: int) -> ScoringSequences:
         return ScoringSequences(
@@ -130,10 +131,10 @@ def test_batches_close_early_rather_than_pad_past_max_padding():
 
     built = [item(n) for n in (10, 10, 11, 12, 40, 41, 42, 43, 44)]
     order = list(range(len(built)))
-    assert _batches(order, built, size=4, max_padding=1.0) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    assert batches_of(order, built, size=4, max_padding=1.0) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
     # 10..12 then 40: a batch of [10, 10, 11, 12, 40] would be mostly padding, so 40 starts a new one
-    assert _batches(order, built, size=8, max_padding=0.25) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
-    assert _batches(order, built, size=8, max_padding=0.01) == [[0, 1], [2], [3], [4], [5], [6], [7], [8]]
+    assert batches_of(order, built, size=8, max_padding=0.25) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert batches_of(order, built, size=8, max_padding=0.01) == [[0, 1], [2], [3], [4], [5], [6], [7], [8]]
 
 
 def test_a_question_group_runs_its_prompt_once(reward_models):

@@ -61,7 +61,7 @@ def build_reward(
 ) -> Reward:
     """The reward `settings` describe, on models already loaded. `tokenizer` is the teacher's (the
     explanation ids'); `student_tokenizer` (default: the same) renders the student format; `lockstep` (the
-    most of a count over the ranks) makes every rank call sharded models as often (RLTReward)."""
+    largest of each count over the ranks) makes every rank call sharded models as often (RLTReward)."""
     from factory.rewards.correct_generation import CorrectGenerationReward
     from factory.rewards.rlt import RLTReward
 

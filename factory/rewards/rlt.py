@@ -32,9 +32,12 @@ x vocab, and the log-softmax is taken in fp32 whatever the model dtype. This ass
 state (true of Qwen2, Llama, SmolLM2); models whose config rescales or soft-caps logits are refused
 rather than scored wrongly.
 
-Sharded training (ZeRO-3, FSDP2; `lockstep`, the largest of a count over the ranks): every forward of a
-sharded module gathers its weights from all ranks, so each rank runs as many batches, decoder calls and head
-calls, in the same order, as the busiest one; the extra ones are idle one-token calls whose output is dropped.
+Sharded training (ZeRO-3, FSDP2; `lockstep`, the largest of each count over the ranks, an all-reduce): every
+forward of a sharded module gathers its weights from all ranks, so each rank must run as many batches, decoder
+calls and head calls, in the same order, as the busiest one. The counts are agreed before the calls they count
+(the agreement is itself a collective): the batch count before the first batch, then per batch one vector
+(`call_counts`: decoder calls of each model, head chunks) from the spans alone; the extra calls are idle
+one-token calls whose output is dropped.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from factory.errors import UserError
 from factory.formats import StudentFormat, build_student_sequence, build_teacher_sequence
 from factory.recipe import Reward
 from factory.rewards.base import RewardItem
+from factory.rewards.batching import batches_of, call_counts, decoder_calls, forward_plan, grouped_order
 from factory.rewards.sequences import ScoringSequences, fit_to_length
 
 RewardSettings = Reward  # the recipe's `reward` section is the settings object
@@ -67,9 +71,9 @@ NOTES = {
 COMPONENTS = tuple(NOTES)
 
 
-def _alone(count: int) -> int:
+def _counts_alone(counts: list[int]) -> list[int]:
     """One process scores alone: it makes the calls it needs, no more."""
-    return count
+    return counts
 
 
 @dataclass
@@ -106,7 +110,7 @@ class RLTReward:
         student_format: StudentFormat | None = None,
         *,
         student_tokenizer: Any = None,
-        lockstep: Callable[[int], int] | None = None,
+        lockstep: Callable[[list[int]], list[int]] | None = None,
     ):
         for model in (teacher_model, student_model):
             _check_plain_head(model)
@@ -118,7 +122,7 @@ class RLTReward:
         self.work = ForwardWork()
         self.teacher_system = teacher_system
         self.student_format = student_format or StudentFormat()
-        self.agree = lockstep or _alone
+        self.lockstep = lockstep or _counts_alone
 
     def sequences(self, item: RewardItem | tuple) -> ScoringSequences:
         """The exact token sequences and spans an item is scored on (also what `--dump-tokens` writes)."""
@@ -143,8 +147,8 @@ class RLTReward:
         items = [RewardItem(*item) for item in items]
         built = [self.sequences(item) for item in items]
         results: list[dict[str, Any]] = [{} for _ in items]
-        batches = _batches(_grouped_order(built), built, self.settings.batch_size, self.settings.max_padding)
-        idle = self.agree(len(batches)) - len(batches)  # lockstep: as many batches as the busiest rank
+        batches = batches_of(grouped_order(built), built, self.settings.batch_size, self.settings.max_padding)
+        idle = self.lockstep([len(batches)])[0] - len(batches)  # as many batches as the busiest rank
         for batch in batches:
             scored = self._score_batch([built[i] for i in batch], [items[i].closed for i in batch])
             for index, result in zip(batch, scored):
@@ -155,26 +159,21 @@ class RLTReward:
 
     def _score_batch(self, built: list[ScoringSequences], closed: list[bool]) -> list[dict[str, Any]]:
         s = self.settings
-        teacher_rows, teacher_targets = _hidden_rows(
-            self.teacher_model,
-            [b.teacher.input_ids for b in built],
-            [[b.teacher.explanation_span for b in built]],
-            self.work,
-            self.agree,
-        )
-        student_rows, student_targets = _hidden_rows(
-            self.student_model,
+        teacher = ([b.teacher.input_ids for b in built], [[b.teacher.explanation_span for b in built]])
+        student = (
             [b.student.input_ids for b in built],
             [[b.student.explanation_span for b in built], [b.student.solution_span for b in built]],
-            self.work,
-            self.agree,
         )
+        plans = [forward_plan(*teacher), forward_plan(*student)]
+        calls = self.lockstep(call_counts(plans, [teacher[1], student[1]], s.chunk_size))
+        teacher_rows, teacher_targets = _hidden_rows(self.teacher_model, *teacher, plans[0], self.work, calls[0])
+        student_rows, student_targets = _hidden_rows(self.student_model, *student, plans[1], self.work, calls[1])
         self.work.head_positions += teacher_rows.shape[0] + student_rows.shape[0]
         explanation_total = teacher_rows.shape[0]  # student rows: all explanations first, then all solutions
         teacher_head, student_head = _output_head(self.teacher_model), _output_head(self.student_model)
         with torch.no_grad():
             student_lp = _target_logprobs(
-                student_head, student_rows, student_targets, s.student_temperature, s.chunk_size, self.agree
+                student_head, student_rows, student_targets, s.student_temperature, s.chunk_size, calls[2]
             )
             if s.kl_estimator == "full":
                 kl = _full_kl(
@@ -185,11 +184,11 @@ class RLTReward:
                     student_rows[:explanation_total],
                     s.student_temperature,
                     s.chunk_size,
-                    self.agree,
+                    calls[3],
                 )
             else:
                 teacher_lp = _target_logprobs(
-                    teacher_head, teacher_rows, teacher_targets, s.teacher_temperature, s.chunk_size, self.agree
+                    teacher_head, teacher_rows, teacher_targets, s.teacher_temperature, s.chunk_size, calls[3]
                 )
                 log_ratio = teacher_lp - student_lp[:explanation_total].to(teacher_lp.device)
                 kl = log_ratio if s.kl_estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
@@ -259,72 +258,24 @@ def _output_head(model: Any) -> Any:
     return model.get_output_embeddings()
 
 
-def _grouped_order(built: list[ScoringSequences]) -> list[int]:
-    """Item indices with equal teacher prompts together: larger groups first (a group that fills
-    whole batches shares its full prompt in each), then by mean length; items by length."""
-
-    def length(i: int) -> int:
-        return len(built[i].teacher.input_ids) + len(built[i].student.input_ids)
-
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, b in enumerate(built):
-        groups.setdefault(tuple(b.teacher.input_ids[: b.teacher.explanation_span[0]]), []).append(index)
-    ordered = sorted(groups.values(), key=lambda members: (-len(members), sum(map(length, members)) / len(members)))
-    return [index for members in ordered for index in sorted(members, key=length)]
-
-
-def _batches(order: list[int], built: list[ScoringSequences], size: int, max_padding: float) -> list[list[int]]:
-    """Consecutive runs of `order` of at most `size` items, each closed early rather than let padding
-    pass `max_padding` of its positions (right padding runs through the decoder like real tokens)."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        candidate = [*current, index]
-        if current and (len(candidate) > size or _padding_share([built[i] for i in candidate]) > max_padding):
-            batches.append(current)
-            candidate = [index]
-        current = candidate
-    return [*batches, current] if current else batches
-
-
-def _padding_share(batch: list[ScoringSequences]) -> float:
-    teacher, student = [len(b.teacher.input_ids) for b in batch], [len(b.student.input_ids) for b in batch]
-    return 1 - (sum(teacher) + sum(student)) / (len(batch) * (max(teacher) + max(student)))
-
-
-MIN_SHARED_PREFIX = 8  # tokens; a shorter common prefix is not worth a separate forward
-
-
-def _shared_prefix_length(sequences: list[list[int]], span_groups: list[list[tuple[int, int]]]) -> int:
-    """Tokens every sequence starts with, short of the first scored position's predecessor (whose
-    hidden state is needed) and of each sequence's last token (each row keeps one to run)."""
-    limit = min(len(ids) for ids in sequences) - 1
-    for spans in span_groups:
-        limit = min([limit, *(start - 1 for start, end in spans if end > start)])
-    first = sequences[0]
-    length = 0
-    while length < limit and all(ids[length] == first[length] for ids in sequences):
-        length += 1
-    return length if length >= MIN_SHARED_PREFIX and len(sequences) > 1 else 0
-
-
 def _hidden_rows(
     model: Any,
     sequences: list[list[int]],
     span_groups: list[list[tuple[int, int]]],
+    plan: tuple[int, list],
     work: ForwardWork,
-    agree: Callable[[int], int] = _alone,
+    calls: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states that predict the tokens of each span, and those tokens.
 
-    The prefix all sequences share runs once at batch 1 (`_shared_prefix_length`); the sequences that
-    share a longer one up to their first scored position (`_prefix_groups`: one question's items) run
+    The prefix all sequences share runs once at batch 1 (`shared_prefix_length`); the sequences that
+    share a longer one up to their first scored position (`prefix_groups`: one question's items) run
     the rest of it once more at batch 1 on a copy of that cache, then their rows together on theirs;
-    the other sequences run their rows together on the first cache. Rows are right-padded within each
-    forward. Rows come out span group by span group, item by item within a group (so two groups' rows
-    are not interleaved). Then one-token forwards up to `agree`'s count of decoder calls (lockstep).
+    the other sequences run their rows together on the first cache (`plan`, `forward_plan`). Rows are
+    right-padded within each forward. Rows come out span group by span group, item by item within a group
+    (so two groups' rows are not interleaved). Then one-token forwards up to `calls` decoder calls (lockstep).
     """
-    shared = _shared_prefix_length(sequences, span_groups)
+    shared, units = plan
     batch = torch.zeros(len(sequences), max(len(ids) for ids in sequences), dtype=torch.long)
     for row, ids in enumerate(sequences):
         batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -336,8 +287,6 @@ def _hidden_rows(
         if shared:
             cache = decoder(input_ids=batch[:1, :shared].to(device), use_cache=True).past_key_values
             work.decoder_positions += shared
-        units = _prefix_groups(sequences, span_groups, shared)
-        calls = int(shared > 0) + sum(1 + (prefix > shared) for _, prefix in units)
         for rows, prefix in units:
             unit_cache = copy.deepcopy(cache) if cache is not None and len(units) > 1 else cache
             if prefix > shared:
@@ -355,7 +304,7 @@ def _hidden_rows(
             ).last_hidden_state
             work.decoder_positions += len(rows) * (width - prefix)
             hidden.update((row, (states[index], prefix)) for index, row in enumerate(rows))
-        for _ in range(agree(calls) - calls):
+        for _ in range(calls - decoder_calls(plan)):
             decoder(input_ids=batch[:1, :1].to(device))
         parts, targets = [], []
         for spans in span_groups:
@@ -364,25 +313,6 @@ def _hidden_rows(
                 parts.append(states[start - 1 - first : end - 1 - first])
                 targets.append(batch[row, start:end])
     return torch.cat(parts), torch.cat(targets).to(device)
-
-
-def _prefix_groups(
-    sequences: list[list[int]], span_groups: list[list[tuple[int, int]]], shared: int
-) -> list[tuple[list[int], int]]:
-    """(rows, prefix length) of each forward after the batch's shared prefix: rows whose sequences are
-    equal up to their first scored position's predecessor, when that is at least MIN_SHARED_PREFIX
-    tokens past `shared`, with that length; then every other row, with `shared`."""
-    by_prefix: dict[tuple[int, ...], list[int]] = {}
-    for row, ids in enumerate(sequences):
-        limit = min([len(ids) - 1, *(spans[row][0] - 1 for spans in span_groups if spans[row][1] > spans[row][0])])
-        by_prefix.setdefault(tuple(ids[:limit]), []).append(row)
-    units, alone = [], []
-    for prefix, rows in by_prefix.items():
-        if len(rows) > 1 and len(prefix) - shared >= MIN_SHARED_PREFIX:
-            units.append((rows, len(prefix)))
-        else:
-            alone += rows
-    return units + [(sorted(alone), shared)] if alone else units
 
 
 def _chunk_logprobs(head: Any, rows: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -395,15 +325,15 @@ def _target_logprobs(
     targets: torch.Tensor,
     temperature: float,
     chunk: int,
-    agree: Callable[[int], int] = _alone,
+    calls: int = 0,
 ) -> torch.Tensor:
-    """fp32 log-probs of `targets`, `chunk` rows of logits at a time (then idle calls up to `agree`'s count)."""
+    """fp32 log-probs of `targets`, `chunk` rows of logits at a time; then idle head calls up to `calls`."""
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
     starts = range(0, rows.shape[0], chunk)
     for start in starts:
         logprobs = _chunk_logprobs(head, rows[start : start + chunk], temperature)
         out[start : start + chunk] = logprobs.gather(1, targets[start : start + chunk, None]).squeeze(1)
-    _idle_head_calls(agree(len(starts)) - len(starts), rows, head)
+    _idle_head_calls(calls - len(starts), rows, head)
     return out
 
 
@@ -415,28 +345,29 @@ def _full_kl(
     student_rows: torch.Tensor,
     student_temperature: float,
     chunk: int,
-    agree: Callable[[int], int] = _alone,
+    calls: int = 0,
 ) -> torch.Tensor:
-    """Exact KL(teacher || student) per position over the vocabulary, `chunk` positions at a time.
+    """Exact KL(teacher || student) per position over the vocabulary, `chunk` positions at a time (a teacher
+    and a student head call each); then idle pairs up to `calls`.
 
     Output heads padded to different widths are compared on their common columns.
     """
     out = torch.empty(teacher_rows.shape[0], dtype=torch.float32, device=teacher_rows.device)
     starts = range(0, teacher_rows.shape[0], chunk)
-    for _ in range(agree(len(starts)) - len(starts)):
-        _idle_head_calls(1, teacher_rows, teacher_head)
-        _idle_head_calls(1, student_rows, student_head)
     for start in starts:
         teacher = _chunk_logprobs(teacher_head, teacher_rows[start : start + chunk], teacher_temperature)
         student = _chunk_logprobs(student_head, student_rows[start : start + chunk], student_temperature)
         width = min(teacher.shape[1], student.shape[1])
         teacher, student = teacher[:, :width], student[:, :width].to(teacher.device)
         out[start : start + chunk] = (teacher.exp() * (teacher - student)).sum(dim=1)
+    for _ in range(calls - len(starts)):
+        _idle_head_calls(1, teacher_rows, teacher_head)
+        _idle_head_calls(1, student_rows, student_head)
     return out
 
 
 def _idle_head_calls(count: int, rows: torch.Tensor, head: Any) -> None:
     """`count` head calls on one row, whose logits are dropped: a sharded head gathers its weights on every
-    call, so each rank must make as many (lockstep, the teacher RL worker under ZeRO-3)."""
+    call, so each rank must make as many (lockstep: the teacher RL worker under ZeRO-3 or FSDP2)."""
     for _ in range(count):
         head(rows.new_zeros(1, rows.shape[1]))

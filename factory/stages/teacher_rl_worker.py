@@ -235,13 +235,13 @@ def sharded(accelerator: Any) -> bool:
     return backend.is_zero3 or backend.is_fsdp
 
 
-def most_over_ranks(count: int) -> int:
-    """The largest `count` any rank holds (an all-reduce): how many calls each rank makes in lockstep."""
+def most_over_ranks(counts: list[int]) -> list[int]:
+    """The largest of each count over the ranks (one all-reduce): how many calls every rank makes in lockstep."""
     import torch.distributed as dist
 
-    value = torch.tensor([count], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return int(value.item())
+    values = torch.tensor(counts, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values.tolist()
 
 
 def place_reward_student(spec: Any, accelerator: Any) -> Any:
