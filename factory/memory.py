@@ -32,7 +32,8 @@ What is counted, per GPU (P parameters, N = launch.world_size processes):
   gather).
 - Frozen models (teacher RL): the KL reference (fp32 as TRL loads it from model_init_kwargs; ZeRO-3
   bf16 and sharded, FSDP2 sharded) and the reward student (its recipe dtype; ZeRO-3 sharded), with the
-  no-grad forwards of the reward at reward.batch_size x reward.max_length.
+  no-grad forwards of the reward at reward.batch_size x reward.max_length (unset: the longest teacher sequence;
+  the student's is longer by its system prompt, a few hundred tokens).
 - vLLM: a colocated engine takes launch.vllm_gpu_memory_utilization of the GPU whatever the model.
 Not counted: the CUDA context and allocator slack (RESERVE is kept free for them), data-loader memory.
 """

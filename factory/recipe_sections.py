@@ -378,7 +378,8 @@ class Hub(Section):
             hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
             raise ValueError(
                 f"{value!r} is not a license id the Hub accepts; {hint}use an id from "
-                "https://huggingface.co/docs/hub/repositories-licenses, or 'other'"
+                "https://huggingface.co/docs/hub/repositories-licenses, or 'other' (for any other license, or an "
+                "id the Hub added after factory's list)"
             )
         return value
 
