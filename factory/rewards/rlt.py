@@ -153,8 +153,9 @@ class RLTReward:
             scored = self._score_batch([built[i] for i in batch], [items[i].closed for i in batch])
             for index, result in zip(batch, scored):
                 results[index] = result
+        idle_batch = [self.sequences(RewardItem("", "", [0]))] if idle > 0 else []  # built once, scored idle times
         for _ in range(idle):
-            self._score_batch([self.sequences(RewardItem("", "", [0]))], [True])
+            self._score_batch(idle_batch, [True])
         return results
 
     def _score_batch(self, built: list[ScoringSequences], closed: list[bool]) -> list[dict[str, Any]]:
